@@ -1,0 +1,3 @@
+from feddf.cli import main
+
+main(prog_name="feddf")

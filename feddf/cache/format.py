@@ -1,0 +1,47 @@
+"""The feddf cache format, version 1 — constants shared by every writer and reader.
+
+    python -c "import feddf.cache.format as f; print(f.FORMAT_NAME, f.FORMAT_VERSION)"
+
+`docs/cache-format.md` is the human-readable contract; keep the two in step.
+
+Layout of one cache file (HDF5, opened with libver='latest' so SWMR readers can follow a writer):
+
+    /images      uint8 (N, C, R, R)  chunks of whole images (k, C, R, R), fletcher32, optional lzf/gzip
+    /labels      int64 (N,)          conditioning class (ImageNet id for BigGAN, dataset label for imports), -1 = none
+    /targets     int64 (N,)          optional: target-task class from a class map (e.g. cifar10), -1 = unmapped
+    /committed   int64 ()            number of leading images that are complete; readers must not look past it
+    /coverage/label_counts   int64 (L,)  exact counts of labels 0..L-1 among the committed images
+    /coverage/target_counts  int64 (T,)  exact counts of targets 0..T-1 (only when /targets exists)
+    /coverage/labeler_counts int64 (T,)  predicted-class histogram of a labeler classifier (only with --labeler)
+    /coverage/labeler_conf_sum float64 (T,) sum of the labeler's max-softmax confidence per predicted class
+
+N is the requested size (datasets are allocated up front; chunks are only written as blocks commit). A block commit
+writes images/labels/targets/coverage, flushes, and only then advances /committed and flushes again, so a reader (or a
+resume after kill -9) never trusts an image that was not fully written.
+
+Root attributes (provenance; written at creation, `complete` flipped by a final re-open once the last block commits):
+    format="feddf-cache", format_version=1, kind="generated"|"imported", generator / source, weights_hash
+    ("random" when --random-weights), random_weights (bool), truncation, resolution, channels, seed, classes (spec),
+    n_requested, package_version, created (ISO-8601 UTC), config (JSON of the resolved config dataclass),
+    versions (JSON), label_names (JSON list, optional), target_names (JSON list, optional), complete (bool).
+"""
+FORMAT_NAME = "feddf-cache"
+FORMAT_VERSION = 1
+
+IMAGES = "images"
+LABELS = "labels"
+TARGETS = "targets"
+COMMITTED = "committed"
+COVERAGE = "coverage"
+LABEL_COUNTS = "coverage/label_counts"
+TARGET_COUNTS = "coverage/target_counts"
+LABELER_COUNTS = "coverage/labeler_counts"
+LABELER_CONF_SUM = "coverage/labeler_conf_sum"
+
+UNLABELED = -1
+
+
+def chunk_images(channels: int, resolution: int, target_bytes: int = 1 << 20) -> int:
+    """Images per chunk: whole images only (h5py's auto-chunking splits one image into ~24 chunks), about 1 MiB."""
+    per_image = channels * resolution * resolution
+    return max(1, target_bytes // per_image)

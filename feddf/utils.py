@@ -1,0 +1,111 @@
+"""Small shared helpers: versions for provenance, atomic writes, file hashes, device and seed handling.
+
+    python -c "from feddf.utils import versions; print(versions())"
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that can change a result; recorded in every output (cache attrs, run folders)."""
+    import numpy
+    import torch
+
+    from feddf import __version__
+
+    out = {"feddf": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": numpy.__version__}
+    for mod in ("torchvision", "h5py"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:  # pragma: no cover - both are dependencies
+            pass
+    return out
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths and tuples to plain JSON types (configs are dataclasses)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write via a temp file in the same folder + rename, so a reader never sees half a file (kill -9 safe)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save through a temp file + rename (checkpoints are never half-written)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
+    """Hex sha256 of a file (or of its first `limit` bytes, for fast fingerprints of huge caches)."""
+    h = hashlib.sha256()
+    remaining = limit
+    with open(path, "rb") as f:
+        while True:
+            n = 1 << 20 if remaining is None else min(1 << 20, remaining)
+            if n == 0:
+                break
+            block = f.read(n)
+            if not block:
+                break
+            h.update(block)
+            if remaining is not None:
+                remaining -= len(block)
+    return h.hexdigest()
+
+
+def resolve_device(name: str = "auto"):
+    """'auto' -> cuda if available else cpu; anything else is passed to torch.device (bad names raise FeddfError)."""
+    import torch
+
+    from feddf.errors import FeddfError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise FeddfError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FeddfError(f"device {name!r} requested but CUDA is not available here: use --device cpu")
+    return dev
