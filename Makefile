@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/feddf demo
+	bash scripts/demo.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,0 +1,201 @@
+"""Stream speed and memory: CacheStream vs the same shuffle over an in-memory array, peak RSS on a 500k cache, and the
+stream's rate next to what one distillation step consumes.
+
+    .venv/bin/python benchmarks/bench_stream.py            # ~2 GB of temp caches, created and deleted in the run
+
+Figures (one run, one core for the stream and the baseline: torch.set_num_threads(1)):
+  * ratio = stream img/s / in-memory img/s, batches of 256 over a 200 000-image 3x32x32 cache written by CacheWriter
+    uncompressed (the `feddf cache import` default). Both produce exactly the same batches (same chunk-aware order);
+    the baseline gathers them from a numpy array holding the whole cache. Target >= 0.7 and >= 200 000 img/s.
+    The HDF5-checked path (verify_checksums=True, also what lzf/gzip-compressed chunks take) is reported too.
+  * peak RSS of a subprocess that streams one epoch of a 500 000-image cache, next to the same process's RSS right
+    after its imports (torch alone is large), so the stream's own share is visible. Target < 300 MB. Read from
+    /proc/self/status VmHWM: resource.getrusage's ru_maxrss of a child inherits the parent's peak across fork+exec on
+    Linux (this parent holds a 600 MB array), so it would report the parent's memory, not the child's.
+  * distillation consumption: a ResNet-8 student forward/backward + 3 ResNet-8 teachers' forwards (KL to the teachers'
+    mean, Adam) on batches of 64 at 32 px, incl. crop-flip + normalisation (BatchTransform), on this CPU.
+The last line is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHILD = r"""
+import sys, time, json
+def status(key):  # from /proc/self/status, in MB: VmRSS = now, VmHWM = peak of this process image
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+import torch
+from feddf.cache.stream import CacheStream
+torch.set_num_threads(1)
+s = CacheStream(sys.argv[1], 256, seed=0)
+base = status('VmRSS')
+t, n = time.perf_counter(), 0
+for x, y in s:
+    n += x.shape[0]
+dt = time.perf_counter() - t
+print(json.dumps({"n": n, "seconds": dt, "base_rss_mb": base, "peak_rss_mb": status('VmHWM')}))
+"""
+BARE = ("import torch\nfor l in open('/proc/self/status'):\n"
+        "    if l.startswith('VmHWM'): print(int(l.split()[1]) / 1024)")
+
+
+def write_cache(path: Path, n: int, seed: int = 0) -> None:
+    from feddf.cache.writer import CacheWriter
+
+    rng = np.random.default_rng(seed)
+    with CacheWriter(path, n=n, channels=3, resolution=32, attrs={"kind": "imported", "source": "bench"},
+                     num_labels=10, compression="none") as w:
+        for a in range(0, n, 20_000):
+            b = min(n, a + 20_000)
+            w.append(rng.integers(0, 256, (b - a, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, b - a))
+        w.finish()
+
+
+def time_stream(path: Path, **kw) -> float:
+    """img/s of one epoch in steady state: the stream is built and its first epoch run untimed (file handles, label
+    array, chunk table), just as the in-memory baseline has its arrays and plan ready before its clock starts."""
+    from feddf.cache.stream import CacheStream
+
+    s = CacheStream(path, 256, seed=0, **kw)
+    for _ in s:
+        pass
+    t, n = time.perf_counter(), 0
+    for x, y in s:
+        n += x.shape[0]
+    rate = n / (time.perf_counter() - t)
+    s.close()
+    return rate
+
+
+def load_in_memory(path: Path):
+    """The whole cache as numpy arrays + the stream's epoch plan for it (seed 0, epoch 0, default buffer)."""
+    import h5py
+
+    from feddf.cache.shuffle import chunk_bounds, epoch_plan, window_chunks_for
+
+    with h5py.File(path, "r") as f:
+        n = int(f["committed"][()])
+        images, labels = f["images"][:n], f["labels"][:n]
+        k = f["images"].chunks[0]
+    return images, labels, epoch_plan(chunk_bounds(n, k), 0, 0, window_chunks_for(8192, k))
+
+
+def time_in_memory(images: np.ndarray, labels: np.ndarray, plan) -> float:
+    """The same batches (same epoch plan) gathered from numpy arrays holding the whole cache."""
+    import torch
+
+    n = images.shape[0]
+    t = time.perf_counter()
+    order = plan.order
+    for a in range(0, n, 256):
+        idx = order[a:a + 256]
+        x, y = torch.from_numpy(images[idx]), torch.from_numpy(labels[idx])
+    return n / (time.perf_counter() - t)
+
+
+def distill_rate(steps: int = 20, teachers: int = 3, batch: int = 64) -> float:
+    """Images per second one FedDF distillation step consumes on this CPU (student fwd/bwd + teachers fwd)."""
+    import torch
+    import torch.nn.functional as F
+
+    from feddf.cache.augment import BatchTransform
+    from feddf.models import get_model
+
+    torch.manual_seed(0)
+    student = get_model("resnet8", 10)
+    tms = [get_model("resnet8", 10).eval() for _ in range(teachers)]
+    opt = torch.optim.Adam(student.parameters(), 1e-3)
+    tf = BatchTransform(3, 32, (0.5,) * 3, (0.25,) * 3, augment="crop-flip")
+    g = torch.Generator().manual_seed(0)
+    x8 = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+
+    def step():
+        x = tf(x8, g)
+        with torch.no_grad():
+            target = torch.stack([m(x) for m in tms]).mean(0).softmax(1)
+        loss = F.kl_div(student(x).log_softmax(1), target, reduction="batchmean")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=200_000, help="images in the throughput cache")
+    ap.add_argument("--n-rss", type=int, default=500_000, help="images in the RSS cache")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tmp", default=None, help="folder for the temporary caches [default: system temp]")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="feddf-bench-stream-", dir=args.tmp))
+    try:
+        t = time.perf_counter()
+        small, big = tmp / "c200k.h5", tmp / "c500k.h5"
+        write_cache(small, args.n)
+        write_cache(big, args.n_rss, seed=1)
+        print(f"wrote {args.n} + {args.n_rss} images in {time.perf_counter() - t:.0f} s "
+              f"({(small.stat().st_size + big.stat().st_size) / 1e9:.2f} GB)", flush=True)
+
+        arrays = load_in_memory(small)
+        mem = fast = checked = 0.0
+        for _ in range(args.repeats):  # interleaved, best of each: the machine's load drifts
+            mem = max(mem, time_in_memory(*arrays))
+            fast = max(fast, time_stream(small))
+            checked = max(checked, time_stream(small, verify_checksums=True))
+        ratio = fast / mem
+        del arrays
+        print(f"in-memory gather      {mem:12,.0f} img/s")
+        print(f"stream (fast path)    {fast:12,.0f} img/s   ratio {ratio:.2f}  (target >= 0.7, >= 200,000 img/s)")
+        print(f"stream (HDF5 checked) {checked:12,.0f} img/s   ratio {checked / mem:.2f}")
+
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        child = subprocess.run([sys.executable, "-c", CHILD, str(big)], capture_output=True, text=True, env=env,
+                               check=True)
+        rss = json.loads(child.stdout.strip().splitlines()[-1])
+        bare = subprocess.run([sys.executable, "-c", BARE], capture_output=True, text=True, env=env, check=True)
+        torch_mb = float(bare.stdout.strip())
+        increase = rss["peak_rss_mb"] - rss["base_rss_mb"]
+        print(f"500k stream: peak RSS {rss['peak_rss_mb']:.0f} MB; after imports {rss['base_rss_mb']:.0f} MB "
+              f"(bare `import torch`: {torch_mb:.0f} MB); streaming added {increase:.0f} MB (target < 300 MB); "
+              f"{rss['n'] / rss['seconds']:,.0f} img/s")
+
+        distill = distill_rate()
+        print(f"distillation step consumes {distill:,.0f} img/s on this CPU (1 thread); stream/consumer = "
+              f"{fast / distill:,.0f}x")
+        print(json.dumps({
+            "bench": "stream", "ratio": round(ratio, 3), "stream_img_s": round(fast), "inmem_img_s": round(mem),
+            "stream_checked_img_s": round(checked), "checked_ratio": round(checked / mem, 3),
+            "peak_rss_mb": round(rss["peak_rss_mb"], 1), "rss_after_imports_mb": round(rss["base_rss_mb"], 1),
+            "rss_increase_mb": round(increase, 1), "bare_torch_rss_mb": round(torch_mb, 1),
+            "rss_stream_img_s": round(rss["n"] / rss["seconds"]), "distill_img_s": round(distill, 1),
+            "stream_over_distill": round(fast / distill, 1), "n": args.n, "n_rss": args.n_rss, "batch": 256,
+            "threads": 1}))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

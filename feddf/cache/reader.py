@@ -1,0 +1,616 @@
+"""Open and validate feddf caches; read whole chunks fast; a map-style dataset.
+
+    python -c "from feddf.cache.reader import open_cache; print(open_cache('cache/x.h5').to_dict())"
+
+Opening rules (learned the hard way with HDF5 2.0):
+  * readers never take OS file locks (`locking=False`): a lock held by a training run would stop a resumed `feddf gen`
+    (or the writer's final "complete" re-open) from opening the file for writing;
+  * a strict (non-SWMR) open first, because only it checks the stored end-of-file address, i.e. detects truncation;
+  * if a writer holds the file ("already open for write"), re-open with `swmr=True` and read only `/committed` images.
+Every failure becomes one FeddfError line that names the file and the fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feddf.cache import format as fmt
+from feddf.errors import FeddfError
+
+_JSON_ATTRS = ("config", "versions", "label_names", "target_names", "classes", "shards")
+_MAKE = "create one with `feddf gen` or `feddf cache import`"
+
+
+def _decode(v: Any) -> Any:
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+def decode_attrs(attrs) -> dict[str, Any]:
+    """HDF5 root attributes as plain Python values; JSON-encoded ones (config, versions, names) parsed."""
+    out = {}
+    for k in attrs:
+        v = _decode(attrs[k])
+        if k in _JSON_ATTRS and isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        out[k] = v
+    return out
+
+
+def open_h5(path: str | os.PathLike, rdcc_nbytes: int = 4 << 20):
+    """Open a cache for reading -> (h5py.File, live). live=True: a writer holds it and we are an SWMR reader."""
+    import h5py
+
+    from feddf.cache.superblock import is_hdf5
+
+    p = Path(path)
+    if not p.exists():
+        raise FeddfError(f"cache file not found: {p} ({_MAKE})")
+    if p.is_dir():
+        raise FeddfError(f"{p} is a directory, not a cache file: pass the .h5 file ({_MAKE})")
+    if not is_hdf5(p):
+        raise FeddfError(f"{p} is not an HDF5 file (no HDF5 signature): pass a cache written by feddf ({_MAKE})")
+    # rdcc: the chunk cache only has to hold the one chunk being decoded; w0=1 evicts fully read chunks first.
+    kw = dict(rdcc_nbytes=rdcc_nbytes, rdcc_w0=1.0)
+    try:
+        return h5py.File(p, "r", locking=False, **kw), False
+    except OSError as e:
+        msg = str(e)
+    if "truncated file" in msg:
+        raise FeddfError(f"{p} is truncated ({p.stat().st_size} bytes on disk, less than its HDF5 header records): "
+                         f"the copy or write was cut short; copy it again or recreate it ({_MAKE})")
+    if "already open for write" in msg or "locking flag" in msg:
+        for extra in ({"swmr": True, "locking": False}, {"swmr": True}, {}):
+            try:
+                f = h5py.File(p, "r", **extra, **kw)
+                return f, bool(extra.get("swmr"))
+            except OSError as e2:
+                msg2 = str(e2)
+        if "not already open for SWMR" in msg2:
+            raise FeddfError(f"{p} is open for writing by another process, or its writer was killed before closing "
+                             "it: wait for the writer, or rerun the command that made it (it resumes and repairs it)")
+        msg = msg2
+    raise FeddfError(f"cannot open {p} as HDF5 ({msg}); check the file or {_MAKE}")
+
+
+@dataclass
+class CacheInfo:
+    """What a reader needs to know about a cache, read from its header (no image data)."""
+
+    path: str
+    n: int                      # committed images: readers never look past this
+    capacity: int               # allocated length of /images (the requested N)
+    channels: int
+    resolution: int
+    chunk_len: int              # images per HDF5 chunk of /images
+    format_version: int
+    kind: str
+    source: str
+    complete: bool
+    live: bool                  # a writer holds the file; opened as an SWMR reader
+    compression: str | None
+    fletcher32: bool
+    virtual: bool
+    has_targets: bool
+    file_size: int
+    label_counts: np.ndarray | None = None
+    target_counts: np.ndarray | None = None
+    labeler_counts: np.ndarray | None = None
+    label_names: list[str] | None = None
+    target_names: list[str] | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bytes_per_image(self) -> float:
+        return self.file_size / self.n if self.n else float("nan")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.resolution, self.resolution)
+
+    def to_dict(self) -> dict[str, Any]:
+        from feddf.utils import to_jsonable
+
+        d = {k: getattr(self, k) for k in ("path", "n", "capacity", "channels", "resolution", "chunk_len",
+                                           "format_version", "kind", "source", "complete", "live", "compression",
+                                           "fletcher32", "virtual", "has_targets", "file_size", "label_names",
+                                           "target_names")}
+        d["bytes_per_image"] = None if not self.n else round(self.bytes_per_image, 1)
+        for k in ("label_counts", "target_counts", "labeler_counts"):
+            v = getattr(self, k)
+            d[k] = None if v is None else [int(x) for x in v]
+        d["attrs"] = to_jsonable(self.attrs)
+        return d
+
+
+def _layout_error(p, what: str) -> FeddfError:
+    return FeddfError(f"{p} is an HDF5 file but not a feddf cache ({what}): pass a cache written by feddf ({_MAKE})")
+
+
+def read_info(f, path: str | os.PathLike, live: bool = False) -> CacheInfo:
+    """Validate an open cache file against format.py and describe it."""
+    import h5py
+
+    p = Path(path)
+    attrs = decode_attrs(f.attrs)
+    if attrs.get("format") != fmt.FORMAT_NAME:
+        raise _layout_error(p, f"format attribute is {attrs.get('format')!r}, not {fmt.FORMAT_NAME!r}")
+    version = attrs.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _layout_error(p, f"format_version is {version!r}")
+    if version > fmt.FORMAT_VERSION:
+        raise FeddfError(f"{p} uses cache format version {version}, but this feddf reads up to version "
+                         f"{fmt.FORMAT_VERSION}: upgrade feddf (pip install -U feddf)")
+    for name in (fmt.IMAGES, fmt.LABELS, fmt.COMMITTED):
+        if not isinstance(f.get(name), h5py.Dataset):
+            raise _layout_error(p, f"no /{name} dataset")
+    images, labels = f[fmt.IMAGES], f[fmt.LABELS]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[2] != images.shape[3]:
+        raise _layout_error(p, f"/images is {images.dtype} {images.shape}, expected uint8 (N, C, R, R)")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0] or labels.dtype.kind not in "iu":
+        raise _layout_error(p, f"/labels is {labels.dtype} {labels.shape}, expected int64 ({images.shape[0]},)")
+    committed = f[fmt.COMMITTED]
+    if committed.shape != () or committed.dtype.kind not in "iu":
+        raise _layout_error(p, f"/committed is {committed.dtype} {committed.shape}, expected an int64 scalar")
+    if live:
+        committed.refresh()
+    n = int(committed[()])
+    if not 0 <= n <= images.shape[0]:
+        raise FeddfError(f"{p}: /committed = {n} is outside 0..{images.shape[0]}; the file is corrupt "
+                         f"(run `feddf cache verify {p}`)")
+    dcpl = images.id.get_create_plist()
+    filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+    compression = next((name for code, name in ((h5py.h5z.FILTER_DEFLATE, "gzip"), (32000, "lzf"))
+                        if code in filters), None)
+
+    def counts(name):
+        ds = f.get(name)
+        return np.asarray(ds[()], dtype=np.int64 if ds.dtype.kind in "iu" else np.float64) \
+            if isinstance(ds, h5py.Dataset) else None
+
+    virtual = bool(images.is_virtual)
+    chunk_len = images.chunks[0] if images.chunks else fmt.chunk_images(images.shape[1], images.shape[2])
+    fletcher32 = h5py.h5z.FILTER_FLETCHER32 in filters
+    if virtual:  # a multi-process gen cache: the checksums live in the shards' datasets
+        fletcher32 = all(_has_fletcher32(s) for s in shard_paths(p, attrs)) if shard_paths(p, attrs) else False
+    return CacheInfo(
+        path=str(p), n=n, capacity=int(images.shape[0]), channels=int(images.shape[1]),
+        resolution=int(images.shape[2]), chunk_len=int(chunk_len), format_version=version,
+        kind=str(attrs.get("kind", "")), source=str(attrs.get("generator", attrs.get("source", ""))),
+        complete=bool(attrs.get("complete", False)), live=live, compression=compression,
+        fletcher32=fletcher32, virtual=virtual, has_targets=fmt.TARGETS in f,
+        file_size=p.stat().st_size, label_counts=counts(fmt.LABEL_COUNTS), target_counts=counts(fmt.TARGET_COUNTS),
+        labeler_counts=counts(fmt.LABELER_COUNTS),
+        label_names=attrs.get("label_names") if isinstance(attrs.get("label_names"), list) else None,
+        target_names=attrs.get("target_names") if isinstance(attrs.get("target_names"), list) else None,
+        attrs=attrs)
+
+
+def writer_alive(path: str | os.PathLike) -> bool:
+    """Whether a CacheWriter process still holds this cache: its lock file `.<name>.lock` names a live pid.
+    (Read-only: a reader never takes the writer's flock, which could make a starting writer fail.)"""
+    lock = Path(path).with_name(f".{Path(path).name}.lock")
+    try:
+        pid = int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def shard_paths(path: str | os.PathLike, attrs: dict) -> list[Path]:
+    """The shard files of a multi-process cache (attribute `shards`, relative to the cache's folder), or []."""
+    shards = attrs.get("shards")
+    if not isinstance(shards, list):
+        return []
+    return [Path(path).parent / s for s in shards]
+
+
+def _has_fletcher32(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            dcpl = f[fmt.IMAGES].id.get_create_plist()
+            return any(dcpl.get_filter(i)[0] == h5py.h5z.FILTER_FLETCHER32 for i in range(dcpl.get_nfilters()))
+    except (OSError, KeyError):
+        return False
+
+
+def open_cache(path: str | os.PathLike) -> CacheInfo:
+    """Validate a cache (format, version, layout, truncation) and describe it; the file is closed again."""
+    f, live = open_h5(path)
+    try:
+        info = read_info(f, path, live)
+    finally:
+        f.close()
+    missing = [str(s) for s in shard_paths(path, info.attrs) if not s.is_file()]
+    if info.virtual and missing:  # HDF5 would silently read fill values for them
+        raise FeddfError(f"{path} is a multi-process cache whose shard file(s) {', '.join(missing[:2])} are missing: "
+                         "keep the .shard-*-of-*.h5 files next to it (or regenerate)")
+    return info
+
+
+def check_compatible(info: CacheInfo, channels: int | None = None, resolution: int | None = None,
+                     consumer: str = "the model") -> None:
+    """Refuse a cache whose images do not match what consumes them (one line naming both shapes and the fix)."""
+    bad = []
+    if channels is not None and info.channels != channels:
+        bad.append(f"{info.channels} channel(s), not {channels}")
+    if resolution is not None and info.resolution != resolution:
+        bad.append(f"{info.resolution} px, not {resolution} px")
+    if bad:
+        c, r = channels or info.channels, resolution or info.resolution
+        raise FeddfError(f"{info.path} holds {info.channels}x{info.resolution}x{info.resolution} images but "
+                         f"{consumer} needs {c}x{r}x{r} "
+                         f"({'; '.join(bad)}): use a matching cache, or re-import with "
+                         f"`feddf cache import ... --resolution {resolution or info.resolution}`")
+
+
+class CacheDataset:
+    """Map-style dataset over the committed images: `ds[i] -> (uint8 tensor (C, R, R), label int)`.
+
+    The HDF5 handle is opened lazily in whichever process indexes it (DataLoader workers, fork or spawn), never
+    pickled. For shuffled streaming use feddf.cache.stream.CacheStream, which reads whole chunks."""
+
+    def __init__(self, path: str | os.PathLike, label_key: str = fmt.LABELS):
+        self.path = str(path)
+        self.info = open_cache(path)
+        if label_key not in (fmt.LABELS, fmt.TARGETS) or (label_key == fmt.TARGETS and not self.info.has_targets):
+            raise FeddfError(f"label_key {label_key!r} is not available in {path}: use 'labels'"
+                             + (" or 'targets'" if self.info.has_targets else ""))
+        self.label_key = label_key
+        self._f = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return self.info.n
+
+    def _file(self):
+        if self._f is None or self._pid != os.getpid():
+            self._f, _ = open_h5(self.path)
+            self._pid = os.getpid()
+        return self._f
+
+    def __getitem__(self, i: int):
+        import torch
+
+        if not -self.info.n <= i < self.info.n:
+            raise IndexError(f"index {i} out of range for {self.info.n} committed images")
+        i %= self.info.n
+        f = self._file()
+        return torch.from_numpy(f[fmt.IMAGES][i]), int(f[self.label_key][i])
+
+    def __getitems__(self, idx: list[int]):
+        """Batched fetch (torch DataLoader uses it): one sorted HDF5 selection instead of len(idx) reads."""
+        import torch
+
+        idx = np.asarray(idx, np.int64) % max(1, self.info.n)
+        order = np.argsort(idx, kind="stable")
+        uniq, inv = np.unique(idx[order], return_inverse=True)
+        f = self._file()
+        imgs, labs = f[fmt.IMAGES][uniq], f[self.label_key][uniq]
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        imgs, labs = imgs[inv][back], labs[inv][back]
+        return [(torch.from_numpy(imgs[k]), int(labs[k])) for k in range(len(idx))]
+
+    def close(self) -> None:
+        if self._f is not None and self._pid == os.getpid():
+            self._f.close()
+        self._f = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_f": None, "_pid": None}
+
+
+class _Handle:
+    """One open file of a ChunkSource, in the process that opened it."""
+
+    def __init__(self, path: str, label_key: str, verify_checksums: bool):
+        import h5py
+
+        self.f, self.live = open_h5(path)
+        self.images, self.labels = self.f[fmt.IMAGES], self.f[label_key]
+        dcpl = self.images.id.get_create_plist()
+        filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+        # Bits of the compression filters in a chunk's filter mask: a chunk's stored bytes are plain images
+        # (+ a 4-byte fletcher32 checksum) exactly when all of them were skipped, e.g. lzf on noisy images.
+        self.comp_bits = sum(1 << i for i, code in enumerate(filters) if code != h5py.h5z.FILTER_FLETCHER32)
+        self.raw_ok = (not verify_checksums and not self.images.is_virtual and self.images.chunks is not None
+                       and tuple(self.images.chunks[1:]) == tuple(self.images.shape[1:])
+                       and self.f.userblock_size == 0)
+        self.path = path
+        self._map = None  # (mmap, 2-D byte view) of the whole file, made on first raw access
+        self._rows = None
+        self._addr: dict[int, int] | None = None  # chunk start -> file offset of plain chunks (finished files)
+
+    def raw_offset(self, start: int, count: int) -> int | None:
+        """File offset of the chunk starting at image `start` when its stored bytes are plain images and the first
+        `count` of them lie inside the mapped file; None -> read it through HDF5."""
+        if not self.raw_ok or start % self.images.chunks[0]:
+            return None
+        if self._addr is None and not self.live:
+            # a finished file never moves a chunk: one H5Dchunk_iter pass maps them all (a live writer may still
+            # rewrite a partial chunk elsewhere, so there every chunk is looked up when read)
+            table: dict[int, int] = {}
+            comp = self.comp_bits
+
+            def visit(si):
+                if si.byte_offset is not None and si.filter_mask & comp == comp:
+                    table[si.chunk_offset[0]] = int(si.byte_offset)
+
+            self.images.id.chunk_iter(visit)
+            self._addr = table
+        if self._addr is not None:
+            at = self._addr.get(start)
+        else:
+            info = self.images.id.get_chunk_info_by_coord((start, 0, 0, 0))
+            ok = info.byte_offset is not None and info.filter_mask & self.comp_bits == self.comp_bits
+            at = int(info.byte_offset) if ok else None
+        if at is None:
+            return None
+        end = at + count * self.image_bytes
+        if self._map is None or end > len(self._map):
+            self._remap()
+            if end > len(self._map):  # beyond the end of the file (truncated): let HDF5 report it
+                return None
+        return at
+
+    @property
+    def image_bytes(self) -> int:
+        c, r = self.images.shape[1], self.images.shape[2]
+        return c * r * r
+
+    def _remap(self) -> None:
+        import mmap
+
+        from numpy.lib.stride_tricks import as_strided
+
+        self.close_map()
+        with open(self.path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            self._map = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
+        flat = np.frombuffer(self._map, np.uint8)
+        ib = self.image_bytes
+        # Every byte offset as the start of one image-sized row: rows[offsets] gathers images by file offset.
+        self._rows = as_strided(flat, shape=(max(0, size - ib + 1), ib), strides=(1, 1), writeable=False)
+
+    def gather(self, offsets: np.ndarray) -> np.ndarray:
+        """Images at these file offsets, (k, C*R*R) uint8, copied out of the page cache in one fancy index."""
+        return self._rows[offsets]
+
+    def release(self, offsets: np.ndarray, count: int) -> None:
+        """Drop the mapped pages of chunks at `offsets` from this process (they stay in the page cache): keeps the
+        RSS of a long stream at one or two windows."""
+        import mmap
+
+        page = mmap.PAGESIZE
+        for off in offsets.tolist():
+            a = off - off % page
+            b = min(len(self._map), off + count * self.image_bytes)
+            if b > a:
+                self._map.madvise(mmap.MADV_DONTNEED, a, b - a)
+
+    def close_map(self) -> None:
+        self._rows = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a batch still views it: let garbage collection unmap it
+                pass
+        self._map = None
+
+    def close(self) -> None:
+        self.close_map()
+        self.f.close()
+
+
+class ChunkSource:
+    """One cache, or several shards of one, as a single index space [0, n) read a whole HDF5 chunk at a time.
+
+    `n` is a snapshot of the committed counts taken here (in the parent process), so every DataLoader worker and
+    rank agrees on it even while a writer appends; only `refresh()` (follow mode, one file) moves it. Handles are
+    opened lazily per process and dropped on pickling, so fork and spawn workers both work.
+
+    Fast path: a chunk stored uncompressed (no compression filter, or lzf/gzip skipped it because it could not shrink
+    it) is the images back to back followed by a 4-byte fletcher32 checksum. Its address comes from HDF5
+    (H5Dchunk_iter / get_chunk_info_by_coord), the file is memory-mapped read-only, and a batch is one numpy gather
+    straight out of the page cache: one copy per image, like gathering from an in-memory array (HDF5's filter
+    pipeline costs three copies, and read + gather two). A window's pages are dropped from the process
+    (MADV_DONTNEED) once consumed, so the RSS stays at about one window. That skips the checksum test; pass
+    `verify_checksums=True` to have HDF5 check every chunk while streaming (`feddf cache verify` checks them all).
+    Compressed chunks always go through HDF5."""
+
+    def __init__(self, paths, follow: bool = False, verify_checksums: bool = False, label_key: str = fmt.LABELS):
+        self.paths = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        if not self.paths:
+            raise FeddfError("no cache files given: pass a cache path (or a list of shard paths)")
+        if follow and len(self.paths) > 1:
+            raise FeddfError("follow=True reads one cache that a writer is still filling; pass a single path")
+        self.infos = []
+        expanded = []
+        for p in self.paths:
+            info = open_cache(p)
+            shards = shard_paths(p, info.attrs) if info.virtual and not follow else []
+            sinfos = [open_cache(s) for s in shards] if shards and all(s.is_file() for s in shards) else []
+            if sinfos and sum(i.n for i in sinfos) == info.n:
+                # a multi-process gen cache: read its shard files directly (whole chunks, fast path) rather than
+                # through the virtual dataset; they tile 0..n in order (feddf.cache.writer.write_virtual_cache)
+                expanded += [str(s) for s in shards]
+                self.infos += sinfos
+            else:
+                expanded.append(p)
+                self.infos.append(info)
+        self.paths = expanded
+        first = self.infos[0]
+        for info in self.infos[1:]:
+            if info.image_shape != first.image_shape:
+                raise FeddfError(f"shards disagree on image shape: {first.path} has {first.image_shape}, "
+                                 f"{info.path} has {info.image_shape}; stream shards of one cache only")
+        if label_key == fmt.TARGETS and not all(i.has_targets for i in self.infos):
+            raise FeddfError(f"label_key 'targets' but {self.paths[0]} has no /targets: use label_key='labels'")
+        self.label_key = label_key
+        self.follow, self.verify_checksums = follow, verify_checksums
+        self.channels, self.resolution = first.channels, first.resolution
+        self.image_bytes = first.channels * first.resolution * first.resolution
+        self.chunk_len = max(i.chunk_len for i in self.infos)
+        self.ns = [i.n for i in self.infos]
+        self._h: list[_Handle] | None = None
+        self._pid = None
+        self._label_cache: dict[int, np.ndarray] = {}
+
+    @property
+    def n(self) -> int:
+        return int(sum(self.ns))
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.ns)]).astype(np.int64)
+
+    def bounds(self) -> np.ndarray:
+        from feddf.cache.shuffle import chunk_bounds, concat_bounds
+
+        offs = self.offsets
+        return concat_bounds([chunk_bounds(n, info.chunk_len, int(o))
+                              for n, info, o in zip(self.ns, self.infos, offs)])
+
+    def _handles(self) -> list[_Handle]:
+        if self._h is None or self._pid != os.getpid():
+            self._h = [_Handle(p, self.label_key, self.verify_checksums) for p in self.paths]
+            self._pid = os.getpid()
+            self._label_cache = {}
+        return self._h
+
+    def refresh(self) -> int:
+        """Follow mode: re-read /committed (SWMR refresh) and return the new total n."""
+        h = self._handles()[0]
+        committed = h.f[fmt.COMMITTED]
+        if h.live:
+            committed.refresh()
+            h.images.refresh()
+            h.labels.refresh()
+        self.ns[0] = max(self.ns[0], int(committed[()]))
+        return self.n
+
+    def is_full(self) -> bool:
+        """True once every allocated image is committed (or the writer marked the cache complete)."""
+        return self.ns[0] >= self.infos[0].capacity or bool(self._handles()[0].f.attrs.get("complete", False))
+
+    def raw_window(self, ids: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(shard, file offset of its first image) per chunk when every chunk can be gathered straight from the
+        mapped file, else None (the window then goes through read_window)."""
+        hs = self._handles()
+        offs = self.offsets
+        shard_of = np.searchsorted(offs, bounds[ids], side="right") - 1
+        at = np.empty(ids.shape[0], np.int64)
+        for j, (c, shard) in enumerate(zip(ids.tolist(), shard_of.tolist())):
+            s = int(bounds[c] - offs[shard])
+            o = hs[shard].raw_offset(s, int(bounds[c + 1] - bounds[c]))
+            if o is None:
+                return None
+            at[j] = o
+        return shard_of, at
+
+    def gather(self, shard: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Images (k, C, R, R) uint8 at per-sample (shard, file offset) pairs."""
+        hs = self._handles()
+        shape = (offsets.shape[0], self.channels, self.resolution, self.resolution)
+        if len(hs) == 1 or (shard.size and (shard == shard[0]).all()):
+            return hs[int(shard[0]) if shard.size else 0].gather(offsets).reshape(shape)
+        out = np.empty(shape, np.uint8)
+        for k in np.unique(shard).tolist():
+            sel = shard == k
+            out[sel] = hs[k].gather(offsets[sel]).reshape((-1,) + shape[1:])
+        return out
+
+    def release(self, raw: tuple[np.ndarray, np.ndarray]) -> None:
+        """Unmap the pages of a consumed fast-path window (raw: what raw_window returned)."""
+        hs = self._handles()
+        for k in np.unique(raw[0]).tolist():
+            sel = raw[0] == k
+            hs[k].release(raw[1][sel], self.chunk_len)
+
+    def read_window(self, ids: np.ndarray, first: np.ndarray, bounds: np.ndarray, pos_of_row: np.ndarray,
+                    out: np.ndarray) -> None:
+        """Through HDF5 (decompression, fletcher32 checked): chunks `ids`, whose window-buffer rows start at
+        `first`, with buffer row r stored at out[pos_of_row[r]] (out: uint8 (m, C, R, R) in window position order)."""
+        import time
+
+        hs = self._handles()
+        offs = self.offsets
+        shard_of = np.searchsorted(offs, bounds[ids], side="right") - 1
+        for c, row, shard in zip(ids.tolist(), first.tolist(), shard_of.tolist()):
+            h = hs[shard]
+            s, e = int(bounds[c] - offs[shard]), int(bounds[c + 1] - offs[shard])
+            buf = np.empty((e - s,) + out.shape[1:], np.uint8)
+            for attempt in range(4):
+                try:
+                    h.images.read_direct(buf, np.s_[s:e])
+                    break
+                except (OSError, ValueError) as err:
+                    if h.live and attempt < 3:  # a chunk being rewritten by the SWMR writer: refresh and retry
+                        time.sleep(0.05 * (attempt + 1))
+                        h.images.refresh()
+                        continue
+                    raise FeddfError(f"cannot read images {s}:{e} of {self.paths[shard]} ({err}): the file is "
+                                     f"corrupt or truncated; run `feddf cache verify {self.paths[shard]}`") from None
+            out[pos_of_row[row:row + e - s]] = buf
+
+    def labels_of(self, samples: np.ndarray) -> np.ndarray:
+        """int64 labels of global sample indices."""
+        offs = self.offsets
+        if len(self.paths) == 1:
+            return self._labels(0, int(samples.max()) + 1 if samples.size else 0)[samples]
+        shard_of = np.searchsorted(offs, samples, side="right") - 1
+        out = np.empty(samples.shape, np.int64)
+        for k in np.unique(shard_of).tolist():
+            sel = shard_of == k
+            local = samples[sel] - offs[k]
+            out[sel] = self._labels(k, int(local.max()) + 1)[local]
+        return out
+
+    def _labels(self, shard: int, upto: int) -> np.ndarray:
+        """The shard's committed labels, read in one call and kept (8 bytes per image, ~0.3% of a 32 px cache):
+        per-chunk label reads through HDF5 cost as much as the raw image reads."""
+        self._handles()
+        have = self._label_cache.get(shard)
+        if have is None or have.shape[0] < upto:
+            h = self._h[shard]
+            if h.live:
+                h.labels.refresh()
+            have = h.labels[: max(upto, self.ns[shard])].astype(np.int64, copy=False)
+            if have.shape[0] < upto:
+                raise FeddfError(f"{self.paths[shard]}: /{self.label_key} has {have.shape[0]} entries, need {upto}")
+            self._label_cache[shard] = have
+        return have
+
+    def close(self) -> None:
+        if self._h is not None and self._pid == os.getpid():
+            for h in self._h:
+                h.close()
+        self._h = None
+        self._label_cache = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_h": None, "_pid": None, "_label_cache": {}}
