@@ -126,15 +126,3 @@ def target_agreement(pred: np.ndarray, targets: np.ndarray) -> dict:
     n = int(mapped.sum())
     return {"mapped": n, "unmapped": int(targets.size - n),
             "agreement": float((pred[mapped] == targets[mapped]).mean()) if n else None}
-
-
-def recorded_labeler_summary(counts: np.ndarray, conf_sum: np.ndarray, names: Sequence[str] | None = None) -> dict:
-    """Summary of the labeler histogram a generator recorded in the cache (coverage/labeler_counts, _conf_sum)."""
-    counts = np.asarray(counts, dtype=np.int64)
-    conf_sum = np.asarray(conf_sum, dtype=np.float64)
-    out = histogram_summary(counts, names)
-    for row, c, s in zip(out["per_class"], counts, conf_sum):
-        row["mean_confidence"] = float(s / c) if c > 0 else None
-    total = counts.sum()
-    out["mean_confidence"] = float(conf_sum.sum() / total) if total > 0 else None
-    return out

@@ -15,7 +15,6 @@ from typing import Iterator
 import numpy as np
 
 from feddf.cache import format as fmt
-from feddf.errors import FeddfError
 
 # Provenance attributes copied into the report (the rest, e.g. the full config JSON, stays in the cache).
 _REPORTED_ATTRS = ("format_version", "kind", "generator", "source", "weights_hash", "random_weights", "truncation",
@@ -31,16 +30,6 @@ def _decode(v):
     if isinstance(v, np.ndarray):
         v = v.tolist()
     return v
-
-
-def _json_list(v) -> list[str] | None:
-    if v is None:
-        return None
-    try:
-        out = json.loads(v) if isinstance(v, str) else list(v)
-    except (ValueError, TypeError):
-        return None
-    return [str(x) for x in out] if isinstance(out, list) else None
 
 
 @dataclass
@@ -59,7 +48,9 @@ class Source:
     targets: np.ndarray | None = None       # (n,) int64, -1 = unmapped
     target_space: int | None = None
     target_names: list[str] | None = None
-    recorded_labeler: tuple[np.ndarray, np.ndarray] | None = None   # (counts (T,), conf_sum (T,)) from `feddf gen`
+    recorded_labeler: tuple[np.ndarray, np.ndarray] | None = None   # (pred (n,), conf (n,)) from `feddf gen --labeler`
+    labeler_space: int | None = None
+    labeler_names: list[str] | None = None
     _h5: object = field(default=None, repr=False)
 
     def read(self, indices: np.ndarray):
@@ -89,76 +80,60 @@ class Source:
 
 
 def open_source(path: str | Path, name: str | None = None) -> Source:
-    """Open and validate a feddf cache; bad input raises FeddfError naming the file and the fix."""
-    import h5py
+    """Open and validate a feddf cache (feddf.cache.reader rules: SWMR when a writer holds it); bad input raises
+    FeddfError naming the file and the fix. The file stays open for image reads until `Source.close()`."""
+    from feddf.cache.reader import open_h5, read_info
 
     p = Path(path)
-    if not p.exists():
-        raise FeddfError(f"source {str(p)!r} does not exist: pass a cache made by `feddf gen` or `feddf cache import`")
-    if p.is_dir():
-        raise FeddfError(f"source {str(p)!r} is a folder: pass a cache file (*.h5)")
-    if not h5py.is_hdf5(p):
-        raise FeddfError(f"source {str(p)!r} is not an HDF5 cache: pass a cache made by `feddf gen` or "
-                         f"`feddf cache import`")
+    h5, live = open_h5(p)
     try:
-        # SWMR read so a cache that `feddf gen` is still writing can be audited (only committed images are used).
-        h5 = h5py.File(p, "r", swmr=True, locking=False)
-    except OSError:
-        h5 = h5py.File(p, "r", locking=False)
-    try:
-        return _load(h5, p, name or p.stem)
+        info = read_info(h5, p, live)
+        return _load(h5, info, p, name or p.stem)
     except BaseException:
         h5.close()
         raise
 
 
-def _load(h5, p: Path, name: str) -> Source:
-    attrs = {k: _decode(v) for k, v in h5.attrs.items()}
-    if attrs.get("format") != fmt.FORMAT_NAME:
-        raise FeddfError(f"{str(p)!r} is not a feddf cache (format attribute {attrs.get('format')!r}): pass a cache "
-                         f"made by `feddf gen` or `feddf cache import`")
-    if int(attrs.get("format_version", 0)) > fmt.FORMAT_VERSION:
-        raise FeddfError(f"{str(p)!r} has cache format_version {attrs.get('format_version')}, newer than this feddf "
-                         f"reads ({fmt.FORMAT_VERSION}): upgrade feddf")
-    for key in (fmt.IMAGES, fmt.LABELS, fmt.COMMITTED):
-        if key not in h5:
-            raise FeddfError(f"{str(p)!r} lacks /{key}: the cache is damaged; re-create it")
-    images = h5[fmt.IMAGES]
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise FeddfError(f"{str(p)!r}: /images is {images.dtype} {images.shape}, expected uint8 (N, C, R, R)")
-    n = int(h5[fmt.COMMITTED][()])
-    n = max(0, min(n, images.shape[0]))
+def _space(counts: np.ndarray | None, names: list[str] | None, values: np.ndarray) -> int:
+    """Size of a label space: the recorded coverage length (e.g. 1000 ImageNet classes even if 10 were sampled),
+    else the names, else max value + 1 — never smaller than a value that occurs."""
+    k = len(counts) if counts is not None else (len(names) if names else 0)
+    hi = int(values.max()) + 1 if values.size else 0
+    return max(k, hi)
+
+
+def _load(h5, info, p: Path, name: str) -> Source:
+    n = info.n
     labels = np.asarray(h5[fmt.LABELS][:n], dtype=np.int64)
-    label_names = _json_list(attrs.get("label_names"))
-    target_names = _json_list(attrs.get("target_names"))
-    # K: the recorded coverage length is the label space (e.g. 1000 ImageNet classes even if only 10 were sampled).
-    if fmt.LABEL_COUNTS in h5:
-        label_space = int(h5[fmt.LABEL_COUNTS].shape[0])
-    elif label_names:
-        label_space = len(label_names)
-    else:
-        label_space = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
-    if labels.size and labels.max() >= label_space:
-        label_space = int(labels.max()) + 1
     targets = target_space = None
-    if fmt.TARGETS in h5:
+    if info.has_targets:
         targets = np.asarray(h5[fmt.TARGETS][:n], dtype=np.int64)
-        if fmt.TARGET_COUNTS in h5:
-            target_space = int(h5[fmt.TARGET_COUNTS].shape[0])
-        elif target_names:
-            target_space = len(target_names)
-        else:
-            target_space = int(targets.max()) + 1 if targets.size and targets.max() >= 0 else 0
-        if targets.size and targets.max() >= target_space:
-            target_space = int(targets.max()) + 1
+        target_space = _space(info.target_counts, info.target_names, targets)
     recorded = None
-    if fmt.LABELER_COUNTS in h5 and fmt.LABELER_CONF_SUM in h5:
-        recorded = (np.asarray(h5[fmt.LABELER_COUNTS][()], dtype=np.int64),
-                    np.asarray(h5[fmt.LABELER_CONF_SUM][()], dtype=np.float64))
-    reported = {k: attrs[k] for k in _REPORTED_ATTRS if k in attrs}
-    return Source(path=p, name=name, n=n, channels=int(images.shape[1]), resolution=int(images.shape[2]),
-                  attrs=reported, labels=labels, label_space=label_space, label_names=label_names, targets=targets,
-                  target_space=target_space, target_names=target_names, recorded_labeler=recorded, _h5=h5)
+    if fmt.LABELER_PRED in h5 and fmt.LABELER_CONF in h5:
+        recorded = (np.asarray(h5[fmt.LABELER_PRED][:n], dtype=np.int64),
+                    np.asarray(h5[fmt.LABELER_CONF][:n], dtype=np.float64))
+    reported = {k: _decode(info.attrs[k]) for k in _REPORTED_ATTRS if k in info.attrs}
+    labeler_space = labeler_names = None
+    if recorded is not None:
+        lab = info.attrs.get("labeler")
+        if isinstance(lab, str):
+            try:
+                lab = json.loads(lab)
+            except ValueError:
+                pass
+        reported["labeler"] = lab
+        labeler_space = _space(info.labeler_counts, None, recorded[0])
+        names = lab.get("class_names") if isinstance(lab, dict) else None
+        if not names and info.target_names and len(info.target_names) == labeler_space:
+            names = info.target_names     # a gen labeler classifies the target task
+        labeler_names = [str(x) for x in names] if names else None
+    reported["live"] = info.live
+    return Source(path=p, name=name, n=n, channels=info.channels, resolution=info.resolution, attrs=reported,
+                  labels=labels, label_space=_space(info.label_counts, info.label_names, labels),
+                  label_names=info.label_names, targets=targets, target_space=target_space,
+                  target_names=info.target_names, recorded_labeler=recorded, labeler_space=labeler_space,
+                  labeler_names=labeler_names, _h5=h5)
 
 
 def unique_names(paths: list[str | Path]) -> list[str]:

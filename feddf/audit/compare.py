@@ -1,0 +1,161 @@
+"""Compare `feddf train` runs: accuracy-vs-round curves, best/final accuracy, rounds to a target accuracy (the FedDF
+paper's Table 1 metric), distillation steps and wall time.
+
+    feddf compare runs/fedavg runs/feddf-gan --target-acc 0.8 --out reports/fedavg-vs-feddf
+
+A run's accuracy for an architecture in a round is the accuracy of the server model that round ends with: the
+distilled model when the aggregator distilled (`acc[arch]["distilled"]` not null), else the FedAvg model.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from feddf.errors import FeddfError
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str
+    config: dict
+    records: list[dict]          # metrics.jsonl, one dict per round, sorted by round
+    skipped_lines: int = 0       # a truncated last line (run killed mid-write) is skipped, not fatal
+
+
+def load_run(path: str | Path, name: str | None = None) -> Run:
+    """Read config.json and metrics.jsonl of a run folder; FeddfError (one line) when it is not one."""
+    p = Path(path)
+    hint = "pass a folder written by `feddf train` (with config.json and metrics.jsonl)"
+    if not p.is_dir():
+        raise FeddfError(f"run folder {str(p)!r} does not exist or is not a folder: {hint}")
+    cfg_file, met_file = p / "config.json", p / "metrics.jsonl"
+    if not cfg_file.is_file() or not met_file.is_file():
+        missing = ", ".join(f.name for f in (cfg_file, met_file) if not f.is_file())
+        raise FeddfError(f"{str(p)!r} is not a run folder ({missing} missing): {hint}")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except ValueError as e:
+        raise FeddfError(f"{cfg_file} is not valid JSON ({e}): the run folder is damaged") from None
+    if not isinstance(config, dict):
+        raise FeddfError(f"{cfg_file} does not hold a JSON object: {hint}")
+    lines = met_file.read_text().splitlines()
+    records, skipped = [], 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:      # the writer was killed mid-line: keep the complete rounds
+                skipped += 1
+                continue
+            raise FeddfError(f"{met_file}:{i + 1} is not valid JSON: the run folder is damaged") from None
+        if not isinstance(rec, dict) or "round" not in rec or not isinstance(rec.get("acc"), dict):
+            raise FeddfError(f"{met_file}:{i + 1} lacks 'round' or 'acc': not a feddf metrics file ({hint})")
+        records.append(rec)
+    if not records:
+        raise FeddfError(f"{met_file} has no completed round yet: let the run finish at least one round")
+    records.sort(key=lambda r: r["round"])
+    return Run(p, name or p.name, config, records, skipped)
+
+
+def server_acc(entry) -> float | None:
+    """Accuracy of the model a round ends with: distilled when present, else FedAvg (entry may be a bare float)."""
+    if isinstance(entry, (int, float)):
+        return float(entry)
+    if not isinstance(entry, dict):
+        return None
+    v = entry.get("distilled")
+    if v is None:
+        v = entry.get("fedavg")
+    return None if v is None else float(v)
+
+
+def rounds_to_target(rounds: list[int], acc: list[float], target: float) -> int | None:
+    """The first round whose accuracy reaches `target` (None: never) — the paper's Table 1 metric."""
+    for r, a in zip(rounds, acc):
+        if a is not None and a >= target:
+            return int(r)
+    return None
+
+
+def archs_of(run: Run) -> list[str]:
+    archs = list(run.config.get("archs") or [])
+    for rec in run.records:
+        archs += [a for a in rec["acc"] if a not in archs]
+    return archs
+
+
+def series(run: Run, arch: str) -> dict:
+    """Per-round curves of one architecture: server accuracy, FedAvg-before-distillation accuracy, steps, seconds."""
+    rounds, acc, fedavg, steps, secs = [], [], [], 0, 0.0
+    for rec in run.records:
+        if arch not in rec["acc"]:
+            continue
+        a = server_acc(rec["acc"][arch])
+        if a is None:
+            continue
+        rounds.append(int(rec["round"]))
+        acc.append(a)
+        e = rec["acc"][arch]
+        fedavg.append(float(e["fedavg"]) if isinstance(e, dict) and e.get("fedavg") is not None else None)
+        steps += int((rec.get("distill_steps") or {}).get(arch) or 0)
+    for rec in run.records:   # wall time is per round (all architectures together)
+        secs += float(rec.get("client_seconds") or 0.0) + float(rec.get("distill_seconds") or 0.0)
+    return {"rounds": rounds, "acc": acc, "fedavg": fedavg, "distill_steps": steps, "seconds": secs}
+
+
+def summarize(runs: list[Run], target: float | None) -> list[dict]:
+    """One table row per (run, architecture)."""
+    rows = []
+    for run in runs:
+        ens = [r.get("ensemble_acc") for r in run.records if isinstance(r.get("ensemble_acc"), (int, float))]
+        for arch in archs_of(run):
+            s = series(run, arch)
+            if not s["acc"]:
+                continue
+            best_i = max(range(len(s["acc"])), key=lambda i: s["acc"][i])
+            rows.append({
+                "run": run.name, "path": str(run.path), "arch": arch,
+                "dataset": run.config.get("dataset"), "aggregator": run.config.get("aggregator"),
+                "distill_source": run.config.get("distill_source"), "rounds_run": len(s["rounds"]),
+                "best_acc": s["acc"][best_i], "best_round": s["rounds"][best_i], "final_acc": s["acc"][-1],
+                "final_round": s["rounds"][-1],
+                "rounds_to_target": rounds_to_target(s["rounds"], s["acc"], target) if target is not None else None,
+                "distill_steps": s["distill_steps"], "wall_seconds": s["seconds"],
+                "best_ensemble_acc": max(ens) if ens else None, "incomplete_lines_skipped": run.skipped_lines})
+    return rows
+
+
+def compare_runs(paths: list[str | Path], target: float | None) -> tuple[dict, dict[str, bytes]]:
+    """(report dict with every number, {file name: PNG}) for the runs at `paths`."""
+    from feddf.audit import plots
+    from feddf.audit.sources import unique_names
+    from feddf.utils import versions
+
+    if not paths:
+        raise FeddfError("no RUN_DIR given: pass one or more `feddf train` run folders")
+    if target is not None and not 0.0 < target <= 1.0:
+        raise FeddfError(f"--target-acc {target} must be a fraction in (0, 1], e.g. 0.8 for 80%")
+    names = unique_names([Path(p).name or str(p) for p in paths])
+    runs = [load_run(p, n) for p, n in zip(paths, names)]
+    rows = summarize(runs, target)
+    curves = []
+    for run in runs:
+        label = f"{run.name} ({run.config.get('aggregator', '?')}"
+        label += f", {run.config['distill_source']})" if run.config.get("distill_source") else ")"
+        for arch in archs_of(run):
+            s = series(run, arch)
+            if s["acc"]:
+                curves.append({"run": run.name, "arch": arch, "label": label, "rounds": s["rounds"],
+                               "acc": s["acc"], "fedavg": s["fedavg"]})
+    figures = {"accuracy.png": plots.accuracy_curves(curves, target, "test accuracy vs round")}
+    report = {"command": "compare", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "target_acc": target, "versions": versions(), "rows": rows, "curves": curves,
+              "runs": [{"name": r.name, "path": str(r.path), "config": r.config, "rounds": len(r.records)}
+                       for r in runs],
+              "figures": {"accuracy": "figures/accuracy.png"}}
+    return report, figures
