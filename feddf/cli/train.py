@@ -1,0 +1,145 @@
+"""`feddf train`: federated learning with FedAvg / FedProx / FedAvgM, or FedDF ensemble distillation from a source.
+
+    feddf train --dataset fashion-mnist --arch cnn --aggregator feddf --distill-source noise --clients 4 --rounds 1 \
+        --local-epochs 1 --train-limit 600 --test-limit 500 --distill-steps 20 --eval-every 10 --out runs/demo
+
+Every option defaults to the FedDF paper's released setting (see `feddf.federated.config` and docs/training.md);
+`--config FILE.toml` supplies the same keys, and flags given on the command line override it.
+"""
+from __future__ import annotations
+
+import click
+
+from feddf.federated.config import TrainConfig as _C
+
+_D = _C()
+
+
+def _default(name: str) -> str:
+    if not hasattr(_D, name):
+        return ""
+    v = getattr(_D, name)
+    shown = "auto" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    return f" [default: {shown}]"
+
+
+def _opt(flag: str, type_=str, help_: str = "", field: str | None = None, **kw):
+    name = field or flag.lstrip("-").split("/")[0].replace("-", "_")
+    return click.option(flag, name, type=type_, default=None, help=help_ + _default(name), **kw)
+
+
+def _flag(flag: str, help_: str):
+    name = flag.lstrip("-").split("/")[0].replace("-", "_")
+    return click.option(flag, name, default=None, help=help_ + _default(name))
+
+
+OPTIONS = [
+    _opt("--config", click.Path(dir_okay=False), "TOML file with any of these options (flags override it).",
+         field="config_file"),
+    _opt("--dataset", str, "Task dataset: fashion-mnist, cifar10, cifar100."),
+    _opt("--data-root", str, "Folder of the datasets (feddf.data's default when omitted)."),
+    _opt("--test-split", str, "Evaluation split; fashion-mnist uses test[5000:] because test[:5000] trains the DCGAN, "
+         "other datasets use test.", metavar="SPLIT"),
+    _opt("--train-limit", int, "Use a seeded random subset of N training images (quick runs).", metavar="N"),
+    _opt("--test-limit", int, "Evaluate on the first N test images.", metavar="N"),
+    _opt("--val-fraction", float, "Share of the training split the server keeps as labelled validation data."),
+    _opt("--arch", str, "Architecture of every client (resnet8, resnet20, resnet32, vgg9, shufflenetv2, cnn)."),
+    _opt("--archs", str, "Heterogeneous clients, comma-separated: client i trains archs[i*A//n]; one prototype "
+         "per architecture, each distilled from all clients (feddf only).", metavar="A,B,..."),
+    _opt("--norm", str, "Normalisation layers: bn, gn, none."),
+    _opt("--aggregator", str, "feddf, fedavg, fedprox or fedavgm."),
+    _opt("--weighting", str, "FedAvg weights: size (client data size) or uniform (the paper code)."),
+    _opt("--partition", str, "Non-iid split: dirichlet-balanced (paper code), dirichlet (Hsu et al.), iid."),
+    _opt("--clients", int, "Number of clients."),
+    _opt("--alpha", float, "Dirichlet concentration (smaller = more non-iid)."),
+    _opt("--fraction", float, "Share of clients sampled each round, in (0, 1]."),
+    _opt("--rounds", int, "Communication rounds."),
+    _opt("--local-epochs", int, "Local epochs per round."),
+    _opt("--local-lr", float, "Client SGD learning rate."),
+    _opt("--local-momentum", float, "Client SGD momentum."),
+    _opt("--weight-decay", float, "Client weight decay."),
+    _opt("--batch-size", int, "Client batch size."),
+    _opt("--augment", str, "Client augmentation: crop-flip, flip, none."),
+    _opt("--prox-mu", float, "FedProx proximal weight mu (0.01 for fedprox when omitted, else 0).", metavar="M"),
+    _opt("--server-momentum", float, "FedAvgM server momentum (0.9 for fedavgm when omitted).", metavar="B"),
+    _opt("--distill-source", str, "gan (= --cache or the newest generated cache), noise, cifar100, stl10, "
+         "imagenet32, fashion-mnist, or a PATH.h5 cache."),
+    _opt("--cache", click.Path(dir_okay=False), "Cache file for --distill-source gan (or where a named real set is "
+         "imported)."),
+    _opt("--cache-dir", click.Path(file_okay=False), "Folder searched for caches and used for imports."),
+    _flag("--source-resize/--no-source-resize", "Convert a cache whose channels/resolution differ from the task."),
+    _opt("--source-memory-mb", int, "Hold caches up to this size in memory (lets a sample's teacher targets be "
+         "reused)."),
+    _opt("--distill-steps", int, "Distillation step budget per round."),
+    _opt("--distill-batch-size", int, "Distillation batch size."),
+    _opt("--distill-lr", float, "Adam learning rate of the students (cosine-annealed)."),
+    _opt("--temperature", float, "Distillation temperature T."),
+    _opt("--ensemble", str, "avg-logits, avg-probs or avg-losses."),
+    _opt("--patience", int, "Stop distilling after this many steps without a validation improvement."),
+    _opt("--eval-every", int, "Validate the students every N steps.", metavar="N"),
+    _flag("--drop-worst/--no-drop-worst", "Drop clients under 1.2x random-guess validation accuracy (paper code)."),
+    _opt("--distill-augment", str, "Augmentation of distillation batches: none, flip, crop-flip."),
+    _opt("--teacher-precision", str, "auto (bf16 where the hardware has it natively), fp32 or bf16."),
+    _flag("--compile-teachers/--no-compile-teachers", "torch.compile the teachers each round."),
+    _opt("--prefetch", int, "Batches whose teacher targets a background thread computes ahead (0 = none)."),
+    _opt("--eval-batch-size", int, "Batch size of evaluations."),
+    _opt("--seed", int, "Seed of everything (partition, sampling, training).", metavar="S"),
+    _opt("--device", str, "auto, cpu, cuda or cuda:N.", metavar="D"),
+    _opt("--out", click.Path(file_okay=False), "Run folder (default runs/<dataset>-<archs>-<aggregator>...).",
+         metavar="runs/NAME"),
+    _flag("--resume/--no-resume", "Continue the run in --out after its last completed round."),
+]
+
+
+def _command(fn):
+    for o in reversed(OPTIONS):
+        fn = o(fn)
+    return fn
+
+
+@click.command("train")
+@_command
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON line on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def command(config_file, as_json, quiet, **options) -> None:
+    """Federated training: partition -> local SGD -> FedAvg per architecture -> (FedDF) ensemble distillation.
+
+    \b
+    Examples:
+      feddf train --aggregator fedavg --rounds 20
+      feddf train --aggregator feddf --distill-source gan --cache cache/dcgan-fashion-mnist-28px-20000.h5
+      feddf train --archs resnet20,resnet32,shufflenetv2 --distill-source fashion-mnist
+      feddf train --out runs/NAME --resume      # after a crash: continue after the last completed round
+    """
+    import json
+    import sys
+
+    from feddf.federated.config import config_from, load_toml
+    from feddf.federated.runner import run
+
+    given = {k: v for k, v in options.items() if v is not None}
+    if "archs" in given:
+        given["archs"] = [a.strip() for a in given["archs"].split(",") if a.strip()]
+    if quiet:
+        given["progress"] = False
+    base = _saved_config(given["out"]) if given.get("resume") and given.get("out") else {}
+    cfg = config_from({**base, **(load_toml(config_file) if config_file else {})}, given)
+    log = (lambda s: click.echo(s, err=True)) if as_json else click.echo
+    summary = run(cfg, log=log)
+    if as_json:
+        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+
+
+def _saved_config(out: str) -> dict:
+    """--resume --out DIR: the run's own settings are the base, so `feddf train --out DIR --resume` is enough."""
+    import json
+    from pathlib import Path
+
+    from feddf.federated.config import FIELDS
+
+    p = Path(out) / "config.json"
+    try:
+        saved = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in saved.items() if k in FIELDS and k not in ("resume", "progress")}

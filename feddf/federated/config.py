@@ -1,0 +1,188 @@
+"""`TrainConfig`: every knob of `feddf train`, its default and where the default comes from; TOML loading.
+
+    python -c "from feddf.federated.config import TrainConfig; print(TrainConfig().resolved())"
+
+Defaults follow the FedDF paper's released commands (github.com/epfml/federated-learning-public-code, FedDF README:
+CIFAR-10 / ResNet-8, 20 clients, alpha 1, 40 local epochs, 100 rounds, SGD lr 0.1 batch 64 without momentum, val
+ratio 0.1, manual_seed 7; FedDF: avg_logits, 10^4 distillation batches, eval every 100, early stop after 1000) and
+the solver's defaults in `noise_knowledge_transfer.py` (Adam 1e-3, cosine annealing, T = 1, clip 5). The dataset
+default is fashion-mnist because it is the dataset this toolkit ships a GAN pipeline for. docs/training.md has the
+full table. A TOML file (`--config`) holds the same keys (dashes or underscores); command-line flags override it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from feddf.errors import FeddfError
+
+AGGREGATOR_NAMES = ("feddf", "fedavg", "fedprox", "fedavgm")
+AUGMENT_NAMES = ("crop-flip", "flip", "none")
+
+
+@dataclass
+class TrainConfig:
+    # task and data
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None          # feddf.data's default root when None
+    test_split: str | None = None         # None -> "test[5000:]" for fashion-mnist (test[:5000] trains the GAN)
+    train_limit: int | None = None        # use a seeded random subset of the training split (quick runs, tests)
+    test_limit: int | None = None         # evaluate on the first N images of the test split
+    val_fraction: float = 0.1             # paper: --val_data_ratio 0.1 (the server's labelled validation split)
+    # models
+    arch: str = "resnet8"                 # paper: --arch resnet8
+    archs: list[str] | None = None        # heterogeneous clients, e.g. [resnet20, resnet32, shufflenetv2]
+    norm: str = "bn"
+    # federation
+    aggregator: str = "feddf"
+    weighting: str = "size"               # FedAvg weights: client data size (McMahan et al.); "uniform" = paper code
+    partition: str = "dirichlet-balanced"  # paper code's non_iid_dirichlet; "dirichlet" = the common Hsu et al. split
+    clients: int = 20                     # paper: --n_clients 20
+    alpha: float = 1.0                    # paper: --non_iid_alpha 1
+    fraction: float = 0.4                 # paper README: participation ratio 0.4
+    rounds: int = 100                     # paper: --n_comm_rounds 100
+    # clients
+    local_epochs: int = 40                # paper: --local_n_epochs 40
+    local_lr: float = 0.1                 # paper: --lr 0.1, no decay
+    local_momentum: float = 0.0           # paper: --momentum_factor 0
+    weight_decay: float = 0.0             # paper: --weight_decay 0
+    batch_size: int = 64                  # paper: --batch_size 64
+    augment: str = "crop-flip"            # paper code's CIFAR train transform (random crop 4 px + flip)
+    prox_mu: float | None = None          # FedProx mu; None -> 0.01 for fedprox, 0 otherwise
+    server_momentum: float | None = None  # FedAvgM beta; None -> 0.9 for fedavgm
+    # FedDF distillation
+    distill_source: str = "gan"
+    cache: str | None = None
+    cache_dir: str = "cache"
+    source_resize: bool = False
+    source_memory_mb: int = 1024          # caches up to this size are held in memory (enables target reuse)
+    distill_steps: int = 10000            # paper: total_n_server_pseudo_batches=10000
+    distill_batch_size: int = 64          # paper: the distillation loader uses --batch_size 64
+    distill_lr: float = 1e-3              # paper: student_learning_rate 1e-3 (Adam, cosine annealing)
+    temperature: float = 1.0              # paper: KL temperature 1
+    ensemble: str = "avg-logits"          # paper: update_student_scheme=avg_logits
+    eval_every: int = 100                 # paper: eval_batches_freq=100
+    patience: int = 1000                  # paper: early_stopping_server_batches=1000
+    drop_worst: bool = False              # paper: server_teaching_scheme=drop_worst
+    distill_augment: str = "none"         # see docs/training.md: "none" lets targets of a finite source be reused
+    teacher_precision: str = "auto"       # bf16 where native (AVX512-BF16/AMX CPUs, sm80+ GPUs), else fp32
+    compile_teachers: bool = False
+    prefetch: int = 2                     # batches whose teacher targets are computed ahead, in a thread
+    # run
+    seed: int = 7                         # paper: --manual_seed 7
+    device: str = "auto"
+    eval_batch_size: int = 500
+    out: str | None = None                # None -> runs/<dataset>-<archs>-<aggregator>[-<source>]-s<seed>
+    resume: bool = False
+    progress: bool = True
+
+    # ------------------------------------------------------------------------------------------------------------
+    def arch_list(self) -> list[str]:
+        return list(self.archs) if self.archs else [self.arch]
+
+    def resolved(self) -> "TrainConfig":
+        """A validated copy with every None default filled in (what config.json records)."""
+        c = dataclasses.replace(self)
+        c.validate()
+        if c.archs:
+            c.arch = c.archs[0]
+        c.archs = c.arch_list()
+        if c.test_split is None:
+            c.test_split = "test[5000:]" if c.dataset == "fashion-mnist" else "test"
+        if c.prox_mu is None:
+            c.prox_mu = 0.01 if c.aggregator == "fedprox" else 0.0
+        if c.server_momentum is None:
+            c.server_momentum = 0.9 if c.aggregator == "fedavgm" else 0.0
+        if c.out is None:
+            src = f"-{Path(c.distill_source).stem}" if c.aggregator == "feddf" else ""
+            c.out = f"runs/{c.dataset}-{'+'.join(c.archs)}-{c.aggregator}{src}-a{c.alpha:g}-s{c.seed}"
+        return c
+
+    def validate(self) -> None:
+        from feddf.data import DATASETS
+        from feddf.federated.partition import PARTITIONERS
+        from feddf.federated.teachers import ENSEMBLES, PRECISIONS
+        from feddf.models import MODELS
+
+        def bad(flag, value, fix):
+            raise FeddfError(f"--{flag} {value}: {fix}")
+
+        if self.dataset not in DATASETS:
+            bad("dataset", repr(self.dataset), f"unknown dataset; choose one of {', '.join(DATASETS)}")
+        for a in self.arch_list():
+            if a not in MODELS:
+                bad("arch", repr(a), f"unknown architecture; choose one of {', '.join(MODELS)}")
+        if self.archs is not None and len(set(self.archs)) != len(self.archs):
+            bad("archs", ",".join(self.archs), "list each architecture once")
+        if self.aggregator not in AGGREGATOR_NAMES:
+            bad("aggregator", repr(self.aggregator), f"choose one of {', '.join(AGGREGATOR_NAMES)}")
+        if self.aggregator != "feddf" and len(self.arch_list()) > 1:
+            bad("archs", ",".join(self.arch_list()), "several architectures can only be fused with --aggregator feddf")
+        for flag, v, choices in (("weighting", self.weighting, ("size", "uniform")),
+                                 ("partition", self.partition, tuple(PARTITIONERS)),
+                                 ("ensemble", self.ensemble, ENSEMBLES), ("augment", self.augment, AUGMENT_NAMES),
+                                 ("distill-augment", self.distill_augment, AUGMENT_NAMES),
+                                 ("teacher-precision", self.teacher_precision, ("auto", *PRECISIONS))):
+            if v not in choices:
+                bad(flag, repr(v), f"choose one of {', '.join(choices)}")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            bad("alpha", self.alpha, "the Dirichlet concentration must be > 0 (e.g. 1.0; 0.1 is very non-iid)")
+        if not 0 < self.fraction <= 1:
+            bad("fraction", self.fraction, "the share of clients per round must be in (0, 1] (e.g. 0.4)")
+        if not 0 <= self.val_fraction < 1:
+            bad("val-fraction", self.val_fraction, "must be in [0, 1) (the paper uses 0.1)")
+        if (self.aggregator == "feddf" or self.drop_worst) and self.val_fraction == 0:
+            bad("val-fraction", 0, "FedDF early stopping and --drop-worst need the server's validation split; "
+                                   "use e.g. 0.1")
+        for flag, v in (("clients", self.clients), ("rounds", self.rounds), ("local-epochs", self.local_epochs),
+                        ("batch-size", self.batch_size), ("distill-steps", self.distill_steps),
+                        ("distill-batch-size", self.distill_batch_size), ("eval-every", self.eval_every),
+                        ("patience", self.patience), ("eval-batch-size", self.eval_batch_size)):
+            if not isinstance(v, int) or v < 1:
+                bad(flag, v, "must be a positive integer")
+        for flag, v in (("train-limit", self.train_limit), ("test-limit", self.test_limit)):
+            if v is not None and v < 1:
+                bad(flag, v, "must be a positive number of images")
+        for flag, v in (("local-lr", self.local_lr), ("distill-lr", self.distill_lr),
+                        ("temperature", self.temperature)):
+            if not v > 0:
+                bad(flag, v, "must be > 0")
+        if self.prox_mu is not None and self.prox_mu < 0:
+            bad("prox-mu", self.prox_mu, "must be >= 0 (e.g. 0.01)")
+        if self.server_momentum is not None and not 0 <= self.server_momentum < 1:
+            bad("server-momentum", self.server_momentum, "must be in [0, 1) (e.g. 0.9)")
+        if self.prefetch < 0 or self.source_memory_mb < 0:
+            bad("prefetch/source-memory-mb", f"{self.prefetch}/{self.source_memory_mb}", "must be >= 0")
+
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def load_toml(path: str | Path) -> dict:
+    """Keys of a TOML file (dashes -> underscores), checked against TrainConfig's fields."""
+    import tomllib
+
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise FeddfError(f"--config {p}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FeddfError(f"--config {p}: not valid TOML ({e})") from None
+    data = data.get("train", data)  # either top-level keys or a [train] table
+    out = {}
+    for k, v in data.items():
+        key = k.replace("-", "_")
+        if key not in FIELDS:
+            raise FeddfError(f"--config {p}: unknown key {k!r}; valid keys are the `feddf train` options")
+        out[key] = v
+    if isinstance(out.get("archs"), str):
+        out["archs"] = [a.strip() for a in out["archs"].split(",") if a.strip()]
+    return out
+
+
+def config_from(toml_values: dict, cli_values: dict) -> TrainConfig:
+    """TOML values overridden by explicitly given command-line values."""
+    return TrainConfig(**{**toml_values, **cli_values})

@@ -1,0 +1,204 @@
+"""FedDF server distillation: every architecture's student learns the client ensemble on unlabelled batches.
+
+    python -m pytest -q tests/test_distill.py   # a self-contained run on tensors and tiny models
+
+`distill(students, ensemble, batches, validate, spec)` runs all students in lock-step on the same batches, so the
+teacher outputs of a batch are computed once and shared (heterogeneous FedDF: one prototype per architecture, each
+learning from every teacher). Per student, as in the paper code (`NoiseKTSolver.distillation`):
+  - the start is the FedAvg model of its architecture, trained in train mode (BN uses distillation-batch statistics);
+  - loss KL(ensemble || student) at temperature T (teachers.py); Adam(lr 1e-3), cosine annealing over the step
+    budget (stepped every batch), gradient-norm clip 5;
+  - validation accuracy on the server's labelled split every `eval_every` steps; stop once `patience` steps passed
+    without a strict improvement; the best-on-validation weights are kept, the FedAvg start (step 0) included.
+Speed: a background thread prepares batch t+1 (uint8 -> float, teacher forward passes) while the students take their
+step on batch t; for sources with stable sample ids and no augmentation, each sample's target is computed once per
+round and reused whenever the sample comes back (`TargetCache`).
+"""
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from feddf.federated.teachers import TeacherEnsemble, distill_loss
+
+Batch = tuple  # (ids LongTensor (B,) or None, float input (B, C, H, W))
+
+
+@dataclass
+class DistillSpec:
+    steps: int = 10000          # paper: total_n_server_pseudo_batches = 10^4
+    lr: float = 1e-3            # paper: Adam, student_learning_rate = 1e-3
+    temperature: float = 1.0    # paper: KL_temperature = 1
+    eval_every: int = 100       # paper: eval_batches_freq = 100
+    patience: int = 1000        # paper: early_stopping_server_batches = 1000 (released commands)
+    clip: float = 5.0           # paper: clip_grad_norm_(..., 5)
+    prefetch: int = 2           # batches prepared ahead by the background thread (0 = no thread)
+
+
+@dataclass
+class DistillResult:
+    init_val: float
+    best_val: float
+    best_step: int                      # 0 = no step beat the FedAvg start, which is kept
+    steps: int = 0                      # steps taken before stopping
+    stopped_early: bool = False
+    history: list = field(default_factory=list)   # [{"step", "val", "loss"}] at each validation
+
+
+class TargetCache:
+    """Ensemble targets by sample id for a finite source: (N, K) probabilities + (N,) constants, filled lazily."""
+
+    def __init__(self, n: int, num_classes: int):
+        self.probs = torch.zeros(n, num_classes)
+        self.const = torch.zeros(n)
+        self.filled = torch.zeros(n, dtype=torch.bool)
+        self.hits = self.misses = 0
+
+    def lookup(self, ids: torch.Tensor, x: torch.Tensor, ensemble: TeacherEnsemble):
+        ids = ids.cpu()
+        missing = ~self.filled[ids]  # (B,) bool; the table lives on the CPU, the batch may be on a GPU
+        n_miss = int(missing.sum())
+        if n_miss:
+            p, c = ensemble.target(x[missing.to(x.device)])
+            self.probs[ids[missing]] = p.to(self.probs)
+            self.const[ids[missing]] = c.to(self.const)
+            self.filled[ids[missing]] = True
+        self.misses += n_miss
+        self.hits += len(ids) - n_miss
+        return self.probs[ids].to(x.device), self.const[ids].to(x.device)
+
+
+def _targets(batches: Iterable[Batch], ensemble: TeacherEnsemble, cache: TargetCache | None) -> Iterator:
+    for ids, x in batches:
+        if cache is not None and ids is not None:
+            yield (x, *cache.lookup(ids, x, ensemble))
+        else:
+            yield (x, *ensemble.target(x))
+
+
+def prefetched(it: Iterator, depth: int) -> Iterator:
+    """Run `it` in a background thread, `depth` items ahead (torch ops release the GIL, so the teachers' forward
+    passes overlap the students' step). Exceptions are re-raised in the consumer; closing stops the producer."""
+    if depth <= 0:
+        yield from it
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    t = threading.Thread(target=work, name="feddf-teachers", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join()
+
+
+class _Student:
+    """One architecture's student: optimiser, schedule, early-stopping state and its best weights."""
+
+    def __init__(self, model: nn.Module, spec: DistillSpec, init_val: float):
+        self.model = model
+        self.opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, spec.steps))
+        self.result = DistillResult(init_val=init_val, best_val=init_val, best_step=0)
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.active = True
+        self.loss_sum = 0.0
+        self.loss_n = 0
+
+    def step(self, x, probs, const, spec: DistillSpec) -> None:
+        self.model.train()
+        loss = distill_loss(self.model(x), probs, const, spec.temperature)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), spec.clip)
+        self.opt.step()
+        self.sched.step()
+        self.loss_sum += float(loss.detach())
+        self.loss_n += 1
+
+    def validate(self, step: int, val: float, spec: DistillSpec) -> None:
+        r = self.result
+        r.history.append({"step": step, "val": val, "loss": self.loss_sum / max(1, self.loss_n)})
+        self.loss_sum, self.loss_n = 0.0, 0
+        if val > r.best_val:
+            r.best_val, r.best_step = val, step
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        if step - r.best_step >= spec.patience:
+            self.active, r.stopped_early = False, True
+
+    def finish(self) -> DistillResult:
+        self.model.load_state_dict(self.best_state)
+        return self.result
+
+
+def distill(students: dict[str, nn.Module], ensemble: TeacherEnsemble, batches: Iterable[Batch],
+            validate: Callable[[nn.Module], float], spec: DistillSpec, cache: TargetCache | None = None,
+            progress: Callable[[int, dict], None] | None = None) -> dict[str, DistillResult]:
+    """Distill `ensemble` into every student (in place; each ends with its best-on-validation weights).
+
+    `batches` yields (ids or None, normalised float (B, C, H, W)); it is read at most `spec.steps` times.
+    `validate(model)` returns an accuracy in [0, 1] (the caller puts the model in eval mode and back).
+    `progress(step, {arch: last val acc})` is called after every step.
+    """
+    state = {a: _Student(m, spec, validate(m)) for a, m in students.items()}
+    last_val = {a: s.result.init_val for a, s in state.items()}
+    it = iter(batches)
+
+    def limited():  # the producer never reads past the step budget
+        for _ in range(spec.steps):
+            try:
+                yield next(it)
+            except StopIteration:
+                return
+
+    gen = prefetched(_targets(limited(), ensemble, cache), spec.prefetch)
+    step = 0
+    try:
+        for x, probs, const in gen:
+            step += 1
+            for s in state.values():
+                if s.active:
+                    s.step(x, probs, const, spec)
+                    s.result.steps = step
+            if step % spec.eval_every == 0 or step == spec.steps:
+                for a, s in state.items():
+                    if s.active:
+                        last_val[a] = validate(s.model)
+                        s.validate(step, last_val[a], spec)
+            if progress is not None:
+                progress(step, dict(last_val))
+            if not any(s.active for s in state.values()):
+                break
+    finally:
+        gen.close()
+    return {a: s.finish() for a, s in state.items()}

@@ -1,0 +1,227 @@
+"""One federated training run: rounds of local training, FedAvg per architecture and (FedDF) ensemble distillation,
+with a run folder that can be resumed after any crash.
+
+    python -c "from feddf.federated.config import TrainConfig; from feddf.federated.runner import run; \
+run(TrainConfig(train_limit=600, clients=4, rounds=1, local_epochs=1, arch='cnn', distill_source='noise', \
+distill_steps=20, eval_every=10, test_limit=500, out='/tmp/feddf-demo'))"
+
+Run folder (docs/CONTRACTS.md): config.json (resolved config, versions, data/cache hashes), partition.json (class
+histogram of every client and of the server's validation split), metrics.jsonl (one line per round), models/<arch>.pt
+(save_classifier), checkpoint.pt (everything needed to continue). All of them are written atomically; a round only
+counts once checkpoint.pt says so, so a kill -9 loses at most the round in progress. Every random choice of round r
+(client sampling, local shuffling/augmentation, the distillation stream) is seeded from (seed, r, ...), so `--resume`
+continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from feddf.errors import FeddfError
+from feddf.federated.aggregate import drop_worst, get_aggregator
+from feddf.federated.client import LocalSpec, accuracy, local_train, make_transform
+from feddf.federated.config import TrainConfig
+from feddf.federated.distill import DistillSpec, distill
+from feddf.federated.setup import Task, load_task, print_partition, print_summary, same_run
+from feddf.federated.teachers import TeacherEnsemble, ensemble_scores
+
+CHECKPOINT_VERSION = 1
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from integers (round, client, purpose): independent streams, stable across resumes."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class Progress:
+    """A tqdm bar over rounds whose postfix shows the phase (local k/K, distill step + val acc)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc="rounds", unit="round", file=sys.stderr,
+                        disable=not enabled, dynamic_ncols=True, mininterval=0.5)
+        self._last = 0.0
+
+    def phase(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last > 0.5:
+            self.bar.set_postfix_str(text, refresh=True)
+            self._last = now
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the federated training described by cfg; returns the final summary dict."""
+    from feddf.federated.teachers import resolve_precision
+    from feddf.utils import resolve_device
+
+    cfg = cfg.resolved()
+    device = resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision, device))
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists() and not cfg.resume:
+        raise FeddfError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    ckpt = _load_checkpoint(ckpt_path, cfg) if cfg.resume and ckpt_path.exists() else None
+    task = load_task(cfg, log)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(exist_ok=True)
+    if ckpt is None:
+        _write_json(out / "partition.json", task.partition_record())
+        _write_json(out / "config.json", task.config_record())
+    print_partition(task, log)
+
+    agg = get_aggregator(cfg.aggregator, weighting=cfg.weighting, server_momentum=cfg.server_momentum)
+    server = {a: task.initial_state(a) for a in cfg.archs}
+    rows: list[dict] = []
+    start = 0
+    if ckpt is not None:
+        start, rows = int(ckpt["round"]), list(ckpt["metrics"])
+        server = {a: ckpt["server"][a] for a in cfg.archs}
+        agg.load_state_dict(ckpt["aggregator"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        _write_outputs(out, task, server, rows)  # undo anything a killed round wrote after its checkpoint
+        log(f"resuming {out} after round {start}/{cfg.rounds}")
+
+    bar = Progress(cfg.rounds, start, cfg.progress)
+    try:
+        for r in range(start + 1, cfg.rounds + 1):
+            row = _round(r, cfg, task, agg, server, device, bar)
+            rows.append(row)
+            _write_outputs(out, task, server, rows, checkpoint={
+                "version": CHECKPOINT_VERSION, "round": r, "server": server, "aggregator": agg.state_dict(),
+                "metrics": rows, "config": dataclasses.asdict(cfg), "rng": {"torch": torch.get_rng_state()}})
+            bar.advance()
+    finally:
+        bar.close()
+    summary = {"out": str(out), "rounds": len(rows), "final": rows[-1] if rows else None}
+    print_summary(rows, cfg.archs, log)
+    return summary
+
+
+def _round(r: int, cfg: TrainConfig, task: Task, agg, server: dict, device, bar: Progress) -> dict:
+    torch.manual_seed(_seed(cfg.seed, r, 0))
+    rng = np.random.default_rng(_seed(cfg.seed, r, 1))
+    m = max(1, int(cfg.clients * cfg.fraction + 0.5))  # the paper code's n_participated
+    selected = sorted(int(k) for k in rng.choice(cfg.clients, m, replace=False))
+
+    # ---- local training --------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    spec = LocalSpec(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.local_momentum, cfg.weight_decay,
+                     cfg.prox_mu, cfg.augment)
+    train_tf = make_transform(task.info, cfg.augment)
+    clients = []  # (client id, arch, model, n)
+    for i, k in enumerate(selected):
+        arch = task.client_arch[k]
+        model = task.new_model(arch, server[arch]).to(device)
+        idx = task.client_indices[k]
+        gen = torch.Generator().manual_seed(_seed(cfg.seed, r, 2, k))
+        local_train(model, task.train_images[idx], task.train_labels[idx], spec, train_tf, gen, device,
+                    progress=lambda done, tot, i=i: bar.phase(f"local {i + 1}/{m} step {done}/{tot}"))
+        clients.append((k, arch, model, len(idx)))
+    client_seconds = time.perf_counter() - t0
+
+    # ---- FedAvg per architecture (after --drop-worst) --------------------------------------------------------
+    t1 = time.perf_counter()
+    keep_avg = keep_teach = list(range(len(clients)))
+    dropped: list[int] = []
+    if cfg.drop_worst:
+        bar.phase("drop-worst: validating clients", force=True)
+        val_accs = [task.val_accuracy(c[2], device) for c in clients]
+        keep_avg, keep_teach = drop_worst(val_accs, task.info.num_classes)
+        dropped = sorted({clients[i][0] for i in range(len(clients))} - {clients[i][0] for i in keep_teach})
+    acc: dict[str, dict] = {}
+    fedavg_states = {}
+    for a in cfg.archs:
+        members = [clients[i] for i in keep_avg if clients[i][1] == a]
+        fedavg_states[a] = agg.aggregate(a, server[a], [c[2].state_dict() for c in members],
+                                         [c[3] for c in members], task.param_names[a])
+        acc[a] = {"fedavg": task.test_accuracy(task.new_model(a, fedavg_states[a]).to(device), device),
+                  "distilled": None}
+
+    teachers = [clients[i][2] for i in keep_teach]
+    test_logits = torch.stack([task.test_logits(t, device) for t in teachers]) if teachers else None
+    ensemble_acc = accuracy(ensemble_scores(test_logits, cfg.ensemble), task.test_labels) if teachers else None
+
+    # ---- FedDF: distill the ensemble into every architecture's FedAvg model ----------------------------------
+    steps = {a: 0 for a in cfg.archs}
+    best = {a: None for a in cfg.archs}
+    extra: dict = {}
+    new_states = dict(fedavg_states)
+    if cfg.aggregator == "feddf" and teachers:
+        students = {a: task.new_model(a, fedavg_states[a]).to(device) for a in cfg.archs}
+        ens = TeacherEnsemble(teachers, mode=cfg.ensemble, temperature=cfg.temperature,
+                              precision=cfg.teacher_precision, compile=cfg.compile_teachers,
+                              batched=device.type == "cuda", device=device)
+        batches, cache = task.distill_batches(cfg, _seed(cfg.seed, r, 3), device)
+        dspec = DistillSpec(cfg.distill_steps, cfg.distill_lr, cfg.temperature, cfg.eval_every, cfg.patience,
+                            prefetch=cfg.prefetch)
+
+        def show(step, vals):
+            bar.phase(f"distill {step}/{cfg.distill_steps} val " + " ".join(f"{a}={v:.3f}" for a, v in vals.items()),
+                      force=step == cfg.distill_steps)
+
+        results = distill(students, ens, batches, lambda mdl: task.val_accuracy(mdl, device), dspec, cache, show)
+        for a, res in results.items():
+            new_states[a] = {k: v.detach().cpu().clone() for k, v in students[a].state_dict().items()}
+            acc[a]["distilled"] = task.test_accuracy(students[a], device)
+            steps[a], best[a] = res.steps, res.best_step
+        extra = {"val_acc": {a: {"fedavg": res.init_val, "distilled": res.best_val} for a, res in results.items()},
+                 "val_history": {a: [[h["step"], h["val"]] for h in res.history] for a, res in results.items()},
+                 "stopped_early": {a: res.stopped_early for a, res in results.items()}}
+        if cache is not None:
+            extra["target_cache"] = {"hits": cache.hits, "misses": cache.misses}
+    for a in cfg.archs:
+        server[a] = {k: v.detach().cpu().clone() for k, v in new_states[a].items()}
+    distill_seconds = time.perf_counter() - t1
+    return {"round": r, "acc": acc, "ensemble_acc": ensemble_acc, "distill_steps": steps, "best_step": best,
+            "client_seconds": round(client_seconds, 3), "distill_seconds": round(distill_seconds, 3),
+            "selected": selected, "dropped": dropped, "teachers": len(teachers), **extra}
+
+
+# ---- run folder ----------------------------------------------------------------------------------------------
+def _write_json(path: Path, obj) -> None:
+    from feddf.utils import atomic_write_json
+
+    atomic_write_json(path, obj)
+
+
+def _write_outputs(out: Path, task: Task, server: dict, rows: list[dict], checkpoint: dict | None = None) -> None:
+    """models/<arch>.pt, then checkpoint.pt (the commit point), then metrics.jsonl; each file atomically."""
+    from feddf.utils import atomic_torch_save, atomic_write_bytes
+
+    for a, state in server.items():
+        task.save_model(out / "models" / f"{a}.pt", a, state)
+    if checkpoint is not None:
+        atomic_torch_save(checkpoint, out / "checkpoint.pt")
+    atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is a user-facing problem
+        raise FeddfError(f"cannot read {path} ({type(e).__name__}): the run folder is damaged; start a new --out") \
+            from None
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        raise FeddfError(f"{path} is not a feddf train checkpoint (version {CHECKPOINT_VERSION})")
+    diff = same_run(ckpt["config"], dataclasses.asdict(cfg))
+    if diff:
+        raise FeddfError(f"--resume with different settings than {path.parent} was started with ({diff}): "
+                         f"use the same options (only --rounds, --device, --prefetch and progress may change)")
+    if int(ckpt["round"]) > cfg.rounds:
+        raise FeddfError(f"{path.parent} already completed {ckpt['round']} rounds, more than --rounds {cfg.rounds}")
+    return ckpt

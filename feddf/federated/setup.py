@@ -1,0 +1,192 @@
+"""The fixed part of a training run (`Task`): data, server validation split, client partition, architectures,
+distillation source; plus the run-folder records and the printed tables.
+
+    python -c "from feddf.federated.config import TrainConfig; from feddf.federated.setup import load_task; \
+t = load_task(TrainConfig(train_limit=600, clients=4, arch='cnn', distill_source='noise').resolved()); \
+print(t.hist)"
+
+Order of operations (all seeded by --seed): optional --train-limit subset of the training split -> class-stratified
+--val-fraction kept by the server -> the rest partitioned among --clients -> client i trains archs[i * A // n].
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from feddf.errors import FeddfError
+from feddf.federated import partition as part
+from feddf.federated.client import accuracy, make_transform, predict_logits
+from feddf.federated.config import TrainConfig
+
+# settings that may differ between a run and its --resume (they do not change the results)
+RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir"}
+
+
+def same_run(saved: dict, now: dict) -> str:
+    """'' when two resolved configs describe the same run, else the first differing keys."""
+    diff = [k for k in sorted(set(saved) | set(now)) if k not in RESUMABLE and saved.get(k) != now.get(k)]
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:3])
+
+
+@dataclasses.dataclass
+class Task:
+    cfg: TrainConfig
+    info: object                     # feddf.data DatasetInfo
+    train_images: torch.Tensor       # uint8 (N, C, H, W): the (limited) training split
+    train_labels: torch.Tensor       # int64 (N,)
+    val_idx: np.ndarray
+    client_indices: list             # per client: positions into train_*
+    client_arch: list
+    hist: np.ndarray                 # (clients, K)
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    test_spec: str
+    data_files: list
+    source: object | None
+    param_names: dict
+
+    def __post_init__(self):
+        self.eval_tf = make_transform(self.info, "none")
+        self.val_images = self.train_images[self.val_idx]
+        self.val_labels = self.train_labels[self.val_idx]
+        self._init = {}
+
+    # ---- models ----------------------------------------------------------------------------------------------
+    def initial_state(self, arch: str) -> dict:
+        """Round-0 weights: built under a fixed seed so every run with --seed S starts from the same model."""
+        if arch not in self._init:
+            from feddf.models import get_model
+
+            torch.manual_seed(self.cfg.seed)
+            m = get_model(arch, self.info.num_classes, self.info.channels, self.cfg.norm)
+            self._init[arch] = {k: v.detach().clone() for k, v in m.state_dict().items()}
+        return self._init[arch]
+
+    def new_model(self, arch: str, state: dict) -> torch.nn.Module:
+        from feddf.models import get_model
+
+        m = get_model(arch, self.info.num_classes, self.info.channels, self.cfg.norm)
+        m.load_state_dict(state)
+        return m
+
+    def save_model(self, path: Path, arch: str, state: dict) -> None:
+        from feddf.models import save_classifier
+
+        save_classifier(path, self.new_model(arch, state), arch=arch, num_classes=self.info.num_classes,
+                        in_channels=self.info.channels, norm=self.cfg.norm, mean=self.info.mean, std=self.info.std,
+                        resolution=self.info.size, class_names=list(self.info.class_names))
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+    def test_logits(self, model, device) -> torch.Tensor:
+        return predict_logits(model, self.test_images, self.eval_tf, self.cfg.eval_batch_size, device)
+
+    def test_accuracy(self, model, device) -> float:
+        return accuracy(self.test_logits(model, device), self.test_labels)
+
+    def val_accuracy(self, model, device) -> float:
+        return accuracy(predict_logits(model, self.val_images, self.eval_tf, self.cfg.eval_batch_size, device),
+                        self.val_labels)
+
+    # ---- distillation batches --------------------------------------------------------------------------------
+    def distill_batches(self, cfg: TrainConfig, seed: int, device):
+        """(iterator of (ids | None, normalised float batch on device), TargetCache | None) for one round."""
+        from feddf.federated.distill import TargetCache
+
+        tf = make_transform(self.info, cfg.distill_augment)
+        gen = torch.Generator().manual_seed(seed)
+        reuse = cfg.distill_augment == "none" and getattr(self.source, "pool", None) is not None
+        n = self.source.n if reuse else 0
+        cache = TargetCache(n, self.info.num_classes) if reuse and n * self.info.num_classes <= 50_000_000 else None
+
+        def gen_batches():
+            for ids, u8 in self.source.batches(cfg.distill_batch_size, seed):
+                yield (ids if cache is not None else None), tf(u8, gen).to(device)
+
+        return gen_batches(), cache
+
+    # ---- records ---------------------------------------------------------------------------------------------
+    def partition_record(self) -> dict:
+        val_hist = np.bincount(self.train_labels[self.val_idx].numpy(), minlength=self.info.num_classes)
+        return {"partition": self.cfg.partition, "alpha": self.cfg.alpha, "seed": self.cfg.seed,
+                "class_names": list(self.info.class_names), "n_train": int(len(self.train_labels)),
+                "clients": [{"id": k, "arch": self.client_arch[k], "n": int(len(ix)),
+                             "histogram": [int(v) for v in self.hist[k]]}
+                            for k, ix in enumerate(self.client_indices)],
+                "server_val": {"n": int(len(self.val_idx)), "histogram": [int(v) for v in val_hist]},
+                "test": {"spec": self.test_spec, "n": int(len(self.test_labels))}}
+
+    def config_record(self) -> dict:
+        from feddf.utils import sha256_file, versions
+
+        return {**dataclasses.asdict(self.cfg), "versions": versions(),
+                "hashes": {"data": {f: sha256_file(f) for f in self.data_files if Path(f).is_file()},
+                           "source": self.source.describe() if self.source is not None else None},
+                "test_spec": self.test_spec, "num_classes": self.info.num_classes,
+                "channels": self.info.channels, "resolution": self.info.size}
+
+
+def load_task(cfg: TrainConfig, log: Callable[[str], None] = print) -> Task:
+    from feddf.data import dataset_info, get_dataset
+
+    source = None
+    if cfg.aggregator == "feddf":  # first: a missing or mismatched cache fails before any data is loaded
+        from feddf.federated.sources import resolve_source
+
+        info = dataset_info(cfg.dataset)
+        source = resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache,
+                                cache_dir=cfg.cache_dir, resize=cfg.source_resize,
+                                memory_bytes=cfg.source_memory_mb << 20, progress=cfg.progress)
+    train = get_dataset(f"{cfg.dataset}:train", cfg.data_root)
+    test = get_dataset(f"{cfg.dataset}:{cfg.test_split}", cfg.data_root)
+    info = train.info
+    images, labels = train.images, train.labels
+    if cfg.train_limit is not None and cfg.train_limit < len(labels):
+        keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(labels))[:cfg.train_limit])
+        images, labels = images[keep], labels[keep]
+    if (labels < 0).any():
+        raise FeddfError(f"{cfg.dataset}:train has unlabelled images: federated training needs a labelled split")
+    test_images, test_labels = test.images, test.labels
+    if cfg.test_limit is not None:
+        test_images, test_labels = test_images[:cfg.test_limit], test_labels[:cfg.test_limit]
+    pool, val_idx = part.split_validation(labels.numpy(), cfg.val_fraction, cfg.seed)
+    parts = part.partition(cfg.partition, labels.numpy()[pool], cfg.clients, cfg.alpha, cfg.seed)
+    client_indices = [pool[p] for p in parts]
+    client_arch = part.assign_archs(cfg.clients, cfg.archs)
+    hist = part.class_histograms(client_indices, labels.numpy(), info.num_classes)
+    from feddf.models import get_model
+
+    param_names = {a: {n for n, _ in get_model(a, info.num_classes, info.channels, cfg.norm).named_parameters()}
+                   for a in cfg.archs}
+    return Task(cfg=cfg, info=info, train_images=images, train_labels=labels, val_idx=val_idx,
+                client_indices=client_indices, client_arch=client_arch, hist=hist, test_images=test_images,
+                test_labels=test_labels, test_spec=test.spec, data_files=list(train.source_files) +
+                list(test.source_files), source=source, param_names=param_names)
+
+
+def print_partition(task: Task, log: Callable[[str], None]) -> None:
+    """Client class histograms as a table (one row per client, one column per class)."""
+    k = task.info.num_classes
+    cols = range(k) if k <= 20 else []
+    head = f"{'client':>6} {'arch':>12} {'n':>6} " + " ".join(f"{c:>5}" for c in cols)
+    log(f"partition {task.cfg.partition} alpha={task.cfg.alpha:g}: {len(task.client_indices)} clients, server "
+        f"validation {len(task.val_idx)}, test {task.test_spec} ({len(task.test_labels)})")
+    log(head)
+    for i, ix in enumerate(task.client_indices):
+        log(f"{i:>6} {task.client_arch[i]:>12} {len(ix):>6} " + " ".join(f"{task.hist[i][c]:>5}" for c in cols))
+
+
+def print_summary(rows: list[dict], archs: list[str], log: Callable[[str], None]) -> None:
+    """Final table: one row per round with each architecture's accuracy after FedAvg and after distillation."""
+    if not rows:
+        return
+    fmt = lambda v: "    -" if v is None else f"{100 * v:5.1f}"  # noqa: E731
+    head = "round " + " ".join(f"{a + ' avg':>14} {a + ' df':>14}" for a in archs) + "  ensemble  best_step"
+    log(head)
+    for r in rows:
+        cells = " ".join(f"{fmt(r['acc'][a]['fedavg']):>14} {fmt(r['acc'][a]['distilled']):>14}" for a in archs)
+        log(f"{r['round']:>5} {cells}  {fmt(r['ensemble_acc']):>8}  "
+            + ",".join(str(r['best_step'][a]) for a in archs))
