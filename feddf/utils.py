@@ -15,18 +15,18 @@ from typing import Any
 
 
 def versions() -> dict[str, str]:
-    """Versions of everything that can change a result; recorded in every output (cache attrs, run folders)."""
-    import numpy
-    import torch
+    """Versions of everything that can change a result; recorded in every output (cache attrs, run folders).
+
+    Read from package metadata rather than by importing (torchvision alone costs seconds to import)."""
+    from importlib import metadata
 
     from feddf import __version__
 
-    out = {"feddf": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": numpy.__version__}
-    for mod in ("torchvision", "h5py"):
+    out = {"feddf": __version__, "python": platform.python_version()}
+    for dist in ("torch", "torchvision", "numpy", "h5py"):
         try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:  # pragma: no cover - both are dependencies
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
             pass
     return out
 
@@ -49,7 +49,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give outputs the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -9,6 +9,8 @@ Layout of one cache file (HDF5, opened with libver='latest' so SWMR readers can 
     /images      uint8 (N, C, R, R)  chunks of whole images (k, C, R, R), fletcher32, optional lzf/gzip
     /labels      int64 (N,)          conditioning class (ImageNet id for BigGAN, dataset label for imports), -1 = none
     /targets     int64 (N,)          optional: target-task class from a class map (e.g. cifar10), -1 = unmapped
+    /labeler_pred int64 (N,)         optional (--labeler): the labeler classifier's predicted class per image
+    /labeler_conf float32 (N,)       optional (--labeler): its max-softmax confidence per image
     /committed   int64 ()            number of leading images that are complete; readers must not look past it
     /coverage/label_counts   int64 (L,)  exact counts of labels 0..L-1 among the committed images
     /coverage/target_counts  int64 (T,)  exact counts of targets 0..T-1 (only when /targets exists)
@@ -17,13 +19,19 @@ Layout of one cache file (HDF5, opened with libver='latest' so SWMR readers can 
 
 N is the requested size (datasets are allocated up front; chunks are only written as blocks commit). A block commit
 writes images/labels/targets/coverage, flushes, and only then advances /committed and flushes again, so a reader (or a
-resume after kill -9) never trusts an image that was not fully written.
+resume after kill -9) never trusts an image that was not fully written. Per-image arrays share the images' chunking
+(k images per chunk, fletcher32). Readers open with h5py.File(path, "r", swmr=True) (feddf.cache.writer.open_h5_read),
+which works during generation, after a killed writer, and on complete caches; call .refresh() on datasets to follow a
+live writer. A multi-process (torchrun) cache is a file whose per-image datasets are HDF5 virtual datasets over
+shard files `<stem>.shard-<rank>-of-<world>.h5` in the same folder (attribute `shards`); keep them together.
 
-Root attributes (provenance; written at creation, `complete` flipped by a final re-open once the last block commits):
+Root attributes (provenance; written at creation, `complete` flipped in place once the last block commits):
     format="feddf-cache", format_version=1, kind="generated"|"imported", generator / source, weights_hash
     ("random" when --random-weights), random_weights (bool), truncation, resolution, channels, seed, classes (spec),
     n_requested, package_version, created (ISO-8601 UTC), config (JSON of the resolved config dataclass),
-    versions (JSON), label_names (JSON list, optional), target_names (JSON list, optional), complete (bool).
+    versions (JSON), label_names (JSON list, optional), target_names (JSON list, optional), complete (bool),
+    identity (JSON: what a resume must match), compression, chunk_images, labeler (optional), shards (optional).
+    `truncation` is only written by generators that use it (BigGAN).
 """
 FORMAT_NAME = "feddf-cache"
 FORMAT_VERSION = 1
@@ -37,6 +45,8 @@ LABEL_COUNTS = "coverage/label_counts"
 TARGET_COUNTS = "coverage/target_counts"
 LABELER_COUNTS = "coverage/labeler_counts"
 LABELER_CONF_SUM = "coverage/labeler_conf_sum"
+LABELER_PRED = "labeler_pred"
+LABELER_CONF = "labeler_conf"
 
 UNLABELED = -1
 

@@ -1,0 +1,143 @@
+"""Raw generator forward img/s vs end-to-end `feddf gen` img/s, for BigGAN-deep-128 (random weights) and a DCGAN.
+
+    .venv/bin/python benchmarks/bench_gen.py                       # CPU, small n; ends with one JSON line
+    .venv/bin/python benchmarks/bench_gen.py --threads 1            # stable figures on a busy shared machine
+    .venv/bin/python benchmarks/bench_gen.py --device cuda --dtype bf16 --n-biggan 20000 --batch-biggan 1024
+
+"raw" runs only the generator's forward on precomputed noise, prepared exactly as `feddf gen` runs it (CPU:
+batch-invariant kernels; CUDA: index-aligned groups, autocast, channels_last). "end-to-end" is `run_gen` (noise,
+forward, resize + uint8, the background HDF5 writer with lzf + fletcher32, commits, coverage), timed from the open
+cache to the finished one (model loading excluded in both). Each figure is the best of --reps interleaved runs;
+ratio = end-to-end / raw wall-clock img/s, target >= 0.97. On a shared, overloaded machine wall-clock figures swing by
+tens of percent between runs, so ratio_cpu (images per CPU-second of this process, all threads) is reported too: it
+counts the pipeline's extra work and is immune to other load. loadavg says how busy the machine was. For reference
+the BigGAN row also times the plain library forward (oneDNN, not batch-invariant) on CPU: the price of determinism.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from feddf.generators import get_generator  # noqa: E402
+from feddf.generators.base import CUDA_GROUP, invariant_kernels, make_batch_invariant  # noqa: E402
+from feddf.generators.classes import assign, parse_classes  # noqa: E402
+from feddf.generators.sample import GenConfig, run_gen  # noqa: E402
+from feddf.utils import resolve_device  # noqa: E402
+
+
+def raw_forward(gen, device, n, batch, dtype, trunc, invariant=True):
+    """img/s of the bare forward over n images in batches (as gen slices them), noise and labels precomputed."""
+    plan = parse_classes("all", gen.num_classes) if gen.num_classes else None
+    idx = np.arange(n)
+    z = torch.from_numpy(gen.noise(0, idx, trunc)).to(device)
+    y = torch.from_numpy(assign(plan, idx, 0)[0]).to(device) if plan else None
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    group = CUDA_GROUP if device.type == "cuda" else 0
+    step = group or batch
+    with torch.inference_mode(), (invariant_kernels(device.type) if invariant else contextlib.nullcontext()):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            gen.forward(z[:step], y[:step] if y is not None else None, trunc)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t, c = time.perf_counter(), time.process_time()
+        for s in range(0, n, step):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                gen.forward(z[s:s + step], y[s:s + step] if y is not None else None, trunc)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return n / (time.perf_counter() - t), n / (time.process_time() - c)
+
+
+def prepare(gen, device):
+    if device.type == "cpu" and gen.batch_invariant:
+        make_batch_invariant(gen.module)
+    gen.module.to(device)
+    if device.type == "cuda":
+        gen.module.to(memory_format=torch.channels_last)
+    return gen
+
+
+def bench(name, gen_kwargs, cfg_kwargs, device, n, batch, dtype, reps, tmp):
+    gen = prepare(get_generator(name, **gen_kwargs), device)
+    trunc = 0.4 if gen.uses_truncation else None
+    raws, e2es, raw_cpu, e2e_cpu = [], [], [], []
+    for r in range(reps):  # interleaved, best of each: robust to other load on a shared machine
+        w, c = raw_forward(gen, device, n, batch, dtype, trunc)
+        raws.append(w)
+        raw_cpu.append(c)
+        cfg = GenConfig(name, n, out=str(Path(tmp) / f"{name}-{r}.h5"), device=str(device), batch_size=batch,
+                        dtype=dtype, **cfg_kwargs)
+        s = run_gen(cfg, force=True, progress=False)
+        e2es.append(s["img_per_s"])
+        e2e_cpu.append(n / s["cpu_s"])
+        size = s["bytes_per_image"]
+    row = {"raw_img_s": round(max(raws), 3), "e2e_img_s": round(max(e2es), 3),
+           "ratio": round(max(e2es) / max(raws), 4), "n": n, "batch": batch, "bytes_per_image": size,
+           "raw_all": [round(x, 3) for x in raws], "e2e_all": [round(x, 3) for x in e2es],
+           # images per CPU-second of this process (all threads): the pipeline's extra work, immune to other load
+           "raw_img_per_cpu_s": round(max(raw_cpu), 3), "e2e_img_per_cpu_s": round(max(e2e_cpu), 3),
+           "ratio_cpu": round(max(e2e_cpu) / max(raw_cpu), 4)}
+    if device.type == "cpu" and name.startswith("biggan"):
+        ref = get_generator(name, **gen_kwargs)  # unpatched linears, oneDNN on
+        row["plain_library_forward_img_s"] = round(raw_forward(ref, device, n, batch, dtype, trunc,
+                                                               invariant=False)[0], 3)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--n-biggan", type=int, default=None, help="default: 16 on CPU, 8192 on CUDA")
+    ap.add_argument("--batch-biggan", type=int, default=None, help="default: 4 on CPU, 1024 on CUDA")
+    ap.add_argument("--n-dcgan", type=int, default=None, help="default: 1024 on CPU, 65536 on CUDA")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--resolution", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's). On an overloaded shared machine 2 spinning OpenMP "
+                         "threads can make a forward 4x slower and erratic; --threads 1 gives stable figures there")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    out = {"device": str(device), "dtype": args.dtype, "torch_threads": torch.get_num_threads(),
+           "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}
+    if cuda:
+        out["gpu"] = torch.cuda.get_device_name(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "netG_epoch_0.pth"  # a pytorch/examples-size DCGAN (nz=100, ngf=64, 64x64 RGB), random
+        from feddf.generators.dcgan import Generator, random_init
+
+        torch.manual_seed(0)
+        torch.save(random_init(Generator(100, 64, 3, 64)).state_dict(), ckpt)
+        out["dcgan"] = bench("dcgan", {"checkpoint": str(ckpt)},
+                             {"checkpoint": str(ckpt), "resolution": args.resolution}, device,
+                             args.n_dcgan or (65536 if cuda else 1024), 256 if not cuda else 4096, args.dtype,
+                             args.reps, tmp)
+        print("dcgan", json.dumps(out["dcgan"]), flush=True)
+        out["biggan_deep_128"] = bench("biggan-deep-128", {"random_weights": True},
+                                       {"random_weights": True, "resolution": args.resolution}, device,
+                                       args.n_biggan or (8192 if cuda else 16), args.batch_biggan or
+                                       (1024 if cuda else 4), args.dtype, args.reps, tmp)
+        print("biggan-deep-128", json.dumps(out["biggan_deep_128"]), flush=True)
+    out["loadavg_end"] = os.getloadavg()[0]
+    out["ratio"] = min(out["dcgan"]["ratio"], out["biggan_deep_128"]["ratio"])
+    out["ratio_cpu"] = min(out["dcgan"]["ratio_cpu"], out["biggan_deep_128"]["ratio_cpu"])
+    out["target_ratio"] = 0.97
+    print(json.dumps(out, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

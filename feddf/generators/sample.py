@@ -1,0 +1,342 @@
+"""The `feddf gen` engine: sample a generator into a deterministic, resumable cache (one process or one torchrun rank).
+
+    python -c "from feddf.generators.sample import GenConfig, run_gen; \
+print(run_gen(GenConfig('dcgan', 64, out='/tmp/d.h5', random_weights=True), progress=False))"
+
+Pipeline (the generator never waits on disk): the main thread makes noise (B, z) on the host and runs the forward
+under torch.inference_mode (CPU: batch/thread-invariant kernels, base.py; CUDA: fixed index-aligned groups, optional
+bf16/fp16 autocast + channels_last). On CPU a background thread then resizes + quantises to uint8, runs the optional
+labeler and appends to the CacheWriter (which commits whole chunks), overlapping the next forward; on CUDA the resize,
+uint8 and labeler run on the GPU, the device->host copy is asynchronous (pinned memory + event) and the background
+thread waits for it and appends. The queue between them is bounded (QUEUE_DEPTH batches): memory stays flat.
+Under torchrun (WORLD_SIZE > 1) rank r makes indices [n r / W, n (r+1) / W) into `<stem>.shard-r-of-W.h5` and rank 0
+then writes `out` as HDF5 virtual datasets over the shards (feddf.cache.virtual.write_virtual_cache).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from feddf.errors import FeddfError
+
+QUEUE_DEPTH = 4
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class GenConfig:
+    generator: str
+    n: int
+    out: str | None = None              # default cache/<generator>-<resolution>px-<n>.h5
+    resolution: int | None = None       # default: the generator's (32; 28 for dcgan-fashion-mnist)
+    truncation: float | None = None     # BigGAN only; default 0.4
+    classes: str | None = None          # conditional generators only; default all
+    seed: int = 0
+    batch_size: int | None = None       # default: 16 (BigGAN on CPU), 256 otherwise
+    device: str = "auto"
+    weights: str | None = None
+    checkpoint: str | None = None
+    random_weights: bool = False
+    compression: str = "lzf"
+    labeler: str | None = None
+    dtype: str = "fp32"
+    chunk_images: int | None = None     # images per chunk/commit; default about 1 MiB
+    z_dim: int | None = None            # torchscript only
+
+
+def validate(cfg: GenConfig) -> None:
+    """Checks that need no files (pure; raises FeddfError with the bad value and the fix)."""
+    from feddf.cache.writer import COMPRESSIONS
+
+    if cfg.n <= 0:
+        raise FeddfError(f"--n {cfg.n}: the number of images must be positive")
+    if cfg.truncation is not None and not 0.0 < cfg.truncation <= 1.0:
+        raise FeddfError(f"--truncation {cfg.truncation} is outside (0, 1]; BigGAN's default is 0.4")
+    if cfg.resolution is not None and not 1 <= cfg.resolution <= 2048:
+        raise FeddfError(f"--resolution {cfg.resolution} must be between 1 and 2048 pixels")
+    if cfg.batch_size is not None and cfg.batch_size <= 0:
+        raise FeddfError(f"--batch-size {cfg.batch_size} must be positive")
+    if cfg.chunk_images is not None and cfg.chunk_images <= 0:
+        raise FeddfError(f"--chunk-images {cfg.chunk_images} must be positive")
+    if cfg.compression not in COMPRESSIONS:
+        raise FeddfError(f"--compression {cfg.compression!r}: use one of {', '.join(COMPRESSIONS)}")
+    if cfg.dtype not in DTYPES:
+        raise FeddfError(f"--dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}")
+    if cfg.seed < 0:
+        raise FeddfError(f"--seed {cfg.seed} must be >= 0")
+
+
+def default_out(generator: str, resolution: int, n: int) -> str:
+    return f"cache/{generator}-{resolution}px-{n}.h5"
+
+
+def _labeler(spec: str, device, channels: int, resolution: int):
+    """(classifier, num_classes, class names, fingerprint) for --labeler RUN_DIR_OR_CHECKPOINT."""
+    import torch
+
+    from feddf.utils import sha256_file
+
+    try:
+        from feddf.models import load_classifier
+    except ImportError as e:
+        raise FeddfError(f"--labeler needs feddf.models.load_classifier, which is not available ({e})") from None
+    p = Path(spec)
+    if not p.exists():
+        raise FeddfError(f"--labeler {spec}: no such run folder or checkpoint")
+    clf = load_classifier(spec, device=str(device))
+    if device.type == "cpu":  # per-image predictions independent of the batch, like the images (base.py)
+        from feddf.generators.base import make_batch_invariant
+
+        make_batch_invariant(clf.model)
+    with torch.inference_mode():
+        k = int(clf.logits(torch.zeros(1, channels, resolution, resolution, dtype=torch.uint8, device=device)).shape[1])
+    files = [p] if p.is_file() else sorted((p / "models").glob("*.pt")) or sorted(p.rglob("*.pt"))
+    fp = "sha256:" + "+".join(sha256_file(f)[:16] for f in files)
+    return clf, k, list(getattr(clf, "class_names", None) or []), fp
+
+
+class _Rank:
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.dist = None
+        if self.world > 1:
+            import datetime
+
+            import torch.distributed as dist
+
+            if not dist.is_initialized():  # gloo: only barriers + two tiny CPU all-reduces cross ranks (CPU or GPU runs)
+                dist.init_process_group("gloo", timeout=datetime.timedelta(days=2))
+            self.dist = dist
+
+    def barrier(self):
+        if self.dist is not None:
+            self.dist.barrier()
+
+    def close(self, ok: bool = True):
+        # A final barrier, and no destroy_process_group: tearing gloo down right before exit aborted ~1 run in 8
+        # here ("terminate called without an active exception" in a gloo thread); the process group goes away with the
+        # process, and a caller's own process group is left alone.
+        if ok and self.dist is not None and self.dist.is_initialized():
+            self.dist.barrier()
+
+
+def shard_path(out: Path, rank: int, world: int) -> Path:
+    return out.with_name(f"{out.stem}.shard-{rank}-of-{world}{out.suffix}")
+
+
+def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> dict:
+    """Generate (or resume, or find complete) the cache described by cfg; returns the summary dict."""
+    import torch
+
+    from feddf.cache.virtual import write_virtual_cache
+    from feddf.cache.writer import CacheWriter, probe_cache
+    from feddf.generators import get_generator
+    from feddf.generators.base import CUDA_GROUP, NOISE_SCHEME, make_batch_invariant
+    from feddf.generators.classes import assign, parse_classes
+    from feddf.utils import resolve_device, to_jsonable, versions
+
+    validate(cfg)
+    ranks = _Rank()
+    ok = False
+    try:
+        device = resolve_device(cfg.device)
+        if device.type == "cuda" and ranks.world > 1:
+            device = torch.device("cuda", ranks.local)
+        if cfg.dtype != "fp32" and device.type != "cuda":
+            raise FeddfError(f"--dtype {cfg.dtype} needs a CUDA device (on {device.type} use fp32)")
+        gen = get_generator(cfg.generator, weights=cfg.weights, checkpoint=cfg.checkpoint,
+                            random_weights=cfg.random_weights, z_dim=cfg.z_dim)
+        if gen.uses_truncation:
+            trunc = 0.4 if cfg.truncation is None else float(cfg.truncation)
+        elif cfg.truncation is not None:
+            raise FeddfError(f"--truncation applies to BigGAN only; {cfg.generator} samples z ~ N(0, 1)")
+        else:
+            trunc = None
+        if gen.num_classes:
+            plan = parse_classes(cfg.classes, gen.num_classes)
+        elif cfg.classes is not None:
+            raise FeddfError(f"{cfg.generator} is unconditional; --classes does not apply (use --labeler for "
+                             "class coverage)")
+        else:
+            plan = None
+        res = cfg.resolution or gen.default_resolution
+        out = Path(cfg.out or default_out(cfg.generator, res, cfg.n))
+        if ranks.world > cfg.n:
+            raise FeddfError(f"--n {cfg.n} is smaller than the {ranks.world} processes; use more images")
+        group = CUDA_GROUP if (device.type == "cuda" or not gen.batch_invariant) else 0
+        batch = cfg.batch_size or (16 if gen.native_resolution >= 128 and device.type == "cpu" else 256)
+        if group:
+            batch = -(-batch // group) * group  # whole groups per step
+        module = gen.module
+        if device.type == "cpu" and gen.batch_invariant:
+            make_batch_invariant(module)
+        module = module.to(device)
+        if device.type == "cuda":
+            module = module.to(memory_format=torch.channels_last)
+        labeler = _labeler(cfg.labeler, device, gen.channels, res) if cfg.labeler else None
+
+        resolved = GenConfig(**{**asdict(cfg), "out": str(out), "resolution": res, "truncation": trunc,
+                                "classes": plan.spec if plan else None, "batch_size": batch})
+        identity = {"kind": "generated", "generator": cfg.generator, "weights_hash": gen.weights_hash,
+                    "random_weights": gen.random_weights, "truncation": trunc, "seed": cfg.seed,
+                    "classes": plan.describe() if plan else None, "noise": NOISE_SCHEME, "device_type": device.type,
+                    "dtype": cfg.dtype, "forward_group": group, "compression": cfg.compression,
+                    "labeler": labeler[3] if labeler else None}
+        attrs = {"kind": "generated", "generator": cfg.generator, "weights_hash": gen.weights_hash,
+                 "random_weights": gen.random_weights, "truncation": trunc, "seed": cfg.seed,
+                 "classes": plan.spec if plan else "none", "class_ids": list(plan.ids) if plan else None,
+                 "label_names": gen.label_names, "target_names": list(plan.target_names) if plan and
+                 plan.num_targets else None, "config": to_jsonable(resolved), "generator_info": gen.provenance,
+                 "noise": NOISE_SCHEME, "device_type": device.type, "dtype": cfg.dtype, "forward_group": group,
+                 "labeler": cfg.labeler, "labeler_hash": labeler[3] if labeler else None,
+                 "labeler_names": labeler[2] if labeler and labeler[2] else None, "versions": versions()}
+        sizes = {"num_labels": gen.num_classes, "num_targets": plan.num_targets if plan else 0,
+                 "labeler_classes": labeler[1] if labeler else 0}
+
+        lo, hi, path = 0, cfg.n, out
+        if ranks.world > 1:
+            old = probe_cache(out) if out.exists() else None
+            if out.exists() and old is None:
+                raise FeddfError(f"{out} exists and is not a feddf cache; refusing to touch it: choose another --out")
+            lo, hi = cfg.n * ranks.rank // ranks.world, cfg.n * (ranks.rank + 1) // ranks.world
+            path = shard_path(out, ranks.rank, ranks.world)
+            identity = {**identity, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
+            attrs = {**attrs, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
+        writer = CacheWriter(path, n=hi - lo, channels=gen.channels, resolution=res, attrs=attrs, identity=identity,
+                             compression=cfg.compression, chunk=cfg.chunk_images, force=force, **sizes)
+        start_committed = writer.committed
+        import scipy.special  # noqa: F401 - imported by the noise; not inside the timed loop
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            if not writer.complete:
+                _generate(gen, writer, device=device, lo=lo, seed=cfg.seed, trunc=trunc, plan=plan, res=res,
+                          batch=batch, group=group, dtype=cfg.dtype, labeler=labeler, assign=assign,
+                          progress=progress and not (ranks.world > 1 and ranks.rank))
+            writer.finish()
+        finally:
+            writer.close()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0  # cpu: all threads of this process
+        files = [path]
+        if ranks.world > 1:
+            ranks.barrier()  # every shard complete
+            if ranks.rank == 0:
+                write_virtual_cache(out, [shard_path(out, r, ranks.world) for r in range(ranks.world)], force=force)
+            ranks.barrier()
+            files = [out] + [shard_path(out, r, ranks.world) for r in range(ranks.world)]
+        made = (hi - lo) - start_committed
+        if ranks.dist is not None:  # whole-job figures: images made by all ranks, slowest rank's wall time
+            import torch.distributed as dist
+
+            t = torch.tensor([float(made), wall], dtype=torch.float64)
+            tot, slow = t.clone(), t.clone()
+            dist.all_reduce(tot, op=dist.ReduceOp.SUM)
+            dist.all_reduce(slow, op=dist.ReduceOp.MAX)
+            made, wall = int(tot[0]), float(slow[1])
+            start_committed = cfg.n - made
+        size = sum(p.stat().st_size for p in files if p.exists())
+        ok = True
+        return {"out": str(out), "path": str(path), "n": cfg.n, "generated": made, "resumed_from": start_committed,
+                "already_complete": made == 0, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "img_per_s": round(made / wall, 2)
+                if wall > 0 and made else 0.0, "file_bytes": size, "bytes_per_image": round(size / cfg.n, 1),
+                "rank": ranks.rank, "world": ranks.world, "device": str(device)}
+    finally:
+        ranks.close(ok)
+
+
+def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, dtype, labeler, assign,
+              progress) -> None:
+    """Indices lo + writer.committed .. lo + writer.n - 1, in order, through the bounded writer thread."""
+    import torch
+    from tqdm import tqdm
+
+    from feddf.generators.base import invariant_kernels, to_uint8
+
+    first, end = lo + writer.committed, lo + writer.n
+    cuda = device.type == "cuda"
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+    error: list[BaseException] = []
+    bar = tqdm(total=writer.n, initial=writer.committed, unit="img", disable=not progress, dynamic_ncols=True,
+               smoothing=0.1, desc=Path(writer.path).name)
+
+    def finish_batch(x):
+        """float (B, C, H, W) in [-1, 1] -> (uint8 (B, C, R, R), labeler pred, conf)."""
+        u8 = to_uint8(x, res)
+        pred = conf = None
+        if labeler is not None:
+            p = torch.softmax(labeler[0].logits(u8).float(), dim=1)
+            c, k = p.max(dim=1)
+            pred, conf = k.cpu().numpy(), c.cpu().numpy()
+        return u8, pred, conf
+
+    def write_loop():
+        # CPU: this thread also resizes/quantises (and runs the labeler), overlapping the next forward; torch ops
+        # release the GIL. CUDA: that work stays on the GPU; here we only wait for the async copy and write.
+        with torch.inference_mode():
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                if error:
+                    continue  # keep draining so the producer never blocks on a dead consumer
+                try:
+                    event, x, labels, targets, pred, conf = item
+                    if event is not None:
+                        event.synchronize()  # the async device->host copy has landed
+                    else:
+                        x, pred, conf = finish_batch(x)
+                    writer.append(x.numpy(), labels, targets, pred, conf)
+                    bar.update(len(labels))
+                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                    error.append(e)
+
+    thread = threading.Thread(target=write_loop, name="feddf-cache-writer", daemon=True)
+    thread.start()
+
+    def forward(idx: np.ndarray):
+        """Generator output (len(idx), C, H, W) in [-1, 1] on device for consecutive global indices idx."""
+        labels = assign(plan, idx, seed)[0] if plan else None
+        z = torch.from_numpy(gen.noise(seed, idx, trunc)).to(device, non_blocking=cuda)
+        y = torch.from_numpy(labels).to(device, non_blocking=cuda) if labels is not None else None
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            return gen.forward(z, y, trunc)
+
+    # the kernel flags are process-wide: they must hold until the writer thread (which runs the labeler) is done
+    with torch.inference_mode(), invariant_kernels(device.type):
+        try:
+            s = first
+            while s < end:
+                if error:
+                    break
+                e = min(s + batch, end)
+                if group:  # forward on whole, index-aligned groups (padded past the end): shapes never vary
+                    g0, g1 = s // group * group, -(-e // group) * group
+                    x = torch.cat([forward(np.arange(g, g + group)) for g in range(g0, g1, group)])[s - g0:e - g0]
+                else:
+                    x = forward(np.arange(s, e))
+                idx = np.arange(s, e)
+                labels, targets = assign(plan, idx, seed) if plan else (np.full(e - s, -1, np.int64), None)
+                if cuda:
+                    u8, pred, conf = finish_batch(x)
+                    host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
+                    host.copy_(u8, non_blocking=True)
+                    event = torch.cuda.Event()
+                    event.record()
+                    q.put((event, host, labels, targets, pred, conf))
+                else:
+                    q.put((None, x, labels, targets, None, None))
+                s = e
+        finally:
+            q.put(None)
+            thread.join()
+            bar.close()
+    if error:
+        raise error[0]
