@@ -17,16 +17,21 @@ from typing import Any
 def versions() -> dict[str, str]:
     """Versions of everything that can change a result; recorded in every output (cache attrs, run folders).
 
-    Read from package metadata rather than by importing (torchvision alone costs seconds to import)."""
+    torch and numpy are imported for their exact build strings (e.g. 2.14.1+cu130); the others are read from package
+    metadata (importing torchvision alone costs seconds)."""
     from importlib import metadata
+
+    import numpy
+    import torch
 
     from feddf import __version__
 
-    out = {"feddf": __version__, "python": platform.python_version()}
-    for dist in ("torch", "torchvision", "numpy", "h5py"):
+    out = {"feddf": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": numpy.__version__}
+    for dist in ("torchvision", "h5py"):
         try:
             out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
+        except metadata.PackageNotFoundError:  # pragma: no cover - both are dependencies
             pass
     return out
 

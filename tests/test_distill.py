@@ -158,12 +158,12 @@ def test_heterogeneous_prototypes_each_beat_their_fedavg_start():
 
     from feddf.cache.augment import BatchTransform
 
-    xs, ys = make(1200, seed=11, size=16)
-    vx, vy = make(400, seed=12, size=16)
-    ux, _ = make(1024, seed=13, size=16)  # unlabelled transfer set
+    xs, ys = make(1200, seed=11, size=32)
+    vx, vy = make(400, seed=12, size=32)
+    ux, _ = make(1024, seed=13, size=32)  # unlabelled transfer set
     xs, ys, vx, vy, ux = map(torch.from_numpy, (xs, ys, vx, vy, ux))
-    info = SimpleNamespace(channels=3, size=16, mean=(0.5,) * 3, std=(0.18,) * 3)
-    tf = BatchTransform(3, 16, info.mean, info.std, "none")
+    info = SimpleNamespace(channels=3, size=32, mean=(0.5,) * 3, std=(0.18,) * 3)
+    tf = BatchTransform(3, 32, info.mean, info.std, "none")
     parts = partition("dirichlet", ys.numpy(), 4, 0.3, seed=0)
     archs = ["cnn", "resnet8", "cnn", "resnet8"]
     torch.manual_seed(0)

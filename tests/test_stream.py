@@ -249,7 +249,7 @@ def test_virtual_dataset_cache(tmp_path):
 def test_multiprocess_gen_cache_streams_from_its_shards(tmp_path):
     """A cache made by write_virtual_cache (multi-process `feddf gen`) is read straight from its shard files."""
     from feddf.cache.verify import verify_cache
-    from feddf.cache.writer import write_virtual_cache
+    from feddf.cache.virtual import write_virtual_cache
 
     x, y = make_images(300)
     shards = []
