@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/exp-fmnist")
     ap.add_argument("--alphas", default="1.0,0.1")
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--distill-steps", type=int, default=500)
     ap.add_argument("--patience", type=int, default=200)

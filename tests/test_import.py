@@ -239,3 +239,20 @@ def test_bad_sources_are_refused(tmp_path, source, match):
         import_source(source, tmp_path / "x.h5", progress=False)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_split_option_takes_a_slice(tmp_path, fmnist_available):
+    from feddf.cache.importers import import_source
+    from feddf.cache.reader import open_cache
+    from feddf.data import get_dataset
+    from feddf.errors import FeddfError
+
+    out = import_source("fashion-mnist", tmp_path / "pub.h5", split="test[:300]")
+    info = open_cache(out)
+    assert info.n == 300
+    import h5py
+
+    with h5py.File(out, "r") as f:
+        assert (f["labels"][:] == get_dataset("fashion-mnist:test[:300]").labels.numpy()).all()
+    with pytest.raises(FeddfError, match="give it once"):
+        import_source("fashion-mnist:train", tmp_path / "x.h5", split="test[:300]")

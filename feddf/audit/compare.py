@@ -121,13 +121,18 @@ def summarize(runs: list[Run], target: float | None) -> list[dict]:
             rows.append({
                 "run": run.name, "path": str(run.path), "arch": arch,
                 "dataset": run.config.get("dataset"), "aggregator": run.config.get("aggregator"),
-                "distill_source": run.config.get("distill_source"), "rounds_run": len(s["rounds"]),
+                "distill_source": distill_source(run.config), "rounds_run": len(s["rounds"]),
                 "best_acc": s["acc"][best_i], "best_round": s["rounds"][best_i], "final_acc": s["acc"][-1],
                 "final_round": s["rounds"][-1],
                 "rounds_to_target": rounds_to_target(s["rounds"], s["acc"], target) if target is not None else None,
                 "distill_steps": s["distill_steps"], "wall_seconds": s["seconds"],
                 "best_ensemble_acc": max(ens) if ens else None, "incomplete_lines_skipped": run.skipped_lines})
     return rows
+
+
+def distill_source(config: dict) -> str | None:
+    """The distillation source of a run, or None when its aggregator does not distill (config keeps the default)."""
+    return config.get("distill_source") if config.get("aggregator", "feddf") == "feddf" else None
 
 
 def compare_runs(paths: list[str | Path], target: float | None) -> tuple[dict, dict[str, bytes]]:
@@ -146,7 +151,7 @@ def compare_runs(paths: list[str | Path], target: float | None) -> tuple[dict, d
     curves = []
     for run in runs:
         label = f"{run.name} ({run.config.get('aggregator', '?')}"
-        label += f", {run.config['distill_source']})" if run.config.get("distill_source") else ")"
+        label += f", {distill_source(run.config)})" if distill_source(run.config) else ")"
         for arch in archs_of(run):
             s = series(run, arch)
             if s["acc"]:

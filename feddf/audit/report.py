@@ -83,8 +83,8 @@ def audit_rows(report: dict) -> list[list[str]]:
     for s in report["sources"]:
         c, t, lab = s["conditioning"], s["targets"], s["labeler"]
         agr = (lab or {}).get("agreement") or {}
-        rows.append([s["name"], str(s["n"]), f"{c['classes_present']}/{c['num_classes']}", fmt(c["tv_to_uniform"]),
-                     fmt(c["effective_classes"], 2), fmt(t["effective_classes"], 2) if t else "-",
+        rows.append([s["name"], str(s["n"]), f"{c['classes_present']}/{c['num_classes']}" if c else "uncond.",
+                     fmt(c["tv_to_uniform"]) if c else "-", fmt(c["effective_classes"], 2) if c else "-", fmt(t["effective_classes"], 2) if t else "-",
                      fmt(lab["effective_classes"], 2) if lab else "-", fmt(lab["mean_confidence"]) if lab else "-",
                      fmt(lab["low_confidence_share"]) if lab else "-", fmt(agr.get("agreement")),
                      _fid_cell(s.get("fid"))])

@@ -120,10 +120,12 @@ def _audit_source(src: Source, cfg: AuditConfig, classifier, extractor, result: 
 
     entry = {"name": src.name, "path": str(src.path), "n": src.n, "channels": src.channels,
              "resolution": src.resolution, "attrs": src.attrs, "figures": {}}
-    cond = cov.label_summary(src.labels, src.label_space, src.label_names)
+    # An unconditional generator (DCGAN: every label -1) has no conditioning classes to summarise.
+    cond = cov.label_summary(src.labels, src.label_space, src.label_names) if src.label_space > 0 else None
     entry["conditioning"] = cond
-    _fig(result, entry, "conditioning", plots.class_histogram(
-        [r["count"] for r in cond["per_class"]], src.label_names, f"{src.name}: conditioning classes"))
+    if cond is not None:
+        _fig(result, entry, "conditioning", plots.class_histogram(
+            [r["count"] for r in cond["per_class"]], src.label_names, f"{src.name}: conditioning classes"))
     entry["targets"] = None
     if src.targets is not None:
         entry["targets"] = cov.label_summary(src.targets, src.target_space, src.target_names)
@@ -165,8 +167,9 @@ def _audit_source(src: Source, cfg: AuditConfig, classifier, extractor, result: 
             [r["mean_confidence"] for r in lsum["per_class"]], names, f"{src.name}: mean confidence per predicted "
             "class", "mean confidence"))
         _fig(result, entry, "grid_labeler", _grid(src, idx, pred, names, cfg, f"{src.name}: images by predicted class"))
-    _fig(result, entry, "grid_conditioning", _grid(src, np.arange(src.n), src.labels, src.label_names, cfg,
-                                                   f"{src.name}: images by conditioning class"))
+    if cond is not None:
+        _fig(result, entry, "grid_conditioning", _grid(src, np.arange(src.n), src.labels, src.label_names, cfg,
+                                                       f"{src.name}: images by conditioning class"))
     return entry, acc
 
 
@@ -254,6 +257,9 @@ def _gate(cfg: AuditConfig, entries: list[dict]) -> dict | None:
     rows, failures = [], []
     for e in entries:
         metric = "labeler" if e["labeler"] else ("targets" if e["targets"] else "conditioning")
+        if e[metric] is None:
+            raise FeddfError(f"{e['name']} is unconditional (no class labels): --min-effective-classes needs "
+                             "--labeler RUN_DIR|CKPT to count classes")
         value = e[metric]["effective_classes"]
         ok = value >= cfg.min_effective_classes
         rows.append({"source": e["name"], "metric": metric, "effective_classes": value, "passed": ok})

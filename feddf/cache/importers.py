@@ -62,12 +62,12 @@ def _dataset(spec: str, split: str | None, limit: int | None) -> Loaded:
     from feddf.data import get_dataset, parse_spec
 
     s = parse_spec(spec)
-    if split is not None:
-        if s.split is not None and s.split != split:
+    if split is not None:  # --split may carry a slice too: `--split 'test[:5000]'`
+        given = parse_spec(f"{s.name}:{split}")
+        if (s.split, s.start, s.stop) != (None, None, None) and (s.split, s.start, s.stop) != \
+                (given.split, given.start, given.stop):
             raise FeddfError(f"source {spec!r} already names split {s.split!r} but --split is {split!r}: give it once")
-        from feddf.data import DatasetSpec
-
-        s = DatasetSpec(s.name, split, s.start, s.stop)
+        s = given
     ds = get_dataset(s)
     n = _apply_limit(len(ds), limit)
     images, labels = ds.images[:n], ds.labels[:n]
