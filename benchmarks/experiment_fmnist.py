@@ -99,7 +99,7 @@ def main() -> None:
                         "--out", str(run), "--resume", *extra])
                 results.setdefault(f"{alpha}|{name}", []).append(summarise(run, args.target_acc))
     lines = [f"| α | method | final acc | best acc | rounds to {args.target_acc:.0%} | distill steps/round | "
-             "local s/round | distill s/round |", "|---|---|---|---|---|---|---|---|"]
+             "local s/round | server s/round |", "|---|---|---|---|---|---|---|---|"]
     figures = {}
     for key, runs in results.items():
         alpha, name = key.split("|")
