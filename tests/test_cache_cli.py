@@ -68,13 +68,19 @@ def test_verify_catches_a_flipped_byte(imported, tmp_path):
     assert "FAILED" in proc.stderr and "/images[0:" in proc.stderr and "checksum" in proc.stderr
 
 
+def _copy_with_bumped_count(src, dst):
+    """A copy of `src` whose coverage count of class 3 is one too high; returns it opened r+ for more damage."""
+    shutil.copy(src, dst)
+    f = h5py.File(dst, "r+")
+    counts = f[fmt.LABEL_COUNTS][()]
+    counts[3] += 1
+    f[fmt.LABEL_COUNTS][...] = counts
+    return f
+
+
 def test_verify_catches_wrong_coverage_and_labels(imported, tmp_path):
     bad = tmp_path / "cov.h5"
-    shutil.copy(imported, bad)
-    with h5py.File(bad, "r+") as f:
-        counts = f[fmt.LABEL_COUNTS][()]
-        counts[3] += 1
-        f[fmt.LABEL_COUNTS][...] = counts
+    with _copy_with_bumped_count(imported, bad) as f:
         f[fmt.LABELS][7] = 42  # out of range for 10 classes
     proc = run_cli("cache", "verify", str(bad), "-q")
     assert proc.returncode == 1
@@ -83,11 +89,7 @@ def test_verify_catches_wrong_coverage_and_labels(imported, tmp_path):
 
 def test_verify_recount_mismatch(imported, tmp_path):
     bad = tmp_path / "cov2.h5"
-    shutil.copy(imported, bad)
-    with h5py.File(bad, "r+") as f:
-        counts = f[fmt.LABEL_COUNTS][()]
-        counts[3] += 1
-        f[fmt.LABEL_COUNTS][...] = counts
+    _copy_with_bumped_count(imported, bad).close()
     proc = run_cli("cache", "verify", str(bad), "-q")
     assert proc.returncode == 1 and "disagrees with a recount" in proc.stderr and "class 3" in proc.stderr
 
