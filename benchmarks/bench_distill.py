@@ -3,6 +3,7 @@ measured in the same run, next to the ceiling (the student step alone, targets f
 
     .venv/bin/python benchmarks/bench_distill.py            # resnet8, 3x32x32, batch 64, 8 teachers
     .venv/bin/python benchmarks/bench_distill.py --quick    # fewer steps (smoke)
+    python3 benchmarks/bench_distill.py --device cuda --batch 256 --steps 200   # on a GPU (teachers vmapped)
 
 Methods (all use the same student step: Adam, KL at T=1, clip 5, cosine schedule):
   naive       the paper code's loop: for each teacher, teacher(x) under no_grad (eval mode, fp32), then the step
@@ -21,6 +22,7 @@ precision, stream) / naive; `ratio_fp32`, `ratio_cached`, `ceiling_ratio` likewi
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -58,14 +60,19 @@ def make_teachers(arch, n, k, c, r):
     return out
 
 
-def student_stepper(arch, k, c, steps):
+def sync(dev):
+    if dev.type == "cuda":  # CUDA kernels are asynchronous: time only finished work
+        torch.cuda.synchronize(dev)
+
+
+def student_stepper(arch, k, c, steps, dev):
     torch.manual_seed(0)
-    s = get_model(arch, k, c).train()
+    s = get_model(arch, k, c).to(dev).train()
     opt = torch.optim.Adam(s.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
 
     def step(x, probs):
-        loss = distill_loss(s(x), probs, torch.zeros(len(x)), 1.0)
+        loss = distill_loss(s(x), probs, torch.zeros(len(x), device=x.device), 1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(s.parameters(), 5.0)
@@ -75,45 +82,54 @@ def student_stepper(arch, k, c, steps):
     return s, step
 
 
-def stream(batch, c, r, n, seed):
-    """Fresh normalised batches that never repeat (the worst case for reuse)."""
+def stream(batch, c, r, n, seed, dev):
+    """Fresh normalised batches that never repeat (the worst case for reuse), already on `dev`."""
     g = torch.Generator().manual_seed(seed)
-    return [(None, torch.randn(batch, c, r, r, generator=g)) for _ in range(n)]
+    return [(None, torch.randn(batch, c, r, r, generator=g).to(dev)) for _ in range(n)]
 
 
 def run_naive(a, teachers, xs):
-    _, step = student_stepper(a.arch, a.classes, a.channels, len(xs))
+    _, step = student_stepper(a.arch, a.classes, a.channels, len(xs), a.dev)
+    sync(a.dev)
     t = time.perf_counter()
     for _, x in xs:
         with torch.no_grad():
             logits = torch.stack([m(x) for m in teachers])
         step(x, torch.softmax(logits.mean(0), 1))
+    sync(a.dev)
     return len(xs) / (time.perf_counter() - t)
 
 
 def run_ceiling(a, teachers, xs):
-    _, step = student_stepper(a.arch, a.classes, a.channels, len(xs))
-    probs = torch.softmax(torch.randn(a.batch, a.classes), 1)
+    _, step = student_stepper(a.arch, a.classes, a.channels, len(xs), a.dev)
+    probs = torch.softmax(torch.randn(a.batch, a.classes, device=a.dev), 1)
+    sync(a.dev)
     t = time.perf_counter()
     for _, x in xs:
         step(x, probs)
+    sync(a.dev)
     return len(xs) / (time.perf_counter() - t)
 
 
 def run_feddf(a, teachers, batches, precision="fp32", cache=None, prefetch=2):
     torch.manual_seed(0)
-    student = get_model(a.arch, a.classes, a.channels)
+    student = get_model(a.arch, a.classes, a.channels).to(a.dev)
+    sync(a.dev)
     t = time.perf_counter()
-    ens = TeacherEnsemble(teachers, precision=precision)  # preparation counts: it happens every round
+    # preparation counts: it happens every round. On CUDA, feddf train stacks small same-architecture teachers (vmap;
+    # feddf.federated.teachers.VMAP_MAX_PARAMS); --batched forces either way.
+    batched = {"auto": "auto" if a.dev.type == "cuda" else False, "vmap": True, "loop": False}[a.batched]
+    ens = TeacherEnsemble(teachers, precision=precision, batched=batched, device=a.dev)
     n = len(batches) if isinstance(batches, list) else a.steps
     distill({"s": student}, ens, batches, lambda m: 0.0,
             DistillSpec(steps=n, eval_every=10 ** 9, patience=10 ** 9, prefetch=prefetch), cache)
+    sync(a.dev)
     return n / (time.perf_counter() - t)
 
 
-def bf16_agreement(teachers, xs):
-    f32 = TeacherEnsemble(teachers)
-    b16 = TeacherEnsemble(teachers, precision="bf16")
+def bf16_agreement(teachers, xs, dev):
+    f32 = TeacherEnsemble(teachers, device=dev)
+    b16 = TeacherEnsemble(teachers, precision="bf16", device=dev)
     agree, diff = [], 0.0
     for _, x in xs:
         p32, p16 = f32.logits(x), b16.logits(x)
@@ -137,29 +153,35 @@ def main() -> None:
     ap.add_argument("--passes", type=float, default=8.0, help="passes over the finite source of the `cached` row "
                     "(a default round: 10^4 steps x 64 over a 20k-image cache = 32 passes)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--batched", default="auto", choices=["auto", "vmap", "loop"],
+                    help="teachers of one architecture: vmapped, a loop, or what feddf train does (auto)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
+    a.dev = torch.device(a.device)
     if a.quick:
         a.steps, a.repeats, a.warmup = 12, 1, 2
     if a.threads:
         torch.set_num_threads(a.threads)
     a.pool = max(a.batch, int(a.steps * a.batch / a.passes))
     teachers = make_teachers(a.arch, a.teachers, a.classes, a.channels, a.resolution)
-    xs = stream(a.batch, a.channels, a.resolution, a.steps, seed=1)
-    pool = torch.randint(0, 256, (a.pool, a.channels, a.resolution, a.resolution), dtype=torch.uint8)
+    naive_teachers = [copy.deepcopy(m).to(a.dev) for m in teachers]
+    xs = stream(a.batch, a.channels, a.resolution, a.steps, seed=1, dev=a.dev)
+    pool = torch.randint(0, 256, (a.pool, a.channels, a.resolution, a.resolution), dtype=torch.uint8).to(a.dev)
     norm = lambda u8: (u8.float() / 255 - 0.5) / 0.25  # noqa: E731
 
     def cached():
         batches = ((ids, norm(u8)) for ids, u8 in _pool_batches(pool, a.batch, seed=2))
         return run_feddf(a, teachers, batches, resolve_precision("auto"), cache=TargetCache(a.pool, a.classes))
 
-    auto = resolve_precision("auto")  # what feddf train uses by default on this machine
-    methods = {"naive": lambda: run_naive(a, teachers, xs), "ceiling": lambda: run_ceiling(a, teachers, xs),
+    auto = resolve_precision("auto", a.dev)  # what feddf train uses by default on this device
+    methods = {"naive": lambda: run_naive(a, naive_teachers, xs), "ceiling": lambda: run_ceiling(a, teachers, xs),
                "feddf-fp32": lambda: run_feddf(a, teachers, xs, "fp32"),
                "feddf": lambda: run_feddf(a, teachers, xs, auto), "cached": cached}
-    warm = stream(a.batch, a.channels, a.resolution, a.warmup, seed=3)
-    run_naive(a, teachers, warm)
+    warm = stream(a.batch, a.channels, a.resolution, a.warmup, seed=3, dev=a.dev)
+    run_naive(a, naive_teachers, warm)
     run_feddf(a, teachers, warm)
+    run_feddf(a, teachers, warm, auto)
     res = {k: [] for k in methods}
     for _ in range(a.repeats):
         for k, fn in methods.items():
@@ -167,12 +189,14 @@ def main() -> None:
     best = {k: max(v) for k, v in res.items()}
     med = {k: statistics.median(v) for k, v in res.items()}
     print(f"{a.teachers} x {a.arch} teachers, {a.channels}x{a.resolution}x{a.resolution}, batch {a.batch}, "
-          f"{a.steps} steps x {a.repeats} repeats, torch threads {torch.get_num_threads()}, "
+          f"{a.steps} steps x {a.repeats} repeats, device {a.dev}"
+          f"{' (' + torch.cuda.get_device_name(a.dev) + ')' if a.dev.type == 'cuda' else ''}, "
+          f"torch threads {torch.get_num_threads()}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, default teacher precision {auto}")
     print(f"{'method':>11} {'steps/s':>8} {'median':>8} {'vs naive':>9}")
     for k in methods:
         print(f"{k:>11} {best[k]:8.2f} {med[k]:8.2f} {best[k] / best['naive']:8.2f}x")
-    agree, diff = bf16_agreement(teachers, xs[:4])
+    agree, diff = bf16_agreement(teachers, xs[:4], a.dev)
     print(f"bf16 teachers: ensemble argmax agreement with fp32 {agree:.4f}, max |dp| {diff:.2e}")
     print(f"cached: {a.steps * a.batch / a.pool:.1f} passes over a {a.pool}-image source")
     out = {"ratio": round(best["feddf"] / best["naive"], 3), "target": 1.5,
@@ -184,6 +208,7 @@ def main() -> None:
            "teacher_precision": auto, "bf16_argmax_agreement": agree, "bf16_max_prob_diff": diff,
            "config": {k: getattr(a, k) for k in ("arch", "channels", "resolution", "teachers", "batch", "steps",
                                                   "repeats", "pool")},
+           "device": str(a.dev), "batched": a.batched, "images_per_s": {k: round(v * a.batch, 1) for k, v in best.items()},
            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     print(json.dumps(out))
 

@@ -8,8 +8,10 @@ Figures (one run, one core for the stream and the baseline: torch.set_num_thread
     uncompressed (the `feddf cache import` default). Both produce exactly the same batches (same chunk-aware order);
     the baseline gathers them from a numpy array holding the whole cache. Target >= 0.7 and >= 200 000 img/s.
     The HDF5-checked path (verify_checksums=True, also what lzf/gzip-compressed chunks take) is reported too.
-  * peak RSS of a subprocess that streams one epoch of a 500 000-image cache, next to the same process's RSS right
-    after its imports (torch alone is large), so the stream's own share is visible. Target < 300 MB. Read from
+  * peak RSS of a subprocess that streams one epoch of a 500 000-image cache with the torch-free engine
+    (feddf.cache.engine.ChunkStream: the same reads and batches as CacheStream, as numpy). Target < 300 MB. Also the
+    same for CacheStream in a process that imports torch, split into RSS after imports (the CUDA build of torch alone
+    is ~0.5 GB, a fixed cost of any torch consumer, not of streaming) and what streaming adds. Read from
     /proc/self/status VmHWM: resource.getrusage's ru_maxrss of a child inherits the parent's peak across fork+exec on
     Linux (this parent holds a 600 MB array), so it would report the parent's memory, not the child's.
   * distillation consumption: a ResNet-8 student forward/backward + 3 ResNet-8 teachers' forwards (KL to the teachers'
@@ -36,16 +38,20 @@ def status(key):  # from /proc/self/status, in MB: VmRSS = now, VmHWM = peak of 
     for line in open('/proc/self/status'):
         if line.startswith(key):
             return int(line.split()[1]) / 1024
-import torch
-from feddf.cache.stream import CacheStream
-torch.set_num_threads(1)
-s = CacheStream(sys.argv[1], 256, seed=0)
+if sys.argv[2] == "torch":  # what feddf train's process holds: torch + CacheStream (tensors)
+    import torch
+    from feddf.cache.stream import CacheStream as S
+    torch.set_num_threads(1)
+else:  # the streaming engine alone (numpy batches), no torch import
+    from feddf.cache.engine import ChunkStream as S
+s = S(sys.argv[1], 256, seed=0)
 base = status('VmRSS')
 t, n = time.perf_counter(), 0
 for x, y in s:
     n += x.shape[0]
 dt = time.perf_counter() - t
-print(json.dumps({"n": n, "seconds": dt, "base_rss_mb": base, "peak_rss_mb": status('VmHWM')}))
+print(json.dumps({"n": n, "seconds": dt, "base_rss_mb": base, "peak_rss_mb": status('VmHWM'),
+                  "torch": "torch" in sys.modules}))
 """
 BARE = ("import torch\nfor l in open('/proc/self/status'):\n"
         "    if l.startswith('VmHWM'): print(int(l.split()[1]) / 1024)")
@@ -170,16 +176,24 @@ def main() -> None:
         print(f"stream (fast path)    {fast:12,.0f} img/s   ratio {ratio:.2f}  (target >= 0.7, >= 200,000 img/s)")
         print(f"stream (HDF5 checked) {checked:12,.0f} img/s   ratio {checked / mem:.2f}")
 
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        child = subprocess.run([sys.executable, "-c", CHILD, str(big)], capture_output=True, text=True, env=env,
-                               check=True)
-        rss = json.loads(child.stdout.strip().splitlines()[-1])
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+        def child(mode):
+            out = subprocess.run([sys.executable, "-c", CHILD, str(big), mode], capture_output=True, text=True,
+                                 env=env, check=True)
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        rss, rss_t = child("engine"), child("torch")
+        assert not rss["torch"] and rss_t["torch"]
         bare = subprocess.run([sys.executable, "-c", BARE], capture_output=True, text=True, env=env, check=True)
         torch_mb = float(bare.stdout.strip())
         increase = rss["peak_rss_mb"] - rss["base_rss_mb"]
-        print(f"500k stream: peak RSS {rss['peak_rss_mb']:.0f} MB; after imports {rss['base_rss_mb']:.0f} MB "
-              f"(bare `import torch`: {torch_mb:.0f} MB); streaming added {increase:.0f} MB (target < 300 MB); "
+        increase_t = rss_t["peak_rss_mb"] - rss_t["base_rss_mb"]
+        print(f"500k stream, engine (numpy, no torch): peak RSS {rss['peak_rss_mb']:.0f} MB (target < 300 MB); "
+              f"after imports {rss['base_rss_mb']:.0f} MB, streaming added {increase:.0f} MB; "
               f"{rss['n'] / rss['seconds']:,.0f} img/s")
+        print(f"500k stream, CacheStream in a torch process: peak RSS {rss_t['peak_rss_mb']:.0f} MB = after imports "
+              f"{rss_t['base_rss_mb']:.0f} MB (bare `import torch`: {torch_mb:.0f} MB) + streaming {increase_t:.0f} MB")
 
         distill = distill_rate()
         print(f"distillation step consumes {distill:,.0f} img/s on this CPU (1 thread); stream/consumer = "
@@ -189,6 +203,8 @@ def main() -> None:
             "stream_checked_img_s": round(checked), "checked_ratio": round(checked / mem, 3),
             "peak_rss_mb": round(rss["peak_rss_mb"], 1), "rss_after_imports_mb": round(rss["base_rss_mb"], 1),
             "rss_increase_mb": round(increase, 1), "bare_torch_rss_mb": round(torch_mb, 1),
+            "torch_process_peak_rss_mb": round(rss_t["peak_rss_mb"], 1),
+            "torch_process_rss_increase_mb": round(increase_t, 1),
             "rss_stream_img_s": round(rss["n"] / rss["seconds"]), "distill_img_s": round(distill, 1),
             "stream_over_distill": round(fast / distill, 1), "n": args.n, "n_rss": args.n_rss, "batch": 256,
             "threads": 1}))

@@ -71,6 +71,24 @@ def test_fast_teacher_paths_equal_the_plain_loop(arch):
         TeacherEnsemble([])
 
 
+def test_auto_batching_stacks_small_architectures_only(monkeypatch):
+    from feddf.federated import teachers as tmod
+
+    small, big = _models("resnet8", 3), _models("cnn", 2)
+    n_small = sum(p.numel() for p in small[0].parameters())
+    n_big = sum(p.numel() for p in big[0].parameters())
+    assert n_small < n_big
+    monkeypatch.setattr(tmod, "VMAP_MAX_PARAMS", (n_small + n_big) // 2)
+    mixed = [small[0], big[0], small[1], big[1], small[2]]
+    ens = TeacherEnsemble(mixed, batched="auto")
+    assert len(ens._fns) == 3  # one vmapped group of the 3 small nets, the 2 big ones each on their own
+    assert len(TeacherEnsemble(mixed, batched=True)._fns) == 2 and len(TeacherEnsemble(mixed)._fns) == 5
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        ref = torch.stack([m.eval()(x) for m in mixed])
+    torch.testing.assert_close(ens.logits(x), ref, rtol=1e-4, atol=1e-4)  # still in the original teacher order
+
+
 def _batches(n=40, b=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [(None, torch.randn(b, 1, 16, 16, generator=g)) for _ in range(n)]

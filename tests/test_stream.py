@@ -348,3 +348,40 @@ def test_reader_follows_a_live_writer_process(tmp_path):
         assert open_cache(path).complete
     finally:
         proc.kill()
+
+
+def test_engine_is_torch_free_and_yields_the_same_batches_as_numpy(cache):
+    path, x, y = cache
+    code = ("import sys; from feddf.cache.engine import ChunkStream; s = ChunkStream(sys.argv[1], 64, seed=3); "
+            "n = sum(len(b) for b, _ in s); print(n, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(len(x)), "False"]
+    from feddf.cache.engine import ChunkStream
+
+    eng = ChunkStream(path, 64, seed=3, buffer_size=150)
+    torch_ids, _ = collect(CacheStream(path, 64, seed=3, buffer_size=150))
+    got = []
+    for xb, yb in eng:
+        assert isinstance(xb, np.ndarray) and xb.dtype == np.uint8 and xb.shape[1:] == x.shape[1:]
+        i = xb[:, 0, 0, 0].astype(int) + 256 * xb[:, 0, 0, 1].astype(int)
+        assert np.array_equal(xb, x[i]) and np.array_equal(yb, y[i])
+        got.append(i)
+    assert np.array_equal(np.concatenate(got), torch_ids)
+    assert eng.state_dict()["epoch"] == 1 and eng.state_dict()["offset"] == 0
+
+
+def test_fast_path_chunk_table_matches_hdf5(cache):
+    from feddf.cache.reader import ChunkSource
+
+    path, _, _ = cache
+    src = ChunkSource(path)
+    bounds = src.bounds()
+    ids_ = np.random.default_rng(0).permutation(len(bounds) - 1)
+    shard, at = src.raw_window(ids_, bounds)
+    h = src._handles()[0]
+    assert not shard.any()
+    # the vectorised table agrees with HDF5's own chunk lookup, chunk by chunk
+    for c, o in zip(ids_.tolist(), at.tolist()):
+        assert o == h.images.id.get_chunk_info_by_coord((int(bounds[c]), 0, 0, 0)).byte_offset
+    assert h.mapped_to(path.stat().st_size) and not h.mapped_to(path.stat().st_size + 1)  # past the end: HDF5 path
+    src.close()

@@ -341,14 +341,16 @@ class _Handle:
                        and tuple(self.images.chunks[1:]) == tuple(self.images.shape[1:])
                        and self.f.userblock_size == 0)
         self.path = path
+        self.chunk0 = int(self.images.chunks[0]) if self.images.chunks else 0  # h5py's .chunks is a slow property
         self._map = None  # (mmap, 2-D byte view) of the whole file, made on first raw access
         self._rows = None
         self._addr: dict[int, int] | None = None  # chunk start -> file offset of plain chunks (finished files)
+        self._table: np.ndarray | None = None  # the same by chunk number, -1 where not plain (see chunk_table)
 
     def raw_offset(self, start: int, count: int) -> int | None:
         """File offset of the chunk starting at image `start` when its stored bytes are plain images and the first
         `count` of them lie inside the mapped file; None -> read it through HDF5."""
-        if not self.raw_ok or start % self.images.chunks[0]:
+        if not self.raw_ok or start % self.chunk0:
             return None
         if self._addr is None and not self.live:
             # a finished file never moves a chunk: one H5Dchunk_iter pass maps them all (a live writer may still
@@ -370,12 +372,14 @@ class _Handle:
             at = int(info.byte_offset) if ok else None
         if at is None:
             return None
-        end = at + count * self.image_bytes
+        return at if self.mapped_to(at + count * self.image_bytes) else None
+
+    def mapped_to(self, end: int) -> bool:
+        """Make sure bytes [0, end) of the file are mapped; False when the file is shorter (truncated: the caller
+        then reads through HDF5, which reports it)."""
         if self._map is None or end > len(self._map):
             self._remap()
-            if end > len(self._map):  # beyond the end of the file (truncated): let HDF5 report it
-                return None
-        return at
+        return end <= len(self._map)
 
     @property
     def image_bytes(self) -> int:
@@ -400,17 +404,35 @@ class _Handle:
         """Images at these file offsets, (k, C*R*R) uint8, copied out of the page cache in one fancy index."""
         return self._rows[offsets]
 
+    def chunk_table(self) -> np.ndarray | None:
+        """File offset of every plain chunk by chunk number (-1: compressed or unallocated), for a finished file whose
+        chunks are all readable raw; None where each chunk must be looked up (live writer) or none is raw."""
+        if not self.raw_ok or self.live:
+            return None
+        if self._table is None:
+            self.raw_offset(0, 0)  # builds self._addr with one H5Dchunk_iter pass
+            t = np.full(-(-self.images.shape[0] // self.chunk0), -1, np.int64)
+            for start, at in (self._addr or {}).items():
+                t[start // self.chunk0] = at
+            self._table = t
+        return self._table
+
     def release(self, offsets: np.ndarray, count: int) -> None:
         """Drop the mapped pages of chunks at `offsets` from this process (they stay in the page cache): keeps the
-        RSS of a long stream at one or two windows."""
+        RSS of a long stream at one or two windows. One madvise over the span of the chunks, not one per chunk:
+        a window's chunks are scattered over the file anyway, and at release time the only mapped pages are those
+        of the windows being released (the caller releases before it touches the next window), so the span costs a
+        page-table walk and no refaults. (Batching several windows per call was measured: no faster, since the
+        cost is per unmapped page.)"""
         import mmap
 
-        page = mmap.PAGESIZE
-        for off in offsets.tolist():
-            a = off - off % page
-            b = min(len(self._map), off + count * self.image_bytes)
-            if b > a:
-                self._map.madvise(mmap.MADV_DONTNEED, a, b - a)
+        if self._map is None or not offsets.size:
+            return
+        a = int(offsets.min())
+        a -= a % mmap.PAGESIZE
+        b = min(len(self._map), int(offsets.max()) + count * self.image_bytes)
+        if b > a:
+            self._map.madvise(mmap.MADV_DONTNEED, a, b - a)
 
     def close_map(self) -> None:
         self._rows = None
@@ -522,14 +544,26 @@ class ChunkSource:
         mapped file, else None (the window then goes through read_window)."""
         hs = self._handles()
         offs = self.offsets
-        shard_of = np.searchsorted(offs, bounds[ids], side="right") - 1
+        starts, counts = bounds[ids], bounds[ids + 1] - bounds[ids]
+        shard_of = np.searchsorted(offs, starts, side="right") - 1
         at = np.empty(ids.shape[0], np.int64)
-        for j, (c, shard) in enumerate(zip(ids.tolist(), shard_of.tolist())):
-            s = int(bounds[c] - offs[shard])
-            o = hs[shard].raw_offset(s, int(bounds[c + 1] - bounds[c]))
-            if o is None:
-                return None
-            at[j] = o
+        for k in np.unique(shard_of).tolist():
+            sel = np.flatnonzero(shard_of == k)
+            h, local = hs[k], starts[sel] - offs[k]
+            table = h.chunk_table()
+            if table is not None:  # a finished file: vectorised lookup of every chunk of the window
+                if (local % h.chunk0).any():
+                    return None
+                o = table[local // h.chunk0]
+                if (o < 0).any() or not h.mapped_to(int((o + counts[sel] * self.image_bytes).max())):
+                    return None
+                at[sel] = o
+                continue
+            for j, s, m in zip(sel.tolist(), local.tolist(), counts[sel].tolist()):  # live: ask HDF5 per chunk
+                o = h.raw_offset(int(s), int(m))
+                if o is None:
+                    return None
+                at[j] = o
         return shard_of, at
 
     def gather(self, shard: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -165,7 +165,7 @@ def _round(r: int, cfg: TrainConfig, task: Task, agg, server: dict, device, bar:
         students = {a: task.new_model(a, fedavg_states[a]).to(device) for a in cfg.archs}
         ens = TeacherEnsemble(teachers, mode=cfg.ensemble, temperature=cfg.temperature,
                               precision=cfg.teacher_precision, compile=cfg.compile_teachers,
-                              batched=device.type == "cuda", device=device)
+                              batched="auto" if device.type == "cuda" else False, device=device)
         batches, cache = task.distill_batches(cfg, _seed(cfg.seed, r, 3), device)
         dspec = DistillSpec(cfg.distill_steps, cfg.distill_lr, cfg.temperature, cfg.eval_every, cfg.patience,
                             prefetch=cfg.prefetch)

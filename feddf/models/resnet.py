@@ -45,7 +45,6 @@ class CifarResNet(nn.Module):
                 layers.append(BasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, norm))
                 cin = cout
         self.layers = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -53,5 +52,7 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K)
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.pool(self.layers(x)).flatten(1)  # (B, 64)
+        # Global average pool as a plain mean: torch.func.vmap (the stacked teachers on CUDA) has no batching rule
+        # for AdaptiveAvgPool2d's as_strided_ and falls back to a per-teacher loop.
+        x = self.layers(x).mean((2, 3))  # (B, 64)
         return self.fc(x)

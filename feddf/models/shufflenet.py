@@ -55,9 +55,8 @@ class ShuffleNetV2(nn.Module):
                 cin = cout
         self.stages = nn.Sequential(*units)
         self.head = _conv_bn_relu(cin, 1024, norm)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(1024, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K)
         x = self.head(self.stages(self.stem(x)))
-        return self.fc(self.pool(x).flatten(1))
+        return self.fc(x.mean((2, 3)))  # global average pool; a plain mean keeps vmap fast (see resnet.py)
