@@ -81,6 +81,7 @@ class ChunkStream:
         self._pending: tuple[tuple[int, int], int] | None = None  # (start, k): _at = start + k, not yet resolved
         self._lengths: dict[int, int] = {}  # epoch -> its n, when it differs from source.n (resume, follow)
         self._plans: dict[int, EpochPlan] = {}
+        self._fast: tuple | None = None  # (plan, its _epoch_offsets) of the epoch being read
 
     # ---- state ---------------------------------------------------------------------------------------------
     def _n_of(self, epoch: int) -> int:
@@ -159,10 +160,36 @@ class ChunkStream:
         plan = self._plan(epoch)
         return plan, plan.n, plan.window_pos.tolist()
 
+    def _epoch_offsets(self, plan: EpochPlan):
+        """Fast path, whole epoch at once: (shard (n,), file offset (n,)) of the image at every epoch position, and
+        (shard, offset) of every chunk in read order; None unless every chunk is a plain chunk of a finished file.
+        One vectorised pass per epoch instead of one per window (the per-window numpy calls cost ~3% of a stream).
+        Offset of position p = its chunk's offset + (its row in the epoch's chunk-read order - the chunk's first
+        row) * image bytes, where that row is window_pos[w] + rows[p]."""
+        if self.source.follow:
+            return None
+        if self._fast is not None and self._fast[0] is plan:
+            return self._fast[1]
+        raw = self.source.raw_window(plan.chunks, plan.bounds)
+        out = None
+        if raw is not None:
+            ib = self.source.image_bytes
+            sizes = plan.bounds[plan.chunks + 1] - plan.bounds[plan.chunks]
+            first = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+            g = plan.rows + np.repeat(plan.window_pos[:-1], np.diff(plan.window_pos))  # (n,) row in read order
+            out = (np.repeat(raw[0], sizes)[g], np.repeat(raw[1] - first * ib, sizes)[g] + g * ib, raw)
+        self._fast = (plan, out)
+        return out
+
     def _load(self, plan: EpochPlan, w: int, ep_start: int, phase: int, stride: int) -> _Window:
         """Prepare window w, shuffled: the chunks holding samples of batches this (rank, worker) owns."""
-        ids, first = plan.window_slots(w)
         a, b = int(plan.window_pos[w]), int(plan.window_pos[w + 1])
+        fast = self._epoch_offsets(plan)
+        if fast is not None:
+            c0, c1 = int(plan.window_chunk[w]), int(plan.window_chunk[w + 1])
+            return _Window(self.source.labels_of(plan.order[a:b]), a, ep_start + b,
+                           src=(fast[0][a:b], fast[1][a:b]), chunks=(fast[2][0][c0:c1], fast[2][1][c0:c1]))
+        ids, first = plan.window_slots(w)
         rows = plan.rows[a:b]
         sizes = plan.bounds[ids + 1] - plan.bounds[ids]
         need = np.ones(ids.shape[0], bool)
@@ -310,7 +337,7 @@ class ChunkStream:
         self.source.close()
 
     def __getstate__(self):
-        return {**self.__dict__, "_plans": {}}
+        return {**self.__dict__, "_plans": {}, "_fast": None}
 
     def describe(self) -> dict:
         return {"config": asdict(self.config), "n": self.source.n, "paths": self.source.paths,
