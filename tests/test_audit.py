@@ -263,3 +263,10 @@ def test_empty_cache_is_reported_not_crashed(tmp_path):
     s = json.loads(res.stdout)["sources"][0]
     assert s["n"] == 0 and s["conditioning"]["total"] == 0 and s["conditioning"]["effective_classes"] == 0.0
     assert "0.00 effective conditioning classes" in res.stderr
+
+
+def test_unique_names_keep_dotted_run_folders_apart():
+    from feddf.audit.sources import unique_names
+
+    assert unique_names(["runs/a0.1-fedavg-s0", "runs/a0.1-feddf-s0", "x/c.h5", "y/c.h5", "z/stl10.npz"]) == \
+        ["a0.1-fedavg-s0", "a0.1-feddf-s0", "c", "c-2", "stl10"]

@@ -136,11 +136,15 @@ def _load(h5, info, p: Path, name: str) -> Source:
                   labeler_names=labeler_names, _h5=h5)
 
 
+_DATA_SUFFIXES = {".h5", ".hdf5", ".npz", ".npy", ".pt", ".pth"}
+
+
 def unique_names(paths: list[str | Path]) -> list[str]:
-    """Report names for sources: the file stem, suffixed -2, -3 ... when two sources share a stem."""
+    """Report names for sources: the file stem (the whole name unless the suffix is a data file's: run folders like
+    `a0.1-fedavg-s0` keep their dots), suffixed -2, -3 ... when two sources share one."""
     out: list[str] = []
     for p in paths:
-        base = Path(p).stem
+        base = Path(p).stem if Path(p).suffix.lower() in _DATA_SUFFIXES else Path(p).name
         name, k = base, 2
         while name in out:
             name, k = f"{base}-{k}", k + 1
