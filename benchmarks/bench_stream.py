@@ -10,7 +10,7 @@ Figures (one run, one core for the stream and the baseline: torch.set_num_thread
     The HDF5-checked path (verify_checksums=True, also what lzf/gzip-compressed chunks take) is reported too.
     ratio_recached: the same after the cache is evicted from the page cache and read back sequentially. The fast
     path's extra cost over the in-memory gather is page faults and unmapping, and both depend on the size of the
-    page-cache folios holding the file: ~0.78 after a sequential read-back, ~0.64-0.67 as the writer left it, ~0.50
+    page-cache folios holding the file: ~0.83 after a sequential read-back, ~0.69 as the writer left it, ~0.50
     when the stream's own random-order faults brought the file in from disk (measured on the 2-core machine).
   * peak RSS of a subprocess that streams one epoch of a 500 000-image cache with the torch-free engine
     (feddf.cache.engine.ChunkStream: the same reads and batches as CacheStream, as numpy). Target < 300 MB. Also the

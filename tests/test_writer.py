@@ -267,3 +267,26 @@ def test_virtual_cache_over_shards(tmp_path):
             assert json.loads(f.attrs["identity"])["n"] == 16 and "shard_start" not in f.attrs
     finally:
         os.chdir(cwd)
+
+
+def test_uncompressed_image_chunks_start_on_1mib_boundaries(tmp_path):
+    from feddf.cache.writer import CHUNK_ALIGN
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (3000, 3, 32, 32), dtype=np.uint8)
+    sizes = {}
+    for comp in ("none", "lzf"):
+        path = tmp_path / f"{comp}.h5"
+        with CacheWriter(path, n=len(x), channels=3, resolution=32, attrs={"kind": "imported", "source": "t"},
+                         num_labels=10, compression=comp) as w:
+            w.append(x, rng.integers(0, 10, len(x)))
+            w.finish()
+        with h5py.File(path, "r") as f:
+            ds = f[fmt.IMAGES]
+            offsets = [ds.id.get_chunk_info(i).byte_offset for i in range(ds.id.get_num_chunks())]
+            assert np.array_equal(ds[:], x)  # alignment changes the layout, never the data
+        sizes[comp] = path.stat().st_size
+        aligned = [o % CHUNK_ALIGN == 0 for o in offsets]
+        assert all(aligned) if comp == "none" else not all(aligned)  # compressed chunks stay packed
+        if comp == "none":  # padding: each chunk's slack to 1 MiB plus the gap after the metadata, no more
+            assert sizes[comp] <= (len(offsets) + 1) * CHUNK_ALIGN + (256 << 10)

@@ -122,6 +122,9 @@ class _WriterLock:
         self.fd = None
 
 
+CHUNK_ALIGN = 1 << 20  # file alignment of uncompressed image chunks (see CacheWriter._fapl)
+
+
 class CacheWriter:
     """Creates or resumes the cache at `path` and appends committed blocks; see the module docstring.
 
@@ -276,13 +279,19 @@ class CacheWriter:
         if self.committed:
             self._recount()
 
-    @staticmethod
-    def _fapl():
+    def _fapl(self):
         import h5py
 
         fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
         fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
         fapl.set_file_locking(False, True)  # our flock on .<name>.lock is the writer lock; readers use SWMR
+        chunk_bytes = self.chunk * self.channels * self.resolution * self.resolution + 4  # + fletcher32
+        if self.compression == "none" and chunk_bytes <= CHUNK_ALIGN:
+            # Start every image chunk on a 1 MiB boundary (< 0.2% of space at ~1 MiB chunks; compressed chunks would
+            # waste the space they saved, so only uncompressed caches). The kernel then caches each chunk in large
+            # page-cache folios, and the stream's mapped reads fault and unmap faster: bench_stream ratio 0.67-0.70
+            # -> 0.71-0.73 on the 2-core machine. Objects under 64 KiB (labels, metadata) stay packed.
+            fapl.set_alignment(64 << 10, CHUNK_ALIGN)
         return fapl
 
     def _recount(self) -> None:
