@@ -34,6 +34,17 @@ def fmnist_available():
     pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
+def random_dcgan_checkpoint(path: Path, nc: int, nz: int = 16, ngf: int = 8, size: int = 32) -> Path:
+    """A small pytorch/examples-format DCGAN state_dict with seeded random (variance-preserving) weights."""
+    import torch
+
+    from feddf.generators.dcgan import Generator, random_init
+
+    torch.manual_seed(0)
+    torch.save(random_init(Generator(nz=nz, ngf=ngf, nc=nc, size=size)).state_dict(), path)
+    return path
+
+
 def run_cli(*args: str, check: bool = False, timeout: float = 600, env: dict | None = None,
             cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
     """Run the real `feddf` CLI in a subprocess (python -m feddf ...)."""

@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -16,21 +14,18 @@ from click.testing import CliRunner
 
 from feddf.cache import format as fmt
 from feddf.cli import main
-from feddf.generators.dcgan import Generator, random_init
+from feddf.generators.dcgan import Generator
+from tests.conftest import random_dcgan_checkpoint, run_cli
 
 
 def feddf(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "feddf", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+    return run_cli(*map(str, args), cwd=cwd)
 
 
 @pytest.fixture(scope="module")
 def small_dcgan(tmp_path_factory):
     """A small 32x32, 1-channel pytorch/examples-format checkpoint (random, variance-preserving weights)."""
-    p = tmp_path_factory.mktemp("ckpt") / "netG_epoch_0.pth"
-    torch.manual_seed(0)
-    torch.save(random_init(Generator(nz=16, ngf=8, nc=1, size=32)).state_dict(), p)
-    return p
+    return random_dcgan_checkpoint(tmp_path_factory.mktemp("ckpt") / "netG_epoch_0.pth", nc=1)
 
 
 def test_help():

@@ -21,15 +21,12 @@ from click.testing import CliRunner
 
 from feddf.cache import format as fmt
 from feddf.cli import main
-from feddf.generators.dcgan import Generator, random_init
+from tests.conftest import random_dcgan_checkpoint
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    p = tmp_path_factory.mktemp("ckpt") / "netG.pth"
-    torch.manual_seed(0)
-    torch.save(random_init(Generator(nz=16, ngf=8, nc=3, size=32)).state_dict(), p)
-    return p
+    return random_dcgan_checkpoint(tmp_path_factory.mktemp("ckpt") / "netG.pth", nc=3)
 
 
 def gen_args(ckpt, out, n, batch, *extra):

@@ -344,34 +344,18 @@ class _Handle:
         self.chunk0 = int(self.images.chunks[0]) if self.images.chunks else 0  # h5py's .chunks is a slow property
         self._map = None  # (mmap, 2-D byte view) of the whole file, made on first raw access
         self._rows = None
-        self._addr: dict[int, int] | None = None  # chunk start -> file offset of plain chunks (finished files)
-        self._table: np.ndarray | None = None  # the same by chunk number, -1 where not plain (see chunk_table)
+        self._table: np.ndarray | None = None  # file offset of plain chunks by chunk number (see chunk_table)
 
     def raw_offset(self, start: int, count: int) -> int | None:
-        """File offset of the chunk starting at image `start` when its stored bytes are plain images and the first
-        `count` of them lie inside the mapped file; None -> read it through HDF5."""
+        """Live files: file offset of the chunk starting at image `start`, asked of HDF5 now (a live writer may still
+        rewrite a partial chunk elsewhere), when its stored bytes are plain images and the first `count` of them lie
+        inside the mapped file; None -> read it through HDF5. Finished files use chunk_table."""
         if not self.raw_ok or start % self.chunk0:
             return None
-        if self._addr is None and not self.live:
-            # a finished file never moves a chunk: one H5Dchunk_iter pass maps them all (a live writer may still
-            # rewrite a partial chunk elsewhere, so there every chunk is looked up when read)
-            table: dict[int, int] = {}
-            comp = self.comp_bits
-
-            def visit(si):
-                if si.byte_offset is not None and si.filter_mask & comp == comp:
-                    table[si.chunk_offset[0]] = int(si.byte_offset)
-
-            self.images.id.chunk_iter(visit)
-            self._addr = table
-        if self._addr is not None:
-            at = self._addr.get(start)
-        else:
-            info = self.images.id.get_chunk_info_by_coord((start, 0, 0, 0))
-            ok = info.byte_offset is not None and info.filter_mask & self.comp_bits == self.comp_bits
-            at = int(info.byte_offset) if ok else None
-        if at is None:
+        info = self.images.id.get_chunk_info_by_coord((start, 0, 0, 0))
+        if info.byte_offset is None or info.filter_mask & self.comp_bits != self.comp_bits:
             return None
+        at = int(info.byte_offset)
         return at if self.mapped_to(at + count * self.image_bytes) else None
 
     def mapped_to(self, end: int) -> bool:
@@ -405,15 +389,19 @@ class _Handle:
         return self._rows[offsets]
 
     def chunk_table(self) -> np.ndarray | None:
-        """File offset of every plain chunk by chunk number (-1: compressed or unallocated), for a finished file whose
-        chunks are all readable raw; None where each chunk must be looked up (live writer) or none is raw."""
+        """Finished files: file offset of every plain chunk by chunk number (-1: compressed or unallocated), from one
+        H5Dchunk_iter pass (a finished file never moves a chunk); None for a live file or one with no raw access."""
         if not self.raw_ok or self.live:
             return None
         if self._table is None:
-            self.raw_offset(0, 0)  # builds self._addr with one H5Dchunk_iter pass
             t = np.full(-(-self.images.shape[0] // self.chunk0), -1, np.int64)
-            for start, at in (self._addr or {}).items():
-                t[start // self.chunk0] = at
+            comp = self.comp_bits
+
+            def visit(si):
+                if si.byte_offset is not None and si.filter_mask & comp == comp:
+                    t[si.chunk_offset[0] // self.chunk0] = int(si.byte_offset)
+
+            self.images.id.chunk_iter(visit)
             self._table = t
         return self._table
 
