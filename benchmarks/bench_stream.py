@@ -10,8 +10,10 @@ Figures (one run, one core for the stream and the baseline: torch.set_num_thread
     The HDF5-checked path (verify_checksums=True, also what lzf/gzip-compressed chunks take) is reported too.
     ratio_recached: the same after the cache is evicted from the page cache and read back sequentially. The fast
     path's extra cost over the in-memory gather is page faults and unmapping, and both depend on the size of the
-    page-cache folios holding the file: ~0.83 after a sequential read-back, ~0.69 as the writer left it, ~0.50
-    when the stream's own random-order faults brought the file in from disk (measured on the 2-core machine).
+    page-cache folios holding the file (feddf/cache/pagecache.py): the writer reads a finished cache back
+    sequentially, so `ratio` and `ratio_recached` agree (~0.8 on the 2-core machine). ratio_cold: the cache
+    evicted, then opened by a stream, which reads it in sequentially before its first batch; and
+    ratio_cold_pagecache_off, the same with FEDDF_PAGECACHE=off, where random-order page faults bring it in (~0.43).
   * peak RSS of a subprocess that streams one epoch of a 500 000-image cache with the torch-free engine
     (feddf.cache.engine.ChunkStream: the same reads and batches as CacheStream, as numpy). Target < 300 MB. Also the
     same for CacheStream in a process that imports torch, split into RSS after imports (the CUDA build of torch alone
@@ -101,6 +103,16 @@ def recache_sequentially(path: Path) -> float:
         while n := os.preadv(fd, [buf], off):
             off += n
         return time.perf_counter() - t
+    finally:
+        os.close(fd)
+
+
+def evict(path: Path) -> None:
+    """Drop the file's pages from the page cache, as after a reboot."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 
@@ -199,12 +211,24 @@ def main() -> None:
         for _ in range(args.repeats):
             mem2 = max(mem2, time_in_memory(*arrays))
             fast2 = max(fast2, time_stream(small))
+        # A cold cache (as after a reboot): evicted, then opened by the stream, which reads it in sequentially
+        # (pagecache.warm) on its first, untimed epoch; and the same with FEDDF_PAGECACHE=off, where the stream's
+        # random-order page faults bring the file in. One stream each: evicting again between repeats is the point.
+        evict(small)
+        cold = time_stream(small)
+        os.environ["FEDDF_PAGECACHE"] = "off"
+        evict(small)
+        cold_off = time_stream(small)
+        del os.environ["FEDDF_PAGECACHE"]
         del arrays
         print(f"in-memory gather      {mem:12,.0f} img/s")
         print(f"stream (fast path)    {fast:12,.0f} img/s   ratio {ratio:.2f}  (target >= 0.7, >= 200,000 img/s)")
         print(f"stream (HDF5 checked) {checked:12,.0f} img/s   ratio {checked / mem:.2f}")
         print(f"after evicting and re-reading the file sequentially ({reread_s:.1f} s): in-memory {mem2:,.0f} img/s, "
               f"stream {fast2:,.0f} img/s, ratio {fast2 / mem2:.2f}")
+        print(f"cold file (evicted) read in by the stream: {cold:,.0f} img/s, ratio {cold / mem2:.2f}; "
+              f"with FEDDF_PAGECACHE=off (random faults bring it in): {cold_off:,.0f} img/s, "
+              f"ratio {cold_off / mem2:.2f}")
 
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
 
@@ -232,6 +256,7 @@ def main() -> None:
             "bench": "stream", "ratio": round(ratio, 3), "stream_img_s": round(fast), "inmem_img_s": round(mem),
             "stream_checked_img_s": round(checked), "checked_ratio": round(checked / mem, 3),
             "ratio_recached": round(fast2 / mem2, 3), "stream_recached_img_s": round(fast2),
+            "ratio_cold": round(cold / mem2, 3), "ratio_cold_pagecache_off": round(cold_off / mem2, 3),
             "peak_rss_mb": round(rss["peak_rss_mb"], 1), "rss_after_imports_mb": round(rss["base_rss_mb"], 1),
             "rss_increase_mb": round(increase, 1), "bare_torch_rss_mb": round(torch_mb, 1),
             "torch_process_peak_rss_mb": round(rss_t["peak_rss_mb"], 1),

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from feddf.cache import format as fmt
+from feddf.cache import pagecache
 from feddf.errors import FeddfError
 
 _JSON_ATTRS = ("config", "versions", "label_names", "target_names", "classes", "shards")
@@ -343,6 +344,7 @@ class _Handle:
         self.path = path
         self.chunk0 = int(self.images.chunks[0]) if self.images.chunks else 0  # h5py's .chunks is a slow property
         self._map = None  # (mmap, 2-D byte view) of the whole file, made on first raw access
+        self._warmed = False  # pagecache.warm checked (once per handle)
         self._rows = None
         self._table: np.ndarray | None = None  # file offset of plain chunks by chunk number (see chunk_table)
 
@@ -376,6 +378,9 @@ class _Handle:
         from numpy.lib.stride_tricks import as_strided
 
         self.close_map()
+        if not self.live and not self._warmed:  # a cold finished file: read it in sequentially, not by random faults
+            self._warmed = True
+            pagecache.warm(self.path)
         with open(self.path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             self._map = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from feddf.cache import format as fmt
+from feddf.cache import pagecache
 from feddf.cache.superblock import clear_write_flags, is_hdf5
 from feddf.errors import FeddfError
 
@@ -290,7 +291,7 @@ class CacheWriter:
             # Start every image chunk on a 1 MiB boundary (< 0.2% of space at ~1 MiB chunks; compressed chunks would
             # waste the space they saved, so only uncompressed caches). The kernel then caches each chunk in large
             # page-cache folios, and the stream's mapped reads fault and unmap faster: bench_stream ratio 0.67-0.70
-            # -> 0.71-0.73 on the 2-core machine. Objects under 64 KiB (labels, metadata) stay packed.
+            # -> 0.71-0.73 on the 2-core machine (before pagecache.recache). Objects under 64 KiB (labels, metadata) stay packed.
             fapl.set_alignment(64 << 10, CHUNK_ALIGN)
         return fapl
 
@@ -396,6 +397,9 @@ class CacheWriter:
             self._f.flush()
             self._close_file()
             self.complete = True
+            # Leave the finished file in the page cache in large folios (see pagecache: ~0.8 instead of ~0.70 of an
+            # in-memory gather for the mapped fast path)
+            pagecache.recache(self.path)
         self.close()
 
     def _close_file(self) -> None:

@@ -107,6 +107,7 @@ class _Rank:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local = int(os.environ.get("LOCAL_RANK", "0"))
         self.dist = None
+        self.owned = False  # True when this object created the process group (and so tears it down)
         if self.world > 1:
             import datetime
 
@@ -114,6 +115,7 @@ class _Rank:
 
             if not dist.is_initialized():  # gloo: only barriers + two tiny CPU all-reduces cross ranks (CPU or GPU runs)
                 dist.init_process_group("gloo", timeout=datetime.timedelta(days=2))
+                self.owned = True
             self.dist = dist
 
     def barrier(self):
@@ -121,11 +123,16 @@ class _Rank:
             self.dist.barrier()
 
     def close(self, ok: bool = True):
-        # A final barrier, and no destroy_process_group: tearing gloo down right before exit aborted ~1 run in 8
-        # here ("terminate called without an active exception" in a gloo thread); the process group goes away with the
-        # process, and a caller's own process group is left alone.
-        if ok and self.dist is not None and self.dist.is_initialized():
+        # A final barrier, then destroy the group we created while the interpreter is fully alive. Left to interpreter
+        # exit, a gloo worker thread can still hold the last all-reduce's work (tensors with Python references);
+        # freeing it during finalisation aborts the process ("terminate called without an active exception", exit
+        # -6) after all the data was written. A caller's own process group is left alone.
+        if self.dist is None or not self.dist.is_initialized():
+            return
+        if ok:
             self.dist.barrier()
+        if self.owned:  # local for gloo (not collective), so a failing rank can tear down too
+            self.dist.destroy_process_group()
 
 
 def shard_path(out: Path, rank: int, world: int) -> Path:
