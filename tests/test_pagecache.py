@@ -57,11 +57,11 @@ def test_resident_fraction_and_warm(cold_cache):
 
 
 def test_stream_reads_a_cold_cache_in_sequentially(cold_cache, monkeypatch):
-    from feddf.cache import reader
+    from feddf.cache import source
 
     calls = []
     real_warm = pagecache.warm
-    monkeypatch.setattr(reader.pagecache, "warm", lambda path: calls.append(real_warm(path)) or calls[-1])
+    monkeypatch.setattr(source.pagecache, "warm", lambda path: calls.append(real_warm(path)) or calls[-1])
     monkeypatch.setenv("FEDDF_PAGECACHE", "off")
     x_off, y_off = first_batch(cold_cache)
     assert calls == [False]  # turned off: the stream's own page faults bring the pages in

@@ -371,7 +371,7 @@ def test_engine_is_torch_free_and_yields_the_same_batches_as_numpy(cache):
 
 
 def test_fast_path_chunk_table_matches_hdf5(cache):
-    from feddf.cache.reader import ChunkSource
+    from feddf.cache.source import ChunkSource
 
     path, _, _ = cache
     src = ChunkSource(path)

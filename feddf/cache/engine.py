@@ -18,7 +18,8 @@ from typing import Iterator
 import numpy as np
 
 from feddf.cache import format as fmt
-from feddf.cache.reader import ChunkSource, check_compatible
+from feddf.cache.reader import check_compatible
+from feddf.cache.source import ChunkSource
 from feddf.cache.shuffle import EpochPlan, epoch_plan, owned_mask, window_chunks_for
 from feddf.errors import FeddfError
 

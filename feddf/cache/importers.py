@@ -34,7 +34,7 @@ class ImportConfig:
     split: str | None = None
     resolution: int | None = None
     limit: int | None = None
-    compression: str = "none"  # uncompressed chunks stream ~3x faster (reader.ChunkSource fast path)
+    compression: str = "none"  # uncompressed chunks stream ~3x faster (source.ChunkSource fast path)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
     .venv/bin/python -c "from feddf.cache.pagecache import resident_fraction as r; print(r('cache/fmnist.h5'))"
 
-Why: the reader's fast path (reader._Handle) gathers images straight from a mapping of the file, so its only cost
+Why: the reader's fast path (source._Handle) gathers images straight from a mapping of the file, so its only cost
 over an in-memory array is page faults and unmapping. Both depend on the size of the page-cache folios the kernel
 used for the file, which depends on how the pages got there (measured on the 2-core machine, 200 000 images of
 3x32x32, stream vs in-memory gather): ~0.8 after sequential reads, ~0.70 as a writer's chunk-sized writes left them,
