@@ -92,29 +92,15 @@ def time_stream(path: Path, **kw) -> float:
 
 
 def recache_sequentially(path: Path) -> float:
-    """Evict the file from the page cache and read it back front to back in 4 MiB reads; returns seconds. The page
-    cache then holds the file in large folios, and the stream's page faults and unmaps get cheaper (see the docstring
-    of main's `ratio_recached`)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages cannot be evicted
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        t, buf, off = time.perf_counter(), bytearray(4 << 20), 0
-        while n := os.preadv(fd, [buf], off):
-            off += n
-        return time.perf_counter() - t
-    finally:
-        os.close(fd)
+    """Evict the file from the page cache and read it back front to back; returns seconds. The page cache then holds
+    the file in large folios, and the stream's page faults and unmaps get cheaper (see the docstring of main's
+    `ratio_recached`)."""
+    from feddf.cache import pagecache
 
-
-def evict(path: Path) -> None:
-    """Drop the file's pages from the page cache, as after a reboot."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    pagecache.evict(path)
+    t = time.perf_counter()
+    pagecache.read_through(path)
+    return time.perf_counter() - t
 
 
 def load_in_memory(path: Path):
@@ -185,6 +171,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+
+    from feddf.cache.pagecache import evict
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="feddf-bench-stream-", dir=args.tmp))

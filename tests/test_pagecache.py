@@ -13,16 +13,8 @@ import pytest
 
 from feddf.cache import pagecache
 from feddf.cache.engine import ChunkStream
+from feddf.cache.pagecache import evict
 from tests.test_stream import write_cache
-
-
-def evict(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def sha(path) -> str:

@@ -73,14 +73,32 @@ def resident_fraction(path: str | os.PathLike) -> float:
         m.close()
 
 
-def _read_through(fd: int) -> int:
+def evict(path: str | os.PathLike) -> bool:
+    """Write the file out and drop its clean pages from the page cache, as after a reboot (pages another process has
+    mapped stay); False where the kernel has no posix_fadvise."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages cannot be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    finally:
+        os.close(fd)
+
+
+def read_through(path: str | os.PathLike) -> int:
     """Read the whole file front to back into one reused buffer; returns the bytes read."""
-    if hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger readahead window
-    buf, off = bytearray(READ_BYTES), 0
-    while n := os.preadv(fd, [buf], off):
-        off += n
-    return off
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a larger readahead window
+        buf, off = bytearray(READ_BYTES), 0
+        while n := os.preadv(fd, [buf], off):
+            off += n
+        return off
+    finally:
+        os.close(fd)
 
 
 def warm(path: str | os.PathLike, min_resident: float = 0.5) -> bool:
@@ -89,31 +107,19 @@ def warm(path: str | os.PathLike, min_resident: float = 0.5) -> bool:
     try:
         if not fits(os.stat(path).st_size) or resident_fraction(path) >= min_resident:
             return False
-        fd = os.open(path, os.O_RDONLY)
+        read_through(path)
     except OSError:  # unreadable here: the reader reports it properly on its own
         return False
-    try:
-        _read_through(fd)
-        return True
-    finally:
-        os.close(fd)
+    return True
 
 
 def recache(path: str | os.PathLike) -> bool:
     """A finished file: write it out, drop its clean pages, read it back sequentially; True when it did (only when
     it fits in memory, and only where the kernel has posix_fadvise)."""
-    if not hasattr(os, "posix_fadvise"):
-        return False
     try:
-        if not fits(os.stat(path).st_size):
+        if not fits(os.stat(path).st_size) or not evict(path):
             return False
-        fd = os.open(path, os.O_RDONLY)
+        read_through(path)
     except OSError:
         return False
-    try:
-        os.fsync(fd)  # dirty pages cannot be dropped
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        _read_through(fd)
-        return True
-    finally:
-        os.close(fd)
+    return True
