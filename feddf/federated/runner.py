@@ -25,19 +25,16 @@ import numpy as np
 import torch
 
 from feddf.errors import FeddfError
-from feddf.federated.aggregate import drop_worst, get_aggregator
-from feddf.federated.client import LocalSpec, accuracy, local_train, make_transform
+from feddf.federated.aggregate import get_aggregator
+from feddf.federated.client import LocalSpec, local_train, make_transform
 from feddf.federated.config import TrainConfig
-from feddf.federated.distill import DistillSpec, distill
+from feddf.federated.fusion import ClientUpdate, fuse, seed_of
 from feddf.federated.setup import Task, load_task, print_partition, print_summary, same_run
-from feddf.federated.teachers import TeacherEnsemble, ensemble_scores
 
 CHECKPOINT_VERSION = 1
 
 
-def _seed(*parts: int) -> int:
-    """A 63-bit seed from integers (round, client, purpose): independent streams, stable across resumes."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+_seed = seed_of  # (seed, round, purpose, ...) -> 63-bit seed; one definition, shared with the Flower engine
 
 
 class Progress:
@@ -134,62 +131,14 @@ def _round(r: int, cfg: TrainConfig, task: Task, agg, server: dict, device, bar:
         clients.append((k, arch, model, len(idx)))
     client_seconds = time.perf_counter() - t0
 
-    # ---- FedAvg per architecture (after --drop-worst) --------------------------------------------------------
+    # ---- the server step (fusion.py, shared with the Flower strategy) ----------------------------------------
     t1 = time.perf_counter()
-    keep_avg = keep_teach = list(range(len(clients)))
-    dropped: list[int] = []
-    if cfg.drop_worst:
-        bar.phase("drop-worst: validating clients", force=True)
-        val_accs = [task.val_accuracy(c[2], device) for c in clients]
-        keep_avg, keep_teach = drop_worst(val_accs, task.info.num_classes)
-        dropped = sorted({clients[i][0] for i in range(len(clients))} - {clients[i][0] for i in keep_teach})
-    acc: dict[str, dict] = {}
-    fedavg_states = {}
-    for a in cfg.archs:
-        members = [clients[i] for i in keep_avg if clients[i][1] == a]
-        fedavg_states[a] = agg.aggregate(a, server[a], [c[2].state_dict() for c in members],
-                                         [c[3] for c in members], task.param_names[a])
-        acc[a] = {"fedavg": task.test_accuracy(task.new_model(a, fedavg_states[a]).to(device), device),
-                  "distilled": None}
-
-    teachers = [clients[i][2] for i in keep_teach]
-    test_logits = torch.stack([task.test_logits(t, device) for t in teachers]) if teachers else None
-    ensemble_acc = accuracy(ensemble_scores(test_logits, cfg.ensemble), task.test_labels) if teachers else None
-
-    # ---- FedDF: distill the ensemble into every architecture's FedAvg model ----------------------------------
-    steps = {a: 0 for a in cfg.archs}
-    best = {a: None for a in cfg.archs}
-    extra: dict = {}
-    new_states = dict(fedavg_states)
-    if cfg.aggregator == "feddf" and teachers:
-        students = {a: task.new_model(a, fedavg_states[a]).to(device) for a in cfg.archs}
-        ens = TeacherEnsemble(teachers, mode=cfg.ensemble, temperature=cfg.temperature,
-                              precision=cfg.teacher_precision, compile=cfg.compile_teachers,
-                              batched="auto" if device.type == "cuda" else False, device=device)
-        batches, cache = task.distill_batches(cfg, _seed(cfg.seed, r, 3), device)
-        dspec = DistillSpec(cfg.distill_steps, cfg.distill_lr, cfg.temperature, cfg.eval_every, cfg.patience,
-                            prefetch=cfg.prefetch)
-
-        def show(step, vals):
-            bar.phase(f"distill {step}/{cfg.distill_steps} val " + " ".join(f"{a}={v:.3f}" for a, v in vals.items()),
-                      force=step == cfg.distill_steps)
-
-        results = distill(students, ens, batches, lambda mdl: task.val_accuracy(mdl, device), dspec, cache, show)
-        for a, res in results.items():
-            new_states[a] = {k: v.detach().cpu().clone() for k, v in students[a].state_dict().items()}
-            acc[a]["distilled"] = task.test_accuracy(students[a], device)
-            steps[a], best[a] = res.steps, res.best_step
-        extra = {"val_acc": {a: {"fedavg": res.init_val, "distilled": res.best_val} for a, res in results.items()},
-                 "val_history": {a: [[h["step"], h["val"]] for h in res.history] for a, res in results.items()},
-                 "stopped_early": {a: res.stopped_early for a, res in results.items()}}
-        if cache is not None:
-            extra["target_cache"] = {"hits": cache.hits, "misses": cache.misses}
-    for a in cfg.archs:
-        server[a] = {k: v.detach().cpu().clone() for k, v in new_states[a].items()}
+    updates = [ClientUpdate(k, arch, model, n) for k, arch, model, n in clients]  # sorted by client id
+    fused = fuse(r, cfg, task, agg, server, updates, device, phase=lambda text, force=False: bar.phase(text, force))
+    server.update(fused.server)
     distill_seconds = time.perf_counter() - t1
-    return {"round": r, "acc": acc, "ensemble_acc": ensemble_acc, "distill_steps": steps, "best_step": best,
-            "client_seconds": round(client_seconds, 3), "distill_seconds": round(distill_seconds, 3),
-            "selected": selected, "dropped": dropped, "teachers": len(teachers), **extra}
+    return {"round": r, **fused.metrics, "client_seconds": round(client_seconds, 3),
+            "distill_seconds": round(distill_seconds, 3), "selected": selected}
 
 
 # ---- run folder ----------------------------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""The FedDF server step, one function for every engine (`feddf train` in-process, the Flower strategy):
+average each architecture's client models, then (FedDF) distil the ensemble of all received models into every
+architecture's average and keep the best-on-validation student.
+
+    python -m pytest -q tests/test_fusion.py   # the step alone on a tiny task, and its equality with `feddf train`
+
+`fuse(round, cfg, task, agg, server, clients, device)` takes the round's replies as `ClientUpdate`s sorted by client
+(partition) id — the order fixes the float summation order of the average, so callers sort — and returns the new
+server states plus the metrics fields of the round (docs/CONTRACTS.md, metrics.jsonl): `acc`, `ensemble_acc`,
+`distill_steps`, `best_step`, `dropped`, `teachers`, and with distillation `val_acc`, `val_history`,
+`stopped_early`, `target_cache`. Steps, as in the paper code:
+  1. optional --drop-worst: clients whose validation accuracy is an outlier are left out of the average/teachers;
+  2. FedAvg (or FedAvgM, ...) per architecture over the kept clients of that architecture, through `agg`;
+  3. FedDF: every kept client model is a teacher; every architecture's average is a student (distill.py), trained on
+     the round's transfer batches (seeded from (seed, round)), early-stopped on the server's validation split.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from feddf.federated.aggregate import drop_worst
+from feddf.federated.client import accuracy
+from feddf.federated.config import TrainConfig
+from feddf.federated.distill import DistillSpec, distill
+from feddf.federated.teachers import TeacherEnsemble, ensemble_scores, resolve_precision
+
+
+def seed_of(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, round, purpose, ...): independent streams, stable across resumes/engines."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclasses.dataclass
+class ClientUpdate:
+    """One client's reply in a round: its id (partition id), architecture, trained model and training-set size."""
+    cid: int
+    arch: str
+    model: nn.Module
+    n: int
+
+
+@dataclasses.dataclass
+class FusionResult:
+    server: dict            # arch -> new server state (CPU tensors)
+    metrics: dict           # the round's metrics fields (see the module docstring)
+
+
+def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[ClientUpdate], device,
+         phase: Callable[[str, bool], None] = lambda text, force=False: None) -> FusionResult:
+    """The server step of round r (1-based). `server` is not modified; the result holds the new states."""
+    # ---- FedAvg per architecture (after --drop-worst) --------------------------------------------------------
+    keep_avg = keep_teach = list(range(len(clients)))
+    dropped: list[int] = []
+    if cfg.drop_worst:
+        phase("drop-worst: validating clients", True)
+        val_accs = [task.val_accuracy(c.model, device) for c in clients]
+        keep_avg, keep_teach = drop_worst(val_accs, task.info.num_classes)
+        dropped = sorted({c.cid for c in clients} - {clients[i].cid for i in keep_teach})
+    acc: dict[str, dict] = {}
+    fedavg_states = {}
+    for a in cfg.archs:
+        members = [clients[i] for i in keep_avg if clients[i].arch == a]
+        # an architecture no client of this round trained keeps its state (agg returns a copy of server[a])
+        fedavg_states[a] = agg.aggregate(a, server[a], [c.model.state_dict() for c in members],
+                                         [c.n for c in members], task.param_names[a])
+        acc[a] = {"fedavg": task.test_accuracy(task.new_model(a, fedavg_states[a]).to(device), device),
+                  "distilled": None}
+
+    teachers = [clients[i].model for i in keep_teach]
+    test_logits = torch.stack([task.test_logits(t, device) for t in teachers]) if teachers else None
+    ensemble_acc = accuracy(ensemble_scores(test_logits, cfg.ensemble), task.test_labels) if teachers else None
+
+    # ---- FedDF: distil the ensemble into every architecture's FedAvg model -----------------------------------
+    steps = {a: 0 for a in cfg.archs}
+    best = {a: None for a in cfg.archs}
+    extra: dict = {}
+    new_states = dict(fedavg_states)
+    if cfg.aggregator == "feddf" and teachers:
+        students = {a: task.new_model(a, fedavg_states[a]).to(device) for a in cfg.archs}
+        ens = TeacherEnsemble(teachers, mode=cfg.ensemble, temperature=cfg.temperature,
+                              precision=resolve_precision(cfg.teacher_precision, device), compile=cfg.compile_teachers,
+                              batched="auto" if torch.device(device).type == "cuda" else False, device=device)
+        batches, cache = task.distill_batches(cfg, seed_of(cfg.seed, r, 3), device)
+        dspec = DistillSpec(cfg.distill_steps, cfg.distill_lr, cfg.temperature, cfg.eval_every, cfg.patience,
+                            prefetch=cfg.prefetch)
+
+        def show(step, vals):
+            phase(f"distill {step}/{cfg.distill_steps} val " + " ".join(f"{a}={v:.3f}" for a, v in vals.items()),
+                  step == cfg.distill_steps)
+
+        results = distill(students, ens, batches, lambda mdl: task.val_accuracy(mdl, device), dspec, cache, show)
+        for a, res in results.items():
+            new_states[a] = {k: v.detach().cpu().clone() for k, v in students[a].state_dict().items()}
+            acc[a]["distilled"] = task.test_accuracy(students[a], device)
+            steps[a], best[a] = res.steps, res.best_step
+        extra = {"val_acc": {a: {"fedavg": res.init_val, "distilled": res.best_val} for a, res in results.items()},
+                 "val_history": {a: [[h["step"], h["val"]] for h in res.history] for a, res in results.items()},
+                 "stopped_early": {a: res.stopped_early for a, res in results.items()}}
+        if cache is not None:
+            extra["target_cache"] = {"hits": cache.hits, "misses": cache.misses}
+    new_server = {a: {k: v.detach().cpu().clone() for k, v in new_states[a].items()} for a in cfg.archs}
+    metrics = {"acc": acc, "ensemble_acc": ensemble_acc, "distill_steps": steps, "best_step": best,
+               "dropped": dropped, "teachers": len(teachers), **extra}
+    return FusionResult(server=new_server, metrics=metrics)

@@ -1,0 +1,83 @@
+"""The FedDF server step alone (feddf/federated/fusion.py) on a tiny real Fashion-MNIST task: the average it starts
+from, the best-on-validation rule, architectures without replies, and equality with what `feddf train` records."""
+import json
+
+import torch
+
+from feddf.federated.aggregate import get_aggregator, weighted_average
+from feddf.federated.client import LocalSpec, local_train, make_transform
+from feddf.federated.config import TrainConfig
+from feddf.federated.fusion import ClientUpdate, fuse, seed_of
+from feddf.federated.setup import load_task
+
+
+def _task(tmp_path, **kw):
+    cfg = TrainConfig(dataset="fashion-mnist", train_limit=300, test_limit=200, clients=3, fraction=1.0, rounds=1,
+                      local_epochs=1, distill_source="noise", distill_steps=6, eval_every=3, eval_batch_size=200,
+                      progress=False, out=str(tmp_path / "run"), **kw).resolved()
+    return cfg, load_task(cfg, log=lambda s: None)
+
+
+def _updates(cfg, task, server, r=1):
+    """Local training exactly as the in-process runner does it (same seeds), in client-id order."""
+    torch.manual_seed(seed_of(cfg.seed, r, 0))
+    spec = LocalSpec(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.local_momentum, cfg.weight_decay,
+                     cfg.prox_mu, cfg.augment)
+    tf = make_transform(task.info, cfg.augment)
+    out = []
+    for k in range(cfg.clients):
+        arch = task.client_arch[k]
+        model = task.new_model(arch, server[arch])
+        idx = task.client_indices[k]
+        local_train(model, task.train_images[idx], task.train_labels[idx], spec, tf,
+                    torch.Generator().manual_seed(seed_of(cfg.seed, r, 2, k)), torch.device("cpu"))
+        out.append(ClientUpdate(k, arch, model, len(idx)))
+    return out
+
+
+def test_fedavg_step_is_the_weighted_average(tmp_path, fmnist_available):
+    cfg, task = _task(tmp_path, arch="cnn", aggregator="fedavg")
+    server = {"cnn": task.initial_state("cnn")}
+    ups = _updates(cfg, task, server)
+    res = fuse(1, cfg, task, get_aggregator("fedavg"), server, ups, torch.device("cpu"))
+    want = weighted_average([u.model.state_dict() for u in ups], [u.n for u in ups])
+    assert set(res.server["cnn"]) == set(want)
+    for k, v in want.items():
+        assert torch.equal(res.server["cnn"][k], v), k
+    m = res.metrics
+    assert m["distill_steps"] == {"cnn": 0} and m["best_step"] == {"cnn": None} and m["teachers"] == 3
+    assert m["acc"]["cnn"]["distilled"] is None and 0 < m["acc"]["cnn"]["fedavg"] <= 1
+    assert server["cnn"] is task.initial_state("cnn")  # the caller's states are not modified
+
+
+def test_feddf_step_keeps_best_on_validation_and_idle_archs(tmp_path, fmnist_available):
+    cfg, task = _task(tmp_path, archs=["cnn", "resnet8"], aggregator="feddf")
+    server = {a: task.initial_state(a) for a in cfg.archs}
+    ups = [u for u in _updates(cfg, task, server) if u.arch == "cnn"]  # resnet8 gets no reply this round
+    res = fuse(1, cfg, task, get_aggregator("feddf"), server, ups, torch.device("cpu"))
+    m = res.metrics
+    assert set(m["val_acc"]) == {"cnn", "resnet8"} and m["teachers"] == len(ups)
+    for a in cfg.archs:
+        assert m["val_acc"][a]["distilled"] >= m["val_acc"][a]["fedavg"]  # the start counts: never worse
+        assert m["best_step"][a] is not None and 0 < m["distill_steps"][a] <= cfg.distill_steps
+    # without replies resnet8's student starts from its unchanged server state
+    start = task.new_model("resnet8", server["resnet8"])
+    if m["best_step"]["resnet8"] == 0:
+        for k, v in start.state_dict().items():
+            assert torch.equal(res.server["resnet8"][k], v), k
+
+
+def test_train_records_what_fuse_computes(tmp_path, fmnist_available):
+    """`feddf train` calls this same step: replaying round 1 by hand gives the recorded metrics and model."""
+    from feddf.federated.runner import run
+
+    cfg, task = _task(tmp_path, arch="cnn", aggregator="feddf")
+    run(cfg, log=lambda s: None)
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    server = {"cnn": task.initial_state("cnn")}
+    res = fuse(1, cfg, task, get_aggregator("feddf"), server, _updates(cfg, task, server), torch.device("cpu"))
+    for key, value in res.metrics.items():
+        assert row[key] == json.loads(json.dumps(value)), key  # same seeds, same order: equal, not close
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["server"]["cnn"]
+    for k, v in res.server["cnn"].items():
+        assert torch.equal(saved[k], v), k
