@@ -5,9 +5,8 @@ import json
 import torch
 
 from feddf.federated.aggregate import get_aggregator, weighted_average
-from feddf.federated.client import LocalSpec, local_train, make_transform
 from feddf.federated.config import TrainConfig
-from feddf.federated.fusion import ClientUpdate, fuse, seed_of
+from feddf.federated.fusion import client_step, fuse, sample_clients
 from feddf.federated.setup import load_task
 
 
@@ -19,20 +18,7 @@ def _task(tmp_path, **kw):
 
 
 def _updates(cfg, task, server, r=1):
-    """Local training exactly as the in-process runner does it (same seeds), in client-id order."""
-    torch.manual_seed(seed_of(cfg.seed, r, 0))
-    spec = LocalSpec(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.local_momentum, cfg.weight_decay,
-                     cfg.prox_mu, cfg.augment)
-    tf = make_transform(task.info, cfg.augment)
-    out = []
-    for k in range(cfg.clients):
-        arch = task.client_arch[k]
-        model = task.new_model(arch, server[arch])
-        idx = task.client_indices[k]
-        local_train(model, task.train_images[idx], task.train_labels[idx], spec, tf,
-                    torch.Generator().manual_seed(seed_of(cfg.seed, r, 2, k)), torch.device("cpu"))
-        out.append(ClientUpdate(k, arch, model, len(idx)))
-    return out
+    return [client_step(cfg, task, r, k, server[task.client_arch[k]], torch.device("cpu")) for k in range(cfg.clients)]
 
 
 def test_fedavg_step_is_the_weighted_average(tmp_path, fmnist_available):
@@ -81,3 +67,12 @@ def test_train_records_what_fuse_computes(tmp_path, fmnist_available):
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["server"]["cnn"]
     for k, v in res.server["cnn"].items():
         assert torch.equal(saved[k], v), k
+
+
+def test_sample_clients_is_seeded_and_sized(tmp_path):
+    from feddf.federated.config import TrainConfig
+
+    cfg = TrainConfig(clients=20, fraction=0.4, seed=3)
+    picks = [sample_clients(cfg, r) for r in (1, 2)]
+    assert all(len(p) == 8 and p == sorted(set(p)) and 0 <= p[0] and p[-1] < 20 for p in picks)
+    assert picks[0] != picks[1] and sample_clients(cfg, 1) == picks[0]

@@ -1,6 +1,8 @@
-"""The FedDF server step, one function for every engine (`feddf train` in-process, the Flower strategy):
+"""The steps of a federated round, one function each for every engine (`feddf train` in-process, Flower):
+`sample_clients` (who takes part), `client_step` (one client's local training) and `fuse`, the FedDF server step:
 average each architecture's client models, then (FedDF) distil the ensemble of all received models into every
-architecture's average and keep the best-on-validation student.
+architecture's average and keep the best-on-validation student. Every random choice is seeded from
+(seed, round, purpose, client), so two engines that call these functions compute the same round.
 
     python -m pytest -q tests/test_fusion.py   # the step alone on a tiny task, and its equality with `feddf train`
 
@@ -44,6 +46,30 @@ class ClientUpdate:
     n: int
 
 
+def sample_clients(cfg: TrainConfig, r: int) -> list[int]:
+    """Sorted client ids taking part in round r: round(clients * fraction) of them (the paper code's n_participated)."""
+    rng = np.random.default_rng(seed_of(cfg.seed, r, 1))
+    m = max(1, int(cfg.clients * cfg.fraction + 0.5))
+    return sorted(int(k) for k in rng.choice(cfg.clients, m, replace=False))
+
+
+def client_step(cfg: TrainConfig, task, r: int, k: int, state: dict, device,
+                progress: Callable[[int, int], None] | None = None) -> ClientUpdate:
+    """Client k's local training in round r, starting from its architecture's server `state` (not modified)."""
+    from feddf.federated.client import LocalSpec, local_train, make_transform
+
+    torch.manual_seed(seed_of(cfg.seed, r, 0, k))  # anything that draws from the global RNG: per client, per round
+    arch = task.client_arch[k]
+    model = task.new_model(arch, state).to(device)
+    idx = task.client_indices[k]
+    spec = LocalSpec(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.local_momentum, cfg.weight_decay,
+                     cfg.prox_mu, cfg.augment)
+    gen = torch.Generator().manual_seed(seed_of(cfg.seed, r, 2, k))
+    local_train(model, task.train_images[idx], task.train_labels[idx], spec, make_transform(task.info, cfg.augment),
+                gen, device, progress=progress)
+    return ClientUpdate(k, arch, model, len(idx))
+
+
 @dataclasses.dataclass
 class FusionResult:
     server: dict            # arch -> new server state (CPU tensors)
@@ -53,6 +79,7 @@ class FusionResult:
 def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[ClientUpdate], device,
          phase: Callable[[str, bool], None] = lambda text, force=False: None) -> FusionResult:
     """The server step of round r (1-based). `server` is not modified; the result holds the new states."""
+    torch.manual_seed(seed_of(cfg.seed, r, 4))  # whatever draws from the global RNG here: the same in every engine
     # ---- FedAvg per architecture (after --drop-worst) --------------------------------------------------------
     keep_avg = keep_teach = list(range(len(clients)))
     dropped: list[int] = []

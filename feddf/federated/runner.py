@@ -21,20 +21,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from feddf.errors import FeddfError
 from feddf.federated.aggregate import get_aggregator
-from feddf.federated.client import LocalSpec, local_train, make_transform
 from feddf.federated.config import TrainConfig
-from feddf.federated.fusion import ClientUpdate, fuse, seed_of
+from feddf.federated.fusion import client_step, fuse, sample_clients
 from feddf.federated.setup import Task, load_task, print_partition, print_summary, same_run
 
 CHECKPOINT_VERSION = 1
 
 
-_seed = seed_of  # (seed, round, purpose, ...) -> 63-bit seed; one definition, shared with the Flower engine
 
 
 class Progress:
@@ -110,30 +107,19 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
 
 def _round(r: int, cfg: TrainConfig, task: Task, agg, server: dict, device, bar: Progress) -> dict:
-    torch.manual_seed(_seed(cfg.seed, r, 0))
-    rng = np.random.default_rng(_seed(cfg.seed, r, 1))
-    m = max(1, int(cfg.clients * cfg.fraction + 0.5))  # the paper code's n_participated
-    selected = sorted(int(k) for k in rng.choice(cfg.clients, m, replace=False))
+    selected = sample_clients(cfg, r)
 
-    # ---- local training --------------------------------------------------------------------------------------
+    # ---- local training (fusion.client_step, shared with the Flower client app) ------------------------------
     t0 = time.perf_counter()
-    spec = LocalSpec(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.local_momentum, cfg.weight_decay,
-                     cfg.prox_mu, cfg.augment)
-    train_tf = make_transform(task.info, cfg.augment)
-    clients = []  # (client id, arch, model, n)
+    updates = []  # ClientUpdate per selected client, sorted by client id
     for i, k in enumerate(selected):
-        arch = task.client_arch[k]
-        model = task.new_model(arch, server[arch]).to(device)
-        idx = task.client_indices[k]
-        gen = torch.Generator().manual_seed(_seed(cfg.seed, r, 2, k))
-        local_train(model, task.train_images[idx], task.train_labels[idx], spec, train_tf, gen, device,
-                    progress=lambda done, tot, i=i: bar.phase(f"local {i + 1}/{m} step {done}/{tot}"))
-        clients.append((k, arch, model, len(idx)))
+        updates.append(client_step(cfg, task, r, k, server[task.client_arch[k]], device,
+                                   progress=lambda done, tot, i=i: bar.phase(
+                                       f"local {i + 1}/{len(selected)} step {done}/{tot}")))
     client_seconds = time.perf_counter() - t0
 
     # ---- the server step (fusion.py, shared with the Flower strategy) ----------------------------------------
     t1 = time.perf_counter()
-    updates = [ClientUpdate(k, arch, model, n) for k, arch, model, n in clients]  # sorted by client id
     fused = fuse(r, cfg, task, agg, server, updates, device, phase=lambda text, force=False: bar.phase(text, force))
     server.update(fused.server)
     distill_seconds = time.perf_counter() - t1
