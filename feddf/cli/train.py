@@ -114,32 +114,12 @@ def command(config_file, as_json, quiet, **options) -> None:
     import json
     import sys
 
-    from feddf.federated.config import config_from, load_toml
-    from feddf.federated.runner import run
+    from feddf.api import train
 
     given = {k: v for k, v in options.items() if v is not None}
-    if "archs" in given:
-        given["archs"] = [a.strip() for a in given["archs"].split(",") if a.strip()]
     if quiet:
         given["progress"] = False
-    base = _saved_config(given["out"]) if given.get("resume") and given.get("out") else {}
-    cfg = config_from({**base, **(load_toml(config_file) if config_file else {})}, given)
     log = (lambda s: click.echo(s, err=True)) if as_json else click.echo
-    summary = run(cfg, log=log)
+    summary = train(config_file=config_file, log=log, **given)  # feddf.api maps the options to a TrainConfig
     if as_json:
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
-
-
-def _saved_config(out: str) -> dict:
-    """--resume --out DIR: the run's own settings are the base, so `feddf train --out DIR --resume` is enough."""
-    import json
-    from pathlib import Path
-
-    from feddf.federated.config import FIELDS
-
-    p = Path(out) / "config.json"
-    try:
-        saved = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in saved.items() if k in FIELDS and k not in ("resume", "progress")}
