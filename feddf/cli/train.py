@@ -36,14 +36,16 @@ def _flag(flag: str, help_: str):
 OPTIONS = [
     _opt("--config", click.Path(dir_okay=False), "TOML file with any of these options (flags override it).",
          field="config_file"),
-    _opt("--dataset", str, "Task dataset: fashion-mnist, cifar10, cifar100."),
+    _opt("--dataset", str, "Task dataset: fashion-mnist, cifar10, cifar100, or your own: folder:PATH, npz:PATH, "
+         "cache:PATH.h5 (docs/api.md)."),
     _opt("--data-root", str, "Folder of the datasets (feddf.data's default when omitted)."),
     _opt("--test-split", str, "Evaluation split; fashion-mnist uses test[5000:] because test[:5000] trains the DCGAN, "
          "other datasets use test.", metavar="SPLIT"),
     _opt("--train-limit", int, "Use a seeded random subset of N training images (quick runs).", metavar="N"),
     _opt("--test-limit", int, "Evaluate on the first N test images.", metavar="N"),
     _opt("--val-fraction", float, "Share of the training split the server keeps as labelled validation data."),
-    _opt("--arch", str, "Architecture of every client (resnet8, resnet20, resnet32, vgg9, shufflenetv2, cnn)."),
+    _opt("--arch", str, "Architecture of every client (resnet8, resnet20, resnet32, vgg9, shufflenetv2, cnn), or "
+         "your own pkg.module:factory or timm:NAME (docs/api.md)."),
     _opt("--archs", str, "Heterogeneous clients, comma-separated: client i trains archs[i*A//n]; one prototype "
          "per architecture, each distilled from all clients (feddf only).", metavar="A,B,..."),
     _opt("--norm", str, "Normalisation layers: bn, gn, none."),
