@@ -46,8 +46,9 @@ def test_custom_factory_trained_by_the_cli_and_reloaded_by_audit_labeler(fmnist_
     ckpt = run / "models" / f"{CUSTOM}.pt"
     assert ckpt.is_file()
 
-    cache = tmp_path / "real.h5"
-    run_cli("cache", "import", "fashion-mnist:test[:200]", "--out", str(cache), "--quiet", check=True)
+    from feddf.cache.importers import import_source
+
+    cache = import_source("fashion-mnist:test[:200]", tmp_path / "real.h5", progress=False)
     proc = run_cli("audit", str(cache), "--labeler", str(run), "--out", str(tmp_path / "rep"), "--json", "--quiet",
                    check=True, cwd=ROOT)
     rep = json.loads(proc.stdout)

@@ -116,7 +116,11 @@ def _load_folder(path: Path) -> Loaded:
             meta = json.loads((path / "dataset.json").read_text())
         except ValueError as e:
             raise FeddfError(f"{path / 'dataset.json'} is not valid JSON ({e})") from None
-    if (path / "train").is_dir() and (path / "test").is_dir():
+    has = [s for s in SPLITS if (path / s).is_dir()]
+    if len(has) == 1:
+        raise FeddfError(f"folder:{path} has {has[0]}/ but no {[s for s in SPLITS if s not in has][0]}/: give both "
+                         "train/ and test/ (ImageFolder each), or class folders directly under it for a seeded split")
+    if len(has) == 2:
         tr = _read_folder(path / "train")
         te = _read_folder(path / "test", tr[2])
         if tr[0].shape[1:] != te[0].shape[1:]:
