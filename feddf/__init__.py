@@ -1,6 +1,11 @@
 """feddf — FedDF ensemble distillation for federated learning, with synthetic transfer sets.
 
     feddf --help
+    python -c "import feddf; help(feddf.train)"
+
+The Python API (docs/api.md): `feddf.gen`, `feddf.train`, `feddf.audit` (the CLI commands as functions, same options,
+same summaries), `feddf.CacheStream`, and the config dataclasses. Everything is imported on first use, so
+`import feddf` (and `feddf --help`) stays light: no torch until a function needs it.
 """
 import os as _os
 
@@ -9,3 +14,27 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it (imported lazily by __getattr__)
+_LAZY = {
+    "gen": "feddf.api", "train": "feddf.api", "audit": "feddf.api", "train_config": "feddf.api",
+    "CacheStream": "feddf.cache.stream",
+    "TrainConfig": "feddf.federated.config", "GenConfig": "feddf.generators.sample", "AuditConfig": "feddf.audit.run",
+    "get_dataset": "feddf.data", "get_model": "feddf.models", "load_classifier": "feddf.models",
+    "FeddfError": "feddf.errors",
+}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module 'feddf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -65,8 +65,11 @@ def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generat
         cols = torch.where(mirror[:, None], cols.flip(1), cols)
     cols = cols.to(x.device)
     bi = torch.arange(b, device=x.device)[:, None, None]
-    # advanced indices on dims 0, 2, 3 around a slice -> (B, H, W, C); back to channels-first
-    return xp[bi, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+    # advanced indices on dims 0, 2, 3 around a slice -> (B, H, W, C); back to channels-first. clone, not
+    # .contiguous(): with C = 1 the permuted strides already count as contiguous yet look channels_last, so convs
+    # would return channels_last outputs and a model's x.view(B, -1) would fail
+    out = xp[bi, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return out.clone(memory_format=torch.contiguous_format)
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:

@@ -82,9 +82,8 @@ def _dataset(spec: str, split: str | None, limit: int | None) -> Loaded:
 
 
 # ---------------------------------------------------------------------------------------------------- folders
-def _folder(path: str, limit: int | None, resolution: int | None) -> Loaded:
-    from PIL import Image, UnidentifiedImageError
-
+def folder_files(path: str) -> tuple[Path, list[tuple[Path, int]], list[str]]:
+    """(root, [(image file, label)] in class-folder order, class names): ImageFolder layout, or flat (label -1)."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FeddfError(f"folder:{path}: no such folder; give folder:PATH of an image folder")
@@ -104,7 +103,15 @@ def _folder(path: str, limit: int | None, resolution: int | None) -> Loaded:
         files = [(p, -1) for p in flat]
     if not files:
         raise FeddfError(f"folder:{path} contains no images ({', '.join(IMAGE_EXTENSIONS)}): check the path")
-    files = files[:_apply_limit(len(files), limit)]
+    return root, files, classes
+
+
+def folder_decoder(files: list[tuple[Path, int]], path: str, resolution: int | None,
+                   fix: str = "pass --resolution R to resize (shorter side to R, centre crop) to R x R"):
+    """Read the image headers: (channels, resolution, load(file) -> uint8 (C, R, R)); mixed sizes without a
+    resolution are one line (`fix` says what to do)."""
+    from PIL import Image, UnidentifiedImageError
+
     sizes, grey = set(), True
     for p, _ in files:  # headers only: PIL decodes pixels lazily
         try:
@@ -116,8 +123,7 @@ def _folder(path: str, limit: int | None, resolution: int | None) -> Loaded:
     if resolution is None:
         if len(sizes) != 1 or len({s for wh in sizes for s in wh}) != 1:
             shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:4])
-            raise FeddfError(f"folder:{path} has images of sizes {shown}: pass --resolution R to resize "
-                             "(shorter side to R, centre crop) to R x R")
+            raise FeddfError(f"folder:{path} has images of sizes {shown}: {fix}")
         resolution = next(iter(sizes))[0]
     channels = 1 if grey else 3
     r = resolution
@@ -134,6 +140,14 @@ def _folder(path: str, limit: int | None, resolution: int | None) -> Loaded:
             a = np.asarray(im, dtype=np.uint8)
         return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)  # (C, r, r)
 
+    return channels, r, load
+
+
+def _folder(path: str, limit: int | None, resolution: int | None) -> Loaded:
+    root, files, classes = folder_files(path)
+    files = files[:_apply_limit(len(files), limit)]
+    channels, r, load = folder_decoder(files, path, resolution)
+
     def blocks():
         for a in range(0, len(files), BLOCK):
             part = files[a:a + BLOCK]
@@ -144,7 +158,8 @@ def _folder(path: str, limit: int | None, resolution: int | None) -> Loaded:
 
 
 # ---------------------------------------------------------------------------------------------------- npz
-def _to_nchw_uint8(x: np.ndarray, path: str) -> np.ndarray:
+def to_nchw_uint8(x: np.ndarray, path: str) -> np.ndarray:
+    """Images of an npz (uint8 or float in [0, 1]/[0, 255]; NHWC, NCHW or (N, H, W)) as uint8 NCHW."""
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4:
@@ -166,14 +181,40 @@ def _to_nchw_uint8(x: np.ndarray, path: str) -> np.ndarray:
     return np.ascontiguousarray(x.astype(np.uint8))
 
 
-def _npz(path: str, limit: int | None) -> Loaded:
+def npz_labels(y: np.ndarray | None, n: int, path: str, key: str, names: list[str] | None) -> np.ndarray:
+    """Validated int64 labels (n,) (-1 = none) from an npz array; one line on a mismatch."""
+    if y is None:
+        return np.full(n, -1, np.int64)
+    y = np.asarray(y).reshape(-1)
+    if y.shape[0] < n or y.dtype.kind not in "iu":
+        raise FeddfError(f"npz:{path}: '{key}' has {y.shape[0]} {y.dtype} values for {n} images; "
+                         "expected one integer label per image")
+    y = y[:n].astype(np.int64)
+    if y.size and y.min() < -1:
+        raise FeddfError(f"npz:{path}: labels must be >= 0 (or -1 for none), found {y.min()}")
+    if names and y.size and y.max() >= len(names):
+        raise FeddfError(f"npz:{path}: label {y.max()} but only {len(names)} class names")
+    return y
+
+
+def open_npz(path: str):
+    """np.load of an npz (no pickles), or one line saying why not."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise FeddfError(f"npz:{path}: no such file; give npz:PATH of a .npz with an 'x' or 'images' array")
     try:
-        z = np.load(p, allow_pickle=False)
+        return p, np.load(p, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise FeddfError(f"npz:{path} is not a readable .npz ({e}); save it with numpy.savez") from None
+
+
+def npz_names(z) -> list[str] | None:
+    k = next((k for k in ("class_names", "label_names") if k in z.files), None)
+    return [str(s) for s in z[k]] if k else None
+
+
+def _npz(path: str, limit: int | None) -> Loaded:
+    p, z = open_npz(path)
     with z:
         key = next((k for k in ("x", "images") if k in z.files), None)
         if key is None:
@@ -181,24 +222,13 @@ def _npz(path: str, limit: int | None) -> Loaded:
         x = z[key]
         lkey = next((k for k in ("y", "labels") if k in z.files), None)
         y = np.asarray(z[lkey]).reshape(-1) if lkey else None
-        names = [str(s) for s in z[k]] if (k := next((k for k in ("class_names", "label_names") if k in z.files),
-                                                     None)) else None
+        names = npz_names(z)
     n = _apply_limit(x.shape[0] if x.ndim else 0, limit)
     if n == 0:
         raise FeddfError(f"npz:{path}: '{key}' holds no images")
-    x = _to_nchw_uint8(x[:n], path)
-    if y is None:
-        y = np.full(n, -1, np.int64)
-    else:
-        if y.shape[0] < n or y.dtype.kind not in "iu":
-            raise FeddfError(f"npz:{path}: '{lkey}' has {y.shape[0]} {y.dtype} values for {n} images; "
-                             "expected one integer label per image")
-        y = y[:n].astype(np.int64)
-        if y.size and y.min() < -1:
-            raise FeddfError(f"npz:{path}: labels must be >= 0 (or -1 for none), found {y.min()}")
+    x = to_nchw_uint8(x[:n], path)
+    y = npz_labels(y, n, path, lkey, names)
     num_labels = max(len(names) if names else 0, int(y.max()) + 1 if y.size else 0)
-    if names and y.size and y.max() >= len(names):
-        raise FeddfError(f"npz:{path}: label {y.max()} but only {len(names)} class names")
 
     def blocks():
         for a in range(0, n, BLOCK):

@@ -49,29 +49,21 @@ def command(sources, labeler, labeler_arch, reference, fid, fid_weights, out, mi
     """
     import json
 
+    from feddf.api import audit
     from feddf.audit import report as rep
-    from feddf.audit.fid import save_stats
-    from feddf.audit.run import AuditConfig, run_audit
-    from feddf.audit.sources import unique_names
 
-    cfg = AuditConfig(sources=list(sources), labeler=labeler, labeler_arch=labeler_arch, reference=reference,
-                      fid=fid, fid_weights=fid_weights, min_effective_classes=min_effective_classes,
-                      batch_size=batch_size, limit=limit, seed=seed, device=device, low_confidence=low_confidence,
-                      stats_dir=stats_dir)
-    out_dir = Path(out) if out else Path("reports") / ("audit-" + "+".join(unique_names(list(sources))[:3]))
-    result = run_audit(cfg, progress=not quiet)
-    result.report["out"] = str(out_dir)
-    rep.write_files(out_dir, result.report, result.figures, rep.audit_markdown(result.report),
-                    rep.audit_html(result.report, result.figures))
-    for name, (mu, sigma, n, desc) in result.source_stats.items():
-        save_stats(out_dir / f"fid-stats-{name}.npz", mu, sigma, n, desc)   # reusable as --reference
+    report = audit(list(sources), out=out, progress=not quiet, labeler=labeler, labeler_arch=labeler_arch,
+                   reference=reference, fid=fid, fid_weights=fid_weights, min_effective_classes=min_effective_classes,
+                   batch_size=batch_size, limit=limit, seed=seed, device=device, low_confidence=low_confidence,
+                   stats_dir=stats_dir)
+    out_dir = Path(report["out"])
     if as_json:
-        click.echo(json.dumps(result.report, indent=2, sort_keys=True))
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
-        click.echo(rep.audit_summary(result.report))
+        click.echo(rep.audit_summary(report))
         click.echo(f"report: {out_dir / 'report.html'}")
-    if result.gate_failed:
-        gate = result.report["gate"]
+    if report.get("gate") and not report["gate"]["passed"]:
+        gate = report["gate"]
         click.echo(f"Error: coverage below --min-effective-classes {gate['min_effective_classes']:g}: "
                    + "; ".join(gate["failures"]), err=True)
         raise SystemExit(1)

@@ -36,14 +36,16 @@ def _flag(flag: str, help_: str):
 OPTIONS = [
     _opt("--config", click.Path(dir_okay=False), "TOML file with any of these options (flags override it).",
          field="config_file"),
-    _opt("--dataset", str, "Task dataset: fashion-mnist, cifar10, cifar100."),
+    _opt("--dataset", str, "Task dataset: fashion-mnist, cifar10, cifar100, or your own: folder:PATH, npz:PATH, "
+         "cache:PATH.h5 (docs/api.md)."),
     _opt("--data-root", str, "Folder of the datasets (feddf.data's default when omitted)."),
     _opt("--test-split", str, "Evaluation split; fashion-mnist uses test[5000:] because test[:5000] trains the DCGAN, "
          "other datasets use test.", metavar="SPLIT"),
     _opt("--train-limit", int, "Use a seeded random subset of N training images (quick runs).", metavar="N"),
     _opt("--test-limit", int, "Evaluate on the first N test images.", metavar="N"),
     _opt("--val-fraction", float, "Share of the training split the server keeps as labelled validation data."),
-    _opt("--arch", str, "Architecture of every client (resnet8, resnet20, resnet32, vgg9, shufflenetv2, cnn)."),
+    _opt("--arch", str, "Architecture of every client (resnet8, resnet20, resnet32, vgg9, shufflenetv2, cnn), or "
+         "your own pkg.module:factory or timm:NAME (docs/api.md)."),
     _opt("--archs", str, "Heterogeneous clients, comma-separated: client i trains archs[i*A//n]; one prototype "
          "per architecture, each distilled from all clients (feddf only).", metavar="A,B,..."),
     _opt("--norm", str, "Normalisation layers: bn, gn, none."),
@@ -114,32 +116,12 @@ def command(config_file, as_json, quiet, **options) -> None:
     import json
     import sys
 
-    from feddf.federated.config import config_from, load_toml
-    from feddf.federated.runner import run
+    from feddf.api import train
 
     given = {k: v for k, v in options.items() if v is not None}
-    if "archs" in given:
-        given["archs"] = [a.strip() for a in given["archs"].split(",") if a.strip()]
     if quiet:
         given["progress"] = False
-    base = _saved_config(given["out"]) if given.get("resume") and given.get("out") else {}
-    cfg = config_from({**base, **(load_toml(config_file) if config_file else {})}, given)
     log = (lambda s: click.echo(s, err=True)) if as_json else click.echo
-    summary = run(cfg, log=log)
+    summary = train(config_file=config_file, log=log, **given)  # feddf.api maps the options to a TrainConfig
     if as_json:
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
-
-
-def _saved_config(out: str) -> dict:
-    """--resume --out DIR: the run's own settings are the base, so `feddf train --out DIR --resume` is enough."""
-    import json
-    from pathlib import Path
-
-    from feddf.federated.config import FIELDS
-
-    p = Path(out) / "config.json"
-    try:
-        saved = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in saved.items() if k in FIELDS and k not in ("resume", "progress")}

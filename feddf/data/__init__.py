@@ -2,7 +2,8 @@
 
     python -c "from feddf.data import get_dataset; d = get_dataset('fashion-mnist:test[5000:]'); print(d)"
 
-Specs are `name[:split][[start:stop]]` (see spec.py). Every loader returns (N, C, H, W) uint8 images and int64 labels
+Specs are `name[:split][[start:stop]]` (see spec.py), or a bring-your-own set `folder:PATH`, `npz:PATH`,
+`cache:PATH.h5` with the same split/slice tail (see byo.py). Every loader returns (N, C, H, W) uint8 images and int64 labels
 (-1 = unlabelled), with a `DatasetInfo` (channels, size, class names, mean/std) available without loading anything.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 
 import torch
 
-from feddf.data import cifar, fashion_mnist, imagenet32, stl10, synthetic
+from feddf.data import byo, cifar, fashion_mnist, imagenet32, stl10, synthetic
 from feddf.data.base import DatasetInfo, ImageSet, Loader, data_root, load_split
 from feddf.data.spec import DatasetSpec, parse_spec
 from feddf.errors import FeddfError
@@ -26,24 +27,38 @@ REGISTRY: dict[str, Loader] = {
 }
 DATASETS = tuple(REGISTRY)
 
-__all__ = ["DATASETS", "DatasetInfo", "DatasetSpec", "ImageSet", "data_root", "dataset_info", "get_dataset",
-           "parse_spec"]
+__all__ = ["DATASETS", "DatasetInfo", "DatasetSpec", "ImageSet", "check_dataset", "data_root", "dataset_info",
+           "get_dataset", "parse_spec"]
 
 
 def _loader(name: str) -> Loader:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise FeddfError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}") from None
+        raise FeddfError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, or folder:PATH, "
+                         "npz:PATH, cache:PATH.h5") from None
+
+
+def check_dataset(spec: str) -> None:
+    """Validate a dataset spec without loading anything (a known name, or an existing folder/npz/cache path)."""
+    if byo.is_byo(spec):
+        byo.check(spec)
+    else:
+        _loader(parse_spec(spec).name)
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """Metadata of a dataset (channels, size, classes, mean/std) without loading it."""
+    """Metadata of a dataset (channels, size, classes, mean/std) without loading it (a bring-your-own set is
+    loaded once per process: its channels, size and statistics come from the data)."""
+    if byo.is_byo(name):
+        return byo.info(name)
     return _loader(parse_spec(name).name).info
 
 
 def get_dataset(spec: str | DatasetSpec, root: str | os.PathLike | None = None) -> ImageSet:
     """Load `name[:split][[a:b]]` as an ImageSet; the whole split is cached under the data root after the first load."""
+    if isinstance(spec, str) and byo.is_byo(spec) or isinstance(spec, DatasetSpec) and byo.is_byo(spec.name):
+        return byo.get(spec)
     s = parse_spec(spec) if isinstance(spec, str) else spec
     loader = _loader(s.name)
     split = s.split or loader.info.default_split

@@ -30,6 +30,8 @@ class DatasetInfo:
     splits: tuple[str, ...]
     default_split: str = "train"
     how_to_get: str = ""
+    # bring-your-own sets (byo.py): source, split rule, how mean/std were obtained, array hash
+    details: dict | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass

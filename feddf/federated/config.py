@@ -97,23 +97,24 @@ class TrainConfig:
             c.server_momentum = 0.9 if c.aggregator == "fedavgm" else 0.0
         if c.out is None:
             src = f"-{Path(c.distill_source).stem}" if c.aggregator == "feddf" else ""
-            c.out = f"runs/{c.dataset}-{'+'.join(c.archs)}-{c.aggregator}{src}-a{c.alpha:g}-s{c.seed}"
+            archs = "+".join(map(_slug, c.archs))
+            c.out = f"runs/{_slug(c.dataset)}-{archs}-{c.aggregator}{src}-a{c.alpha:g}-s{c.seed}"
         return c
 
     def validate(self) -> None:
-        from feddf.data import DATASETS
+        from feddf.data import DATASETS, check_dataset
         from feddf.federated.partition import PARTITIONERS
         from feddf.federated.teachers import ENSEMBLES, PRECISIONS
-        from feddf.models import MODELS
+        from feddf.models import MODELS, check_arch
 
         def bad(flag, value, fix):
             raise FeddfError(f"--{flag} {value}: {fix}")
 
         if self.dataset not in DATASETS:
-            bad("dataset", repr(self.dataset), f"unknown dataset; choose one of {', '.join(DATASETS)}")
+            check_dataset(self.dataset)  # folder:/npz:/cache: sets (one line when bad), else an unknown name
         for a in self.arch_list():
             if a not in MODELS:
-                bad("arch", repr(a), f"unknown architecture; choose one of {', '.join(MODELS)}")
+                check_arch(a)  # pkg.module:factory / timm:NAME (one line when bad), else an unknown name
         if self.archs is not None and len(set(self.archs)) != len(self.archs):
             bad("archs", ",".join(self.archs), "list each architecture once")
         if self.aggregator not in AGGREGATOR_NAMES:
@@ -158,6 +159,14 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _slug(spec: str) -> str:
+    """A run-folder name part: 'folder:/data/xray' -> 'xray', 'mypkg.nets:build' -> 'mypkg.nets.build'."""
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in ("folder", "npz", "cache"):
+        return Path(rest.split("[")[0].rstrip("/")).stem or kind
+    return spec.replace(":", ".").replace("/", "_")
 
 
 def load_toml(path: str | Path) -> dict:

@@ -126,7 +126,17 @@ class Task:
                 "hashes": {"data": {f: sha256_file(f) for f in self.data_files if Path(f).is_file()},
                            "source": self.source.describe() if self.source is not None else None},
                 "test_spec": self.test_spec, "num_classes": self.info.num_classes,
-                "channels": self.info.channels, "resolution": self.info.size}
+                "channels": self.info.channels, "resolution": self.info.size, **_byo_record(self)}
+
+
+def _byo_record(task: Task) -> dict:
+    """What a bring-your-own dataset/architecture derived: class names, statistics, module file hashes."""
+    from feddf.models import describe_arch
+
+    i = task.info
+    return {"dataset_info": {"class_names": list(i.class_names), "mean": list(i.mean), "std": list(i.std),
+                             **(i.details or {})},
+            "arch_info": {a: describe_arch(a) for a in task.cfg.archs}}
 
 
 def load_task(cfg: TrainConfig, log: Callable[[str], None] = print) -> Task:
@@ -157,10 +167,13 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = print) -> Task:
     client_indices = [pool[p] for p in parts]
     client_arch = part.assign_archs(cfg.clients, cfg.archs)
     hist = part.class_histograms(client_indices, labels.numpy(), info.num_classes)
-    from feddf.models import get_model
+    from feddf.models import check_output, get_model
 
-    param_names = {a: {n for n, _ in get_model(a, info.num_classes, info.channels, cfg.norm).named_parameters()}
-                   for a in cfg.archs}
+    param_names = {}
+    for a in cfg.archs:  # one forward pass too: a model returning a tuple/dict fails here, in one line
+        m = get_model(a, info.num_classes, info.channels, cfg.norm)
+        check_output(m, a, info.num_classes, info.channels, info.size)
+        param_names[a] = {n for n, _ in m.named_parameters()}
     return Task(cfg=cfg, info=info, train_images=images, train_labels=labels, val_idx=val_idx,
                 client_indices=client_indices, client_arch=client_arch, hist=hist, test_images=test_images,
                 test_labels=test_labels, test_spec=test.spec, data_files=list(train.source_files) +

@@ -157,27 +157,34 @@ class TeacherEnsemble:
         fns = []
         for g in groups:
             self.order.extend(pos[id(m)] for m in g)
-            prepared = [prepare_teacher(m, fold_bn=fold_bn, channels_last=channels_last, precision=precision,
-                                        device=self.device) for m in g]
-            if len(prepared) > 1:
-                fns.append(_vmapped(prepared))
-            else:
-                m = torch.compile(prepared[0], dynamic=False) if compile else prepared[0]
-                fns.append(lambda x, m=m: m(x).unsqueeze(0))
+            fns.append(_Group(g, fold_bn=fold_bn, channels_last=channels_last, precision=precision,
+                              compile=compile, device=self.device))
         return fns
+
+    @property
+    def fallbacks(self) -> list[str]:
+        """Speed-ups some teacher could not take (e.g. 'channels_last' for a model that .view()s its input)."""
+        return sorted({f for g in self._fns for f in g.dropped})
 
     def __len__(self) -> int:
         return len(self.order)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, self.dtype, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised float (B, C, H, W) -> teacher logits (T, B, K) float32, in the original teacher order."""
         with torch.inference_mode():
-            xi = self.prepare_input(x)
-            out = torch.cat([fn(xi).float() for fn in self._fns], 0)
+            x = x.to(self.device, self.dtype, non_blocking=True)
+            inputs: dict[bool, torch.Tensor] = {}  # channels_last or not -> the batch in that layout, made once
+
+            def layout(cl: bool) -> torch.Tensor:
+                if cl not in inputs:
+                    inputs[cl] = x.contiguous(memory_format=torch.channels_last) if cl and x.dim() == 4 else x
+                return inputs[cl]
+
+            out = torch.cat([fn(layout).float() for fn in self._fns], 0)
             if self.order != sorted(self.order):
                 out = out[torch.argsort(torch.tensor(self.order, device=out.device))]
         return out.clone()  # a normal tensor: inference tensors cannot be saved for the student's backward
@@ -186,6 +193,67 @@ class TeacherEnsemble:
         with torch.inference_mode():
             probs, const = ensemble_target(self.logits(x), self.mode, self.temperature, self.weights)
         return probs.clone(), const.clone()
+
+
+class _Group:
+    """Teachers evaluated together: layout(channels_last) -> (n_group, B, K). The first batch tries the fastest
+    path (vmap over stacked weights, channels_last, BN folded, compiled); a model that cannot take one of them (an
+    arbitrary `pkg.module:factory` net: .view() on a channels_last tensor, in-place ops or .item() under vmap, control
+    flow that torch.fx or torch.compile cannot trace) drops that speed-up — one at a time, in the order below — and
+    the group is rebuilt from the original models. Results are the same on every path; only speed differs."""
+
+    FALLBACK_ORDER = ("compile", "vmap", "channels_last", "fold_bn")
+
+    def __init__(self, models: list[nn.Module], *, fold_bn: bool, channels_last: bool, precision: str,
+                 compile: bool, device: torch.device):
+        self.models, self.precision, self.device = models, precision, device
+        self.opts = {"compile": compile, "vmap": len(models) > 1, "channels_last": channels_last, "fold_bn": fold_bn}
+        self.dropped: list[str] = []
+        self.settled = False
+        self._make()
+
+    def _make(self) -> None:
+        o = self.opts
+        prepared = [prepare_teacher(m, fold_bn=o["fold_bn"], channels_last=o["channels_last"],
+                                    precision=self.precision, device=self.device) for m in self.models]
+        if o["vmap"]:
+            self.fn = _vmapped(prepared)
+        else:
+            ms = [torch.compile(m, dynamic=False) if o["compile"] else m for m in prepared]
+            self.fn = lambda x: [m(x) for m in ms]
+
+    def _try(self, x: torch.Tensor):
+        if self.settled:
+            return self.fn(x)
+        import contextlib
+        import io
+
+        with contextlib.redirect_stderr(io.StringIO()):  # torch.fx prints the failing traced code to stderr
+            return self.fn(x)
+
+    def __call__(self, layout: Callable[[bool], torch.Tensor]) -> torch.Tensor:
+        while True:
+            try:
+                out = self._try(layout(self.opts["channels_last"]))
+            except Exception as e:  # noqa: BLE001 - any failure of an optional speed-up on the first batch
+                left = [k for k in self.FALLBACK_ORDER if self.opts[k]]
+                if self.settled or not left:
+                    raise FeddfError(f"teacher {type(self.models[0]).__name__} failed on a distillation batch: "
+                                     f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") \
+                        from None
+                self.opts[left[0]] = False
+                self.dropped.append(left[0])
+                self._make()
+                continue
+            if not isinstance(out, torch.Tensor):  # the loop's list of outputs, or a vmapped tuple/dict
+                items = out if isinstance(out, list) else [out]
+                bad = next((o for o in items if not isinstance(o, torch.Tensor)), None)
+                if bad is not None:
+                    raise FeddfError(f"teacher {type(self.models[0]).__name__} returns a {type(bad).__name__}; "
+                                     "distillation needs a (batch, classes) logits tensor: return only the logits")
+                out = torch.stack(items)
+            self.settled = True
+            return out
 
 
 def _vmapped(models: list[nn.Module]) -> Callable:

@@ -3,8 +3,10 @@
     python -c "from feddf.models import load_classifier; c = load_classifier('runs/demo-feddf'); print(c.meta)"
 
 File format (a dict, loadable with `torch.load(..., weights_only=True)`): format="feddf-classifier", version=1, arch,
-num_classes, in_channels, norm, mean, std, resolution, class_names, state_dict. A `feddf train` run folder holds one per
-architecture under `models/<arch>.pt`.
+num_classes, in_channels, norm, mean, std, resolution, class_names, state_dict, and for `pkg.module:factory` / `timm:`
+architectures `arch_info` (module file, sha256, version: feddf.models.spec.describe_arch). A `feddf train` run folder
+holds one per architecture under `models/<arch>.pt`; a custom architecture reloads through the same spec, so its
+module must be importable where the classifier is loaded.
 """
 from __future__ import annotations
 
@@ -24,15 +26,19 @@ FORMAT = "feddf-classifier"
 
 def save_classifier(path: str | os.PathLike, model: nn.Module, *, arch: str, num_classes: int, in_channels: int,
                     norm: str, mean: Sequence[float], std: Sequence[float], resolution: int,
-                    class_names: Sequence[str] | None = None) -> None:
+                    class_names: Sequence[str] | None = None, arch_info: dict | None = None) -> None:
+    from feddf.models.spec import describe_arch, is_custom
     from feddf.utils import atomic_torch_save
+
+    if arch_info is None and is_custom(arch):
+        arch_info = describe_arch(arch)
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save({"format": FORMAT, "version": 1, "arch": arch, "num_classes": int(num_classes),
                        "in_channels": int(in_channels), "norm": norm, "mean": [float(m) for m in mean],
                        "std": [float(s) for s in std], "resolution": int(resolution),
                        "class_names": list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)],
-                       "state_dict": state}, path)
+                       **({"arch_info": arch_info} if arch_info else {}), "state_dict": state}, path)
 
 
 @dataclass
@@ -107,7 +113,11 @@ def load_classifier(path: str | os.PathLike, arch: str | None = None, device: st
         raise FeddfError(f"cannot read classifier {file}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FeddfError(f"{file} is not a feddf classifier checkpoint (written by `feddf train` / save_classifier)")
-    model = get_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], ckpt["norm"])
+    try:
+        model = get_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], ckpt["norm"])
+    except FeddfError as e:  # a custom architecture whose module is not importable here
+        raise FeddfError(f"classifier {file} needs architecture {ckpt['arch']!r}, which cannot be built here: "
+                         f"{str(e).split(': ', 1)[-1]}") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
