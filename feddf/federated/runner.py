@@ -29,8 +29,9 @@ from feddf.federated.aggregate import drop_worst, get_aggregator
 from feddf.federated.client import LocalSpec, accuracy, local_train, make_transform
 from feddf.federated.config import TrainConfig
 from feddf.federated.distill import DistillSpec, distill
-from feddf.federated.setup import Task, load_task, print_partition, print_summary, same_run
+from feddf.federated.setup import RESUMABLE, Task, load_task, print_partition, print_summary, same_run
 from feddf.federated.teachers import TeacherEnsemble, ensemble_scores
+from feddf.runfolder import RunFolder, claim
 
 CHECKPOINT_VERSION = 1
 
@@ -72,12 +73,36 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision, device))
     out = Path(cfg.out)
+    folder = claim(out, kind="train", settings=run_settings(cfg), legacy=_legacy_run)
+    try:
+        return _run(cfg, device, folder, log)
+    finally:
+        folder.release()
+
+
+def run_settings(cfg: TrainConfig) -> dict:
+    """What identifies a run folder's run: the resolved config without the settings --resume may change."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}
+
+
+def _legacy_run(path: Path) -> bool:
+    """A run folder written before .feddf-run markers existed: a feddf train config.json next to a checkpoint."""
+    try:
+        saved = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return (isinstance(saved, dict) and isinstance(saved.get("versions"), dict) and "feddf" in saved["versions"]
+            and "aggregator" in saved and (path / "checkpoint.pt").is_file())
+
+
+def _run(cfg: TrainConfig, device, folder: RunFolder, log: Callable[[str], None]) -> dict:
+    out = folder.path
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not cfg.resume:
         raise FeddfError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     ckpt = _load_checkpoint(ckpt_path, cfg) if cfg.resume and ckpt_path.exists() else None
     task = load_task(cfg, log)
-    out.mkdir(parents=True, exist_ok=True)
+    folder.mark()
     (out / "models").mkdir(exist_ok=True)
     if ckpt is None:
         _write_json(out / "partition.json", task.partition_record())
@@ -218,6 +243,10 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
             from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         raise FeddfError(f"{path} is not a feddf train checkpoint (version {CHECKPOINT_VERSION})")
+    if (not {"round", "server", "aggregator", "metrics", "config", "rng"} <= set(ckpt)
+            or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["round"], int)
+            or not isinstance(ckpt["metrics"], list) or not isinstance(ckpt["server"], dict)):
+        raise FeddfError(f"{path} is damaged (missing or mistyped entries): start a new --out")
     diff = same_run(ckpt["config"], dataclasses.asdict(cfg))
     if diff:
         raise FeddfError(f"--resume with different settings than {path.parent} was started with ({diff}): "
