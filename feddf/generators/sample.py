@@ -142,6 +142,8 @@ class _Rank:
                 if name not in os.environ:
                     raise FeddfError(f"WORLD_SIZE={self.world} is set but {name} is not: launch with torchrun")
             wait = float(os.environ.get("FEDDF_RENDEZVOUS_TIMEOUT", RENDEZVOUS_TIMEOUT_S))
+            if not dist.is_initialized() and (self.rank or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"):
+                self._wait_for_store(wait)  # a client of the rendezvous store: it must be up (no C++ retry spam)
             if not dist.is_initialized():  # gloo: only barriers + two tiny CPU all-reduces cross ranks (CPU or GPU runs)
                 try:
                     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=wait))
@@ -152,6 +154,23 @@ class _Rank:
                                      f"({type(e).__name__}: {first}); check the launch or unset WORLD_SIZE") from None
                 self.owned = True
             self.dist = dist
+
+    def _wait_for_store(self, wait: float) -> None:
+        """Until `wait` seconds pass: a plain TCP connect to MASTER_ADDR:MASTER_PORT (torchrun's store or rank 0's)."""
+        import socket
+
+        addr, port = os.environ["MASTER_ADDR"], _env_int("MASTER_PORT")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                socket.create_connection((addr, port), timeout=max(0.1, min(1.0, deadline - time.monotonic()))).close()
+                return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise FeddfError(f"rank {self.rank}/{self.world}: nothing listens at {addr}:{port} after {wait:g} s "
+                                     "(rank 0 / the torchrun agent never came): check the launch or unset "
+                                     "WORLD_SIZE") from None
+                time.sleep(0.2)
 
     def barrier(self):
         if self.dist is None:
