@@ -22,6 +22,10 @@ AGGREGATOR_NAMES = ("feddf", "fedavg", "fedprox", "fedavgm")
 AUGMENT_NAMES = ("crop-flip", "flip", "none")
 
 
+def _bad(flag, value, fix):
+    raise FeddfError(f"--{flag} {value}: {fix}")
+
+
 @dataclass
 class TrainConfig:
     # task and data
@@ -101,16 +105,14 @@ class TrainConfig:
         return c
 
     def validate(self) -> None:
+        """Every check: values (check_values) and names against the registries (datasets, models, ...)."""
         from feddf.data import DATASETS
         from feddf.federated.partition import PARTITIONERS
         from feddf.federated.teachers import ENSEMBLES, PRECISIONS
         from feddf.models import MODELS
 
-        def bad(flag, value, fix):
-            raise FeddfError(f"--{flag} {value}: {fix}")
-
-        check_types(self)  # TOML and Python callers: types, finiteness and 64-bit range of every field
-
+        self.check_values()
+        bad = _bad
         if self.dataset not in DATASETS:
             bad("dataset", repr(self.dataset), f"unknown dataset; choose one of {', '.join(DATASETS)}")
         for a in self.arch_list():
@@ -129,6 +131,12 @@ class TrainConfig:
                                  ("teacher-precision", self.teacher_precision, ("auto", *PRECISIONS))):
             if v not in choices:
                 bad(flag, repr(v), f"choose one of {', '.join(choices)}")
+
+    def check_values(self) -> None:
+        """Types, finiteness, ranges and seeds of every field; needs no registry (and no torch), so the CLI runs it
+        before anything heavy is imported. TOML and Python callers get the same checks through validate()."""
+        bad = _bad
+        check_types(self)
         check_range("--alpha", self.alpha, lo=0, lo_open=True,
                     fix="the Dirichlet concentration, e.g. 1.0; 0.1 is very non-iid")
         check_range("--fraction", self.fraction, lo=0, hi=1, lo_open=True,
