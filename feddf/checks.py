@@ -70,7 +70,9 @@ def check_types(cfg) -> None:
                 setattr(cfg, f.name, value)
             if isinstance(value, float) and not math.isfinite(value):
                 raise FeddfError(f"{_flag(f.name)} {value}: must be a finite number")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        if f.name == "seed":
+            check_seed(_flag(f.name), value)
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
             raise FeddfError(f"{_flag(f.name)} {value}: out of range (at most {MAX_INT})")
 
 

@@ -193,7 +193,7 @@ def check_holds(path: Path, name: str, spec: str) -> None:
                          "(feddf cache import) or leave --cache out")
     kind, src, limit = attrs.get("kind"), attrs.get("source"), attrs.get("limit")
     if kind != "imported" or not isinstance(src, str) or not _same_spec(src, spec):
-        what = f"a {kind} cache" + (f" of {src}" if src else "") + (f" ({attrs.get('generator')})"
+        what = f"{'an' if str(kind)[:1] in 'aeiou' else 'a'} {kind} cache" + (f" of {src}" if src else "") + (f" ({attrs.get('generator')})"
                                                                       if attrs.get("generator") else "")
         raise FeddfError(f"--distill-source {name} needs an import of {spec}, but {path} is {what}: use "
                          f"--distill-source {path} to distil from that cache, or another --cache")
