@@ -80,10 +80,9 @@ def run_audit(cfg: AuditConfig, progress: bool = True, extractor: F.InceptionFea
     try:
         for path, name in zip(cfg.sources, names):  # first: a bad cache fails in a fraction of a second
             sources.append(open_source(path, name))
-            if sources[-1].n == 0:  # nothing to count: a report of 0 images would state coverage as fact
-                state = "is marked complete but holds" if sources[-1].attrs.get("complete") else "has"
-                raise FeddfError(f"{path} {state} 0 committed images: nothing to audit; re-create it (or wait for "
-                                 "its writer)")
+            if sources[-1].n == 0 and sources[-1].attrs.get("complete"):  # finished, yet empty: a broken cache
+                raise FeddfError(f"{path} is marked complete but holds 0 committed images: nothing to audit; "
+                                 "re-create it")
         device = resolve_device(cfg.device)
         classifier = lab.load_labeler(cfg.labeler, cfg.labeler_arch, device) if cfg.labeler else None
         ref = resolve_reference(cfg.reference) if cfg.reference else None

@@ -114,7 +114,8 @@ def train(cfg: GanTrainConfig, resume: bool = False, progress: bool = True) -> P
     from feddf.runfolder import claim
 
     cfg.validate()
-    settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    # the folder's identity: the recipe without where it lives and how long it runs (the checkpoint checks epochs)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "epochs")}
     folder = claim(cfg.out, kind="gan-train", settings=settings, legacy=_legacy_run)
     try:
         return _train(cfg, folder, resume, progress)
