@@ -115,6 +115,20 @@ class RunFolder:
         self.release()
 
 
+def legacy_run(key: str) -> Callable[[Path], bool]:
+    """A run folder from before .feddf-run markers: a config.json with feddf's versions and `key` (what the command
+    records: "aggregator" for train, "generator" for gan-train) next to a checkpoint.pt."""
+    def check(path: Path) -> bool:
+        try:
+            saved = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return (isinstance(saved, dict) and isinstance(saved.get("versions"), dict) and "feddf" in saved["versions"]
+                and key in saved and (path / "checkpoint.pt").is_file())
+
+    return check
+
+
 def read_marker(path: Path) -> dict | None:
     p = Path(path) / MARKER
     if not p.exists():

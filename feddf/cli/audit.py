@@ -53,14 +53,12 @@ def command(sources, labeler, labeler_arch, reference, fid, fid_weights, out, mi
     from feddf.audit.fid import save_stats
     from feddf.audit.run import AuditConfig, run_audit
     from feddf.audit.sources import unique_names
-    from feddf.utils import check_can_create
 
     cfg = AuditConfig(sources=list(sources), labeler=labeler, labeler_arch=labeler_arch, reference=reference,
                       fid=fid, fid_weights=fid_weights, min_effective_classes=min_effective_classes,
                       batch_size=batch_size, limit=limit, seed=seed, device=device, low_confidence=low_confidence,
                       stats_dir=stats_dir)
     out_dir = Path(out) if out else Path("reports") / ("audit-" + "+".join(unique_names(list(sources))[:3]))
-    check_can_create(out_dir)
     result = run_audit(cfg, progress=not quiet)
     result.report["out"] = str(out_dir)
     rep.write_files(out_dir, result.report, result.figures, rep.audit_markdown(result.report),

@@ -63,13 +63,12 @@ def command(generator, n, out, resolution, truncation, classes, seed, batch_size
       feddf gen --generator dcgan --checkpoint netG_epoch_24.pth --n 20000 --resolution 32
       feddf gen --generator biggan-deep-128 --random-weights --n 8 --batch-size 4 --out /tmp/b.h5
     """
-    from feddf.generators.sample import GenConfig, run_gen, validate
+    from feddf.generators.sample import GenConfig, run_gen
 
     cfg = GenConfig(generator=generator, n=n, out=out, resolution=resolution, truncation=truncation, classes=classes,
                     seed=seed, batch_size=batch_size, device=device, weights=weights, checkpoint=checkpoint,
                     random_weights=random_weights, compression=compression, labeler=labeler, dtype=dtype,
                     chunk_images=chunk_images, z_dim=z_dim)
-    validate(cfg)  # bad numbers fail before torch is imported (run_gen checks again for Python callers)
     summary = run_gen(cfg, force=force, progress=not quiet)
     if summary["rank"]:
         return  # rank 0 reports for the whole torchrun job

@@ -22,10 +22,6 @@ AGGREGATOR_NAMES = ("feddf", "fedavg", "fedprox", "fedavgm")
 AUGMENT_NAMES = ("crop-flip", "flip", "none")
 
 
-def _bad(flag, value, fix):
-    raise FeddfError(f"--{flag} {value}: {fix}")
-
-
 @dataclass
 class TrainConfig:
     # task and data
@@ -89,6 +85,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A validated copy with every None default filled in (what config.json records)."""
         c = dataclasses.replace(self)
+        c.check_values()  # first: a mistyped value must not reach the registry look-ups
         c.validate()
         if c.archs:
             c.arch = c.archs[0]
@@ -105,14 +102,14 @@ class TrainConfig:
         return c
 
     def validate(self) -> None:
-        """Every check: values (check_values) and names against the registries (datasets, models, ...)."""
         from feddf.data import DATASETS
         from feddf.federated.partition import PARTITIONERS
         from feddf.federated.teachers import ENSEMBLES, PRECISIONS
         from feddf.models import MODELS
 
-        self.check_values()
-        bad = _bad
+        def bad(flag, value, fix):
+            raise FeddfError(f"--{flag} {value}: {fix}")
+
         if self.dataset not in DATASETS:
             bad("dataset", repr(self.dataset), f"unknown dataset; choose one of {', '.join(DATASETS)}")
         for a in self.arch_list():
@@ -131,11 +128,14 @@ class TrainConfig:
                                  ("teacher-precision", self.teacher_precision, ("auto", *PRECISIONS))):
             if v not in choices:
                 bad(flag, repr(v), f"choose one of {', '.join(choices)}")
+        self.check_values()  # types, finiteness, ranges, seeds (also run first by resolved(), before the names)
 
     def check_values(self) -> None:
-        """Types, finiteness, ranges and seeds of every field; needs no registry (and no torch), so the CLI runs it
-        before anything heavy is imported. TOML and Python callers get the same checks through validate()."""
-        bad = _bad
+        """Types, finiteness, ranges and seeds of every field (TOML, CLI and Python callers alike); needs no registry
+        and no torch."""
+        def bad(flag, value, fix):
+            raise FeddfError(f"--{flag} {value}: {fix}")
+
         check_types(self)
         check_range("--alpha", self.alpha, lo=0, lo_open=True,
                     fix="the Dirichlet concentration, e.g. 1.0; 0.1 is very non-iid")

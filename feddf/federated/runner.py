@@ -29,9 +29,8 @@ from feddf.federated.aggregate import drop_worst, get_aggregator
 from feddf.federated.client import LocalSpec, accuracy, local_train, make_transform
 from feddf.federated.config import TrainConfig
 from feddf.federated.distill import DistillSpec, distill
-from feddf.federated.setup import RESUMABLE, Task, load_task, print_partition, print_summary, same_run
+from feddf.federated.setup import Task, load_task, print_partition, print_summary, same_run
 from feddf.federated.teachers import TeacherEnsemble, ensemble_scores
-from feddf.runfolder import RunFolder, claim
 
 CHECKPOINT_VERSION = 1
 
@@ -67,13 +66,14 @@ class Progress:
 def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the federated training described by cfg; returns the final summary dict."""
     from feddf.federated.teachers import resolve_precision
+    from feddf.runfolder import claim, legacy_run
     from feddf.utils import resolve_device
 
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision, device))
     out = Path(cfg.out)
-    folder = claim(out, kind="train", settings=run_settings(cfg), legacy=_legacy_run)
+    folder = claim(out, kind="train", settings=run_settings(cfg), legacy=legacy_run("aggregator"))
     try:
         return _run(cfg, device, folder, log)
     finally:
@@ -82,20 +82,13 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
 def run_settings(cfg: TrainConfig) -> dict:
     """What identifies a run folder's run: the resolved config without the settings --resume may change."""
+    from feddf.federated.setup import RESUMABLE
+
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}
 
 
-def _legacy_run(path: Path) -> bool:
-    """A run folder written before .feddf-run markers existed: a feddf train config.json next to a checkpoint."""
-    try:
-        saved = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return (isinstance(saved, dict) and isinstance(saved.get("versions"), dict) and "feddf" in saved["versions"]
-            and "aggregator" in saved and (path / "checkpoint.pt").is_file())
-
-
-def _run(cfg: TrainConfig, device, folder: RunFolder, log: Callable[[str], None]) -> dict:
+def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None]) -> dict:
+    """The run itself, in the claimed run folder (feddf.runfolder.RunFolder)."""
     out = folder.path
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not cfg.resume:

@@ -111,26 +111,16 @@ def load_training_images(data: str, size: int, limit: int | None) -> tuple[torch
 
 def train(cfg: GanTrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Run (or resume) training; returns the path of the last generator checkpoint."""
-    from feddf.runfolder import claim
+    from feddf.runfolder import claim, legacy_run
 
     cfg.validate()
     # the folder's identity: the recipe without where it lives and how long it runs (the checkpoint checks epochs)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "epochs")}
-    folder = claim(cfg.out, kind="gan-train", settings=settings, legacy=_legacy_run)
+    folder = claim(cfg.out, kind="gan-train", settings=settings, legacy=legacy_run("generator"))
     try:
         return _train(cfg, folder, resume, progress)
     finally:
         folder.release()
-
-
-def _legacy_run(path: Path) -> bool:
-    """A gan-train folder from before .feddf-run markers: its config.json names the generator and feddf's version."""
-    try:
-        saved = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return (isinstance(saved, dict) and isinstance(saved.get("versions"), dict) and "feddf" in saved["versions"]
-            and "generator" in saved and (path / "checkpoint.pt").is_file())
 
 
 def _train(cfg: GanTrainConfig, folder, resume: bool, progress: bool) -> Path:
