@@ -135,3 +135,30 @@ def test_claim_in_process_rules(tmp_path):
     (tmp_path / "r" / MARKER).write_text("{broken")
     with pytest.raises(FeddfError, match="damaged"):
         claim(tmp_path / "r", kind="train", settings={"a": 1})
+
+
+def test_legacy_run_folders_are_recognised_and_damaged_checkpoints_are_one_line(tmp_path, fmnist_available):
+    """Folders written before .feddf-run markers (a feddf config.json next to checkpoint.pt) may be resumed; a junk or
+    mistyped checkpoint there is one line and nothing in the folder changes."""
+    import torch
+
+    run = tmp_path / "old-train"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"versions": {"feddf": "0.1"}, "aggregator": "fedavg", "arch": "cnn",
+                                                 "dataset": "fashion-mnist", "clients": 2}))
+    (run / "checkpoint.pt").write_bytes(b"junk, not a zip or pickle")
+    before = snapshot(run)
+    assert "cannot read" in refused("train", "--out", str(run), "--resume", "--quiet")
+    torch.save({"version": 1, "round": "three", "config": {}}, run / "checkpoint.pt")
+    before = snapshot(run)
+    assert "is damaged" in refused("train", "--out", str(run), "--resume", "--quiet")
+    assert snapshot(run) == before and not (run / MARKER).exists()
+
+    gan = tmp_path / "old-gan"
+    gan.mkdir()
+    (gan / "config.json").write_text(json.dumps({"versions": {"feddf": "0.1"}, "generator": {"nz": 100}}))
+    (gan / "checkpoint.pt").write_bytes(b"junk")
+    before = snapshot(gan)
+    line = refused("gan-train", "--data", "fashion-mnist:test[:64]", "--out", str(gan), "--resume", "--quiet")
+    assert "cannot read" in line and "checkpoint.pt" in line
+    assert snapshot(gan) == before
