@@ -52,6 +52,9 @@ def test_toml_booleans_and_types(tmp_path):
     p.write_text("rounds = [1, 2]\n")
     with pytest.raises(FeddfError, match=r"--rounds \(config key rounds\) = \[1, 2\] is a list: expected an integer"):
         config_from(load_toml(p), {}).resolved()
+    p.write_text("seed = 1979-05-27\n")
+    with pytest.raises(FeddfError, match=r"--seed \(config key seed\) = datetime.date\(1979, 5, 27\) is a date"):
+        config_from(load_toml(p), {}).resolved()
     p.write_text("train = 5\n")
     with pytest.raises(FeddfError, match="must be a table"):
         load_toml(p)
