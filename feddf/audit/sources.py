@@ -62,10 +62,14 @@ class Source:
         if idx.size == 0:
             return torch.empty((0, self.channels, self.resolution, self.resolution), dtype=torch.uint8)
         lo, hi = int(idx[0]), int(idx[-1]) + 1
-        if hi - lo == idx.size:  # contiguous: one slice read (much faster than a point selection)
-            arr = self._h5[fmt.IMAGES][lo:hi]
-        else:
-            arr = self._h5[fmt.IMAGES][idx]
+        try:
+            if hi - lo == idx.size:  # contiguous: one slice read (much faster than a point selection)
+                arr = self._h5[fmt.IMAGES][lo:hi]
+            else:
+                arr = self._h5[fmt.IMAGES][idx]
+        except OSError as e:  # a chunk failed its fletcher32 checksum or decompression
+            raise FeddfError(f"{self.path}: cannot read images {lo}..{hi - 1} ({' '.join(str(e).split())}): the "
+                             f"cache is damaged; `feddf cache verify {self.path}` lists the bad chunks") from None
         return torch.from_numpy(np.ascontiguousarray(arr))
 
     def batches(self, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, object]]:

@@ -95,7 +95,11 @@ def load_training_images(data: str, size: int, limit: int | None) -> tuple[torch
         n = info.n if limit is None else min(limit, info.n)
         f, _ = open_h5(data)
         with f:
-            images = torch.from_numpy(f["images"][:n])  # committed images only
+            try:
+                images = torch.from_numpy(f["images"][:n])  # committed images only
+            except OSError as e:  # a chunk failed its fletcher32 checksum or decompression
+                raise FeddfError(f"{data}: cannot read its images ({' '.join(str(e).split())}): the cache is "
+                                 f"damaged; `feddf cache verify {data}` lists the bad chunks") from None
         source = {"cache": data, "n": n}
     else:
         from feddf.data import get_dataset
