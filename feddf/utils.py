@@ -117,3 +117,21 @@ def resolve_device(name: str = "auto"):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FeddfError(f"device {name!r} requested but CUDA is not available here: use --device cpu")
     return dev
+
+
+def check_can_create(path: str | os.PathLike, flag: str = "--out", file: bool = False) -> None:
+    """Fail fast (FeddfError, nothing created) when `path` could not be created as a folder (or, with file=True, as a
+    file): the nearest existing ancestor is not a folder or not writable, or `path` exists as the wrong kind. Long
+    jobs check before they start, so a bad --out does not cost the whole run."""
+    from feddf.errors import FeddfError
+
+    p = Path(path)
+    if p.exists() and (p.is_dir() == file):
+        raise FeddfError(f"{flag} {p} is a {'folder' if file else 'file'}: choose another {flag}")
+    folder = p.absolute().parent if file or not p.exists() else p
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise FeddfError(f"{flag} {p} cannot be created: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FeddfError(f"{flag} {p} cannot be created: {folder} is not writable")

@@ -41,7 +41,10 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
         raise FeddfError(f"{cfg_file} is not valid JSON ({e}): the run folder is damaged") from None
     if not isinstance(config, dict):
         raise FeddfError(f"{cfg_file} does not hold a JSON object: {hint}")
-    lines = met_file.read_text().splitlines()
+    try:
+        lines = met_file.read_text().splitlines()
+    except ValueError as e:  # not UTF-8
+        raise FeddfError(f"{met_file} is not text ({type(e).__name__}): the run folder is damaged") from None
     records, skipped = [], 0
     for i, line in enumerate(lines):
         if not line.strip():
@@ -55,11 +58,32 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
             raise FeddfError(f"{met_file}:{i + 1} is not valid JSON: the run folder is damaged") from None
         if not isinstance(rec, dict) or "round" not in rec or not isinstance(rec.get("acc"), dict):
             raise FeddfError(f"{met_file}:{i + 1} lacks 'round' or 'acc': not a feddf metrics file ({hint})")
+        bad = _bad_field(rec)
+        if bad:
+            raise FeddfError(f"{met_file}:{i + 1}: {bad}: the run folder is damaged ({hint})")
         records.append(rec)
     if not records:
         raise FeddfError(f"{met_file} has no completed round yet: let the run finish at least one round")
     records.sort(key=lambda r: r["round"])
     return Run(p, name or p.name, config, records, skipped)
+
+
+def _number(v, none_ok: bool = True) -> bool:
+    return (v is None and none_ok) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _bad_field(rec: dict) -> str:
+    """'' when a metrics record has the types compare reads, else what is wrong (one phrase)."""
+    if not isinstance(rec["round"], int) or isinstance(rec["round"], bool):
+        return f"round {rec['round']!r} is not an integer"
+    for arch, entry in rec["acc"].items():
+        vals = entry.values() if isinstance(entry, dict) else [entry]
+        if not all(_number(v) for v in vals):
+            return f"acc of {arch} {entry!r} is not a number"
+    for key in ("ensemble_acc", "client_seconds", "distill_seconds"):
+        if not _number(rec.get(key)):
+            return f"{key} {rec.get(key)!r} is not a number"
+    return ""
 
 
 def server_acc(entry) -> float | None:

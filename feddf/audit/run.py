@@ -19,6 +19,7 @@ from feddf.audit import labeler as lab
 from feddf.audit import plots
 from feddf.audit.reference import Reference, reference_stats, resolve_reference
 from feddf.audit.sources import Source, open_source, sample_indices, unique_names
+from feddf.checks import check_range, check_seed, check_types
 from feddf.errors import FeddfError
 
 
@@ -59,8 +60,11 @@ def _check(cfg: AuditConfig) -> None:
         raise FeddfError(f"--batch-size {cfg.batch_size} must be at least 1")
     if cfg.limit is not None and cfg.limit < 1:
         raise FeddfError(f"--limit {cfg.limit} must be at least 1 (leave it out to use every image)")
-    if not 0.0 < cfg.low_confidence <= 1.0:
-        raise FeddfError(f"--low-confidence {cfg.low_confidence} must be in (0, 1]")
+    check_types(cfg)
+    check_range("--low-confidence", cfg.low_confidence, lo=0, hi=1, lo_open=True)
+    if cfg.min_effective_classes is not None:
+        check_range("--min-effective-classes", cfg.min_effective_classes, lo=0)
+    check_seed("--seed", cfg.seed)
     if cfg.fid and cfg.reference is None:
         raise FeddfError("--fid needs --reference DATASET|CACHE|STATS.npz (e.g. --reference fashion-mnist:test)")
 
@@ -71,12 +75,15 @@ def run_audit(cfg: AuditConfig, progress: bool = True, extractor: F.InceptionFea
     from feddf.utils import resolve_device, to_jsonable, versions
 
     _check(cfg)
-    device = resolve_device(cfg.device)
     names = unique_names(cfg.sources)
     sources: list[Source] = []
     try:
-        for path, name in zip(cfg.sources, names):
+        for path, name in zip(cfg.sources, names):  # first: a bad cache fails in a fraction of a second
             sources.append(open_source(path, name))
+            if sources[-1].n == 0 and sources[-1].attrs.get("complete"):  # finished, yet empty: a broken cache
+                raise FeddfError(f"{path} is marked complete but holds 0 committed images: nothing to audit; "
+                                 "re-create it")
+        device = resolve_device(cfg.device)
         classifier = lab.load_labeler(cfg.labeler, cfg.labeler_arch, device) if cfg.labeler else None
         ref = resolve_reference(cfg.reference) if cfg.reference else None
         want_fid = cfg.fid if cfg.fid is not None else ref is not None

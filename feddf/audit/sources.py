@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from feddf.cache import format as fmt
+from feddf.errors import FeddfError
 
 # Provenance attributes copied into the report (the rest, e.g. the full config JSON, stays in the cache).
 _REPORTED_ATTRS = ("format_version", "kind", "generator", "source", "weights_hash", "random_weights", "truncation",
@@ -61,10 +62,14 @@ class Source:
         if idx.size == 0:
             return torch.empty((0, self.channels, self.resolution, self.resolution), dtype=torch.uint8)
         lo, hi = int(idx[0]), int(idx[-1]) + 1
-        if hi - lo == idx.size:  # contiguous: one slice read (much faster than a point selection)
-            arr = self._h5[fmt.IMAGES][lo:hi]
-        else:
-            arr = self._h5[fmt.IMAGES][idx]
+        try:
+            if hi - lo == idx.size:  # contiguous: one slice read (much faster than a point selection)
+                arr = self._h5[fmt.IMAGES][lo:hi]
+            else:
+                arr = self._h5[fmt.IMAGES][idx]
+        except OSError as e:  # a chunk failed its fletcher32 checksum or decompression
+            raise FeddfError(f"{self.path}: cannot read images {lo}..{hi - 1} ({' '.join(str(e).split())}): the "
+                             f"cache is damaged; `feddf cache verify {self.path}` lists the bad chunks") from None
         return torch.from_numpy(np.ascontiguousarray(arr))
 
     def batches(self, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, object]]:
@@ -94,12 +99,19 @@ def open_source(path: str | Path, name: str | None = None) -> Source:
         raise
 
 
-def _space(counts: np.ndarray | None, names: list[str] | None, values: np.ndarray) -> int:
+def _space(counts: np.ndarray | None, names: list[str] | None, values: np.ndarray, what: str, path: Path) -> int:
     """Size of a label space: the recorded coverage length (e.g. 1000 ImageNet classes even if 10 were sampled),
-    else the names, else max value + 1 — never smaller than a value that occurs."""
-    k = len(counts) if counts is not None else (len(names) if names else 0)
-    hi = int(values.max()) + 1 if values.size else 0
-    return max(k, hi)
+    else the names, else max value + 1. A value outside the declared space (or below -1, the "none" label) is refused:
+    counting it as an extra class would report classes that do not exist."""
+    declared = [len(x) for x in (counts, names) if x is not None and len(x)]
+    k = declared[0] if declared else (int(values.max()) + 1 if values.size else 0)
+    limit = min(declared) if declared else k
+    bad = (values < -1) | (values >= limit)
+    if bad.any():
+        v = values[bad]
+        raise FeddfError(f"{path}: {int(bad.sum())} {what} outside the cache's {limit} declared classes (values "
+                         f"{int(v.min())}..{int(v.max())}): the cache is inconsistent; re-create or re-import it")
+    return k
 
 
 def _load(h5, info, p: Path, name: str) -> Source:
@@ -108,7 +120,7 @@ def _load(h5, info, p: Path, name: str) -> Source:
     targets = target_space = None
     if info.has_targets:
         targets = np.asarray(h5[fmt.TARGETS][:n], dtype=np.int64)
-        target_space = _space(info.target_counts, info.target_names, targets)
+        target_space = _space(info.target_counts, info.target_names, targets, "targets", p)
     recorded = None
     if fmt.LABELER_PRED in h5 and fmt.LABELER_CONF in h5:
         recorded = (np.asarray(h5[fmt.LABELER_PRED][:n], dtype=np.int64),
@@ -123,14 +135,14 @@ def _load(h5, info, p: Path, name: str) -> Source:
             except ValueError:
                 pass
         reported["labeler"] = lab
-        labeler_space = _space(info.labeler_counts, None, recorded[0])
+        labeler_space = _space(info.labeler_counts, None, recorded[0], "labeler predictions", p)
         names = lab.get("class_names") if isinstance(lab, dict) else None
         if not names and info.target_names and len(info.target_names) == labeler_space:
             names = info.target_names     # a gen labeler classifies the target task
         labeler_names = [str(x) for x in names] if names else None
     reported["live"] = info.live
     return Source(path=p, name=name, n=n, channels=info.channels, resolution=info.resolution, attrs=reported,
-                  labels=labels, label_space=_space(info.label_counts, info.label_names, labels),
+                  labels=labels, label_space=_space(info.label_counts, info.label_names, labels, "labels", p),
                   label_names=info.label_names, targets=targets, target_space=target_space,
                   target_names=info.target_names, recorded_labeler=recorded, labeler_space=labeler_space,
                   labeler_names=labeler_names, _h5=h5)

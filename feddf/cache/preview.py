@@ -67,7 +67,11 @@ def preview(path: str | os.PathLike, out: str | os.PathLike, per_class: int = 8,
         rows = len(picks) if picks[0][0] >= 0 else -(-len(picks[0][1]) // cols)  # unlabelled: one block of rows
         grid = np.zeros((rows * cols, info.channels, info.resolution, info.resolution), np.uint8) + 255
         for row, (_, idx) in enumerate(picks):
-            imgs = f[fmt.IMAGES][idx] if idx.size else grid[:0]  # sorted indices: one HDF5 point selection
+            try:
+                imgs = f[fmt.IMAGES][idx] if idx.size else grid[:0]  # sorted indices: one HDF5 point selection
+            except OSError as e:  # a chunk failed its fletcher32 checksum or decompression
+                raise FeddfError(f"{path}: cannot read images ({' '.join(str(e).split())}): the cache is damaged; "
+                                 f"`feddf cache verify {path}` lists the bad chunks") from None
             start = row * cols
             grid[start:start + imgs.shape[0]] = imgs
     import matplotlib  # only now: bad input is refused without paying for matplotlib's import

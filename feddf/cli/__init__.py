@@ -9,6 +9,7 @@ command's name; modules stay cheap to import (torch and friends are imported ins
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 
 import click
@@ -17,14 +18,35 @@ from feddf import __version__
 from feddf.errors import FeddfError
 
 
+def user_error(e: BaseException) -> str | None:
+    """The one-line message for a user-facing failure, or None for a bug (which keeps its traceback).
+
+    User-facing: FeddfError (library code's own checks) and OSError (paths that cannot be created, read or written,
+    a full disk, files h5py cannot open), wherever they are raised; everything else is a bug."""
+    if isinstance(e, FeddfError):
+        return str(e)
+    if isinstance(e, OSError):
+        what = e.strerror or str(e) or type(e).__name__
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        msg = f"{where}: {what}" if where else what
+        return " ".join(msg.split())  # h5py's messages can span lines
+    return None
+
+
 class FeddfGroup(click.Group):
-    """Turns library errors (`FeddfError`) into one-line user errors: `Error: ...`, exit 1, no traceback."""
+    """One place that turns every user-facing failure into one line: `Error: ...`, exit 1, no traceback.
+    FEDDF_DEBUG=1 re-raises instead, with the full traceback (for bug reports)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except FeddfError as e:
-            raise click.ClickException(str(e)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - sorted into user errors and bugs by user_error()
+            msg = user_error(e)
+            if msg is None or os.environ.get("FEDDF_DEBUG", "") not in ("", "0"):
+                raise
+            raise click.ClickException(msg) from None
 
 
 @click.group(cls=FeddfGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

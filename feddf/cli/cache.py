@@ -131,6 +131,8 @@ def verify_cmd(path, as_json, quiet) -> None:
 def preview_cmd(path, out, per_class, max_classes, by, seed) -> None:
     """Write an image grid of a cache, one row per class."""
     from feddf.cache.preview import preview
+    from feddf.utils import check_can_create
 
+    check_can_create(out, file=True)
     res = preview(path, out, per_class=per_class, max_classes=max_classes, by=by, seed=seed)
     click.echo(f"wrote {res['out']}: {res['rows']}x{res['cols']} grid")

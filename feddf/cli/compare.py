@@ -30,6 +30,10 @@ def command(runs, target_acc, out, as_json) -> None:
     from feddf.audit import report as rep
     from feddf.audit.compare import compare_runs
 
+    from feddf.utils import check_can_create
+
+    if out:
+        check_can_create(out)
     report, figures = compare_runs(list(runs), target_acc)
     out_dir = Path(out) if out else Path("reports") / ("compare-" + "+".join(r["name"] for r in report["runs"][:3]))
     report["out"] = str(out_dir)

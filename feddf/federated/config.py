@@ -12,10 +12,10 @@ full table. A TOML file (`--config`) holds the same keys (dashes or underscores)
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from feddf.checks import check_range, check_seed, check_types
 from feddf.errors import FeddfError
 
 AGGREGATOR_NAMES = ("feddf", "fedavg", "fedprox", "fedavgm")
@@ -85,6 +85,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A validated copy with every None default filled in (what config.json records)."""
         c = dataclasses.replace(self)
+        c.check_values()  # first: a mistyped value must not reach the registry look-ups
         c.validate()
         if c.archs:
             c.arch = c.archs[0]
@@ -128,12 +129,20 @@ class TrainConfig:
                                  ("teacher-precision", self.teacher_precision, ("auto", *PRECISIONS))):
             if v not in choices:
                 bad(flag, repr(v), f"choose one of {', '.join(choices)}")
-        if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            bad("alpha", self.alpha, "the Dirichlet concentration must be > 0 (e.g. 1.0; 0.1 is very non-iid)")
-        if not 0 < self.fraction <= 1:
-            bad("fraction", self.fraction, "the share of clients per round must be in (0, 1] (e.g. 0.4)")
-        if not 0 <= self.val_fraction < 1:
-            bad("val-fraction", self.val_fraction, "must be in [0, 1) (the paper uses 0.1)")
+        self.check_values()  # types, finiteness, ranges, seeds (also run first by resolved(), before the names)
+
+    def check_values(self) -> None:
+        """Types, finiteness, ranges and seeds of every field (TOML, CLI and Python callers alike); needs no registry
+        and no torch."""
+        def bad(flag, value, fix):
+            raise FeddfError(f"--{flag} {value}: {fix}")
+
+        check_types(self)
+        check_range("--alpha", self.alpha, lo=0, lo_open=True,
+                    fix="the Dirichlet concentration, e.g. 1.0; 0.1 is very non-iid")
+        check_range("--fraction", self.fraction, lo=0, hi=1, lo_open=True,
+                    fix="the share of clients per round, e.g. 0.4")
+        check_range("--val-fraction", self.val_fraction, lo=0, hi=1, hi_open=True, fix="the paper uses 0.1")
         if (self.aggregator == "feddf" or self.drop_worst) and self.val_fraction == 0:
             bad("val-fraction", 0, "FedDF early stopping and --drop-worst need the server's validation split; "
                                    "use e.g. 0.1")
@@ -141,21 +150,23 @@ class TrainConfig:
                         ("batch-size", self.batch_size), ("distill-steps", self.distill_steps),
                         ("distill-batch-size", self.distill_batch_size), ("eval-every", self.eval_every),
                         ("patience", self.patience), ("eval-batch-size", self.eval_batch_size)):
-            if not isinstance(v, int) or v < 1:
+            if v < 1:
                 bad(flag, v, "must be a positive integer")
         for flag, v in (("train-limit", self.train_limit), ("test-limit", self.test_limit)):
             if v is not None and v < 1:
                 bad(flag, v, "must be a positive number of images")
         for flag, v in (("local-lr", self.local_lr), ("distill-lr", self.distill_lr),
                         ("temperature", self.temperature)):
-            if not v > 0:
-                bad(flag, v, "must be > 0")
-        if self.prox_mu is not None and self.prox_mu < 0:
-            bad("prox-mu", self.prox_mu, "must be >= 0 (e.g. 0.01)")
-        if self.server_momentum is not None and not 0 <= self.server_momentum < 1:
-            bad("server-momentum", self.server_momentum, "must be in [0, 1) (e.g. 0.9)")
+            check_range(f"--{flag}", v, lo=0, lo_open=True)
+        check_range("--local-momentum", self.local_momentum, lo=0, hi=1, hi_open=True, fix="e.g. 0 (paper) or 0.9")
+        check_range("--weight-decay", self.weight_decay, lo=0, fix="e.g. 0 (paper) or 5e-4")
+        if self.prox_mu is not None:
+            check_range("--prox-mu", self.prox_mu, lo=0, fix="e.g. 0.01")
+        if self.server_momentum is not None:
+            check_range("--server-momentum", self.server_momentum, lo=0, hi=1, hi_open=True, fix="e.g. 0.9")
         if self.prefetch < 0 or self.source_memory_mb < 0:
             bad("prefetch/source-memory-mb", f"{self.prefetch}/{self.source_memory_mb}", "must be >= 0")
+        check_seed("--seed", self.seed)
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -178,9 +189,13 @@ def load_toml(path: str | Path) -> dict:
         data = tomllib.loads(p.read_text())
     except FileNotFoundError:
         raise FeddfError(f"--config {p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FeddfError(f"--config {p}: cannot read it as text ({getattr(e, 'strerror', None) or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise FeddfError(f"--config {p}: not valid TOML ({e})") from None
     data = data.get("train", data)  # either top-level keys or a [train] table
+    if not isinstance(data, dict):
+        raise FeddfError(f"--config {p}: `train` must be a table ([train]) of `feddf train` options")
     out = {}
     for k, v in data.items():
         key = k.replace("-", "_")

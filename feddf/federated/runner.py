@@ -60,18 +60,36 @@ class Progress:
 def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the federated training described by cfg; returns the final summary dict."""
     from feddf.federated.teachers import resolve_precision
+    from feddf.runfolder import claim, legacy_run
     from feddf.utils import resolve_device
 
     cfg = cfg.resolved()
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision, device))
     out = Path(cfg.out)
+    folder = claim(out, kind="train", settings=run_settings(cfg), legacy=legacy_run("aggregator"))
+    try:
+        return _run(cfg, device, folder, log)
+    finally:
+        folder.release()
+
+
+def run_settings(cfg: TrainConfig) -> dict:
+    """What identifies a run folder's run: the resolved config without the settings --resume may change."""
+    from feddf.federated.setup import RESUMABLE
+
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}
+
+
+def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None]) -> dict:
+    """The run itself, in the claimed run folder (feddf.runfolder.RunFolder)."""
+    out = folder.path
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not cfg.resume:
         raise FeddfError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     ckpt = _load_checkpoint(ckpt_path, cfg) if cfg.resume and ckpt_path.exists() else None
     task = load_task(cfg, log)
-    out.mkdir(parents=True, exist_ok=True)
+    folder.mark()
     (out / "models").mkdir(exist_ok=True)
     if ckpt is None:
         _write_json(out / "partition.json", task.partition_record())
@@ -153,6 +171,10 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
             from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         raise FeddfError(f"{path} is not a feddf train checkpoint (version {CHECKPOINT_VERSION})")
+    if (not {"round", "server", "aggregator", "metrics", "config", "rng"} <= set(ckpt)
+            or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["round"], int)
+            or not isinstance(ckpt["metrics"], list) or not isinstance(ckpt["server"], dict)):
+        raise FeddfError(f"{path} is damaged (missing or mistyped entries): start a new --out")
     diff = same_run(ckpt["config"], dataclasses.asdict(cfg))
     if diff:
         raise FeddfError(f"--resume with different settings than {path.parent} was started with ({diff}): "

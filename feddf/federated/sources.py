@@ -172,6 +172,36 @@ def newest_generated_cache(cache_dir: str | Path) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
+def _same_spec(a: str, b: str) -> bool:
+    from feddf.data.spec import parse_spec
+
+    try:
+        pa, pb = parse_spec(a), parse_spec(b)
+    except FeddfError:
+        return False
+    return (pa.name, pa.split or "train", pa.start, pa.stop) == (pb.name, pb.split or "train", pb.start, pb.stop)
+
+
+def check_holds(path: Path, name: str, spec: str) -> None:
+    """--distill-source NAME with a cache at `path`: refuse unless it is an import of exactly NAME's split (the run
+    records the source by name, so a GAN cache or another split there would be reported as NAME)."""
+    from feddf.cache.writer import probe_cache
+
+    attrs = probe_cache(path) if path.is_file() else None
+    if attrs is None:
+        raise FeddfError(f"--distill-source {name}: {path} is not a feddf cache; pass --cache with an import of {spec} "
+                         "(feddf cache import) or leave --cache out")
+    kind, src, limit = attrs.get("kind"), attrs.get("source"), attrs.get("limit")
+    if kind != "imported" or not isinstance(src, str) or not _same_spec(src, spec):
+        what = f"{'an' if str(kind)[:1] in 'aeiou' else 'a'} {kind} cache" + (f" of {src}" if src else "") + (f" ({attrs.get('generator')})"
+                                                                      if attrs.get("generator") else "")
+        raise FeddfError(f"--distill-source {name} needs an import of {spec}, but {path} is {what}: use "
+                         f"--distill-source {path} to distil from that cache, or another --cache")
+    if limit is not None:  # the writer stores no attribute for None
+        raise FeddfError(f"--distill-source {name}: {path} holds only the first {limit} images of {spec} (imported "
+                         "with --limit): re-import it without --limit or pass it as --distill-source PATH.h5")
+
+
 def resolve_source(name: str, channels: int, resolution: int, *, cache: str | None = None,
                    cache_dir: str | Path = "cache", resize: bool = False, memory_bytes: int = DEFAULT_MEMORY,
                    progress: bool = True):
@@ -186,6 +216,8 @@ def resolve_source(name: str, channels: int, resolution: int, *, cache: str | No
 
         spec = REAL_SOURCES[name]
         out = Path(cache) if cache else Path(cache_dir) / f"{_import_name(spec)}.h5"
+        if out.exists():
+            check_holds(out, name, spec)
         if not out.exists() or not _complete(out):  # first use, or an interrupted import (which resumes)
             import_source(spec, out, progress=progress)
         return CacheSource(out, channels, resolution, resize, memory_bytes, name=name)

@@ -100,6 +100,9 @@ def parse_classes(spec: str | None, num_classes: int = NUM_IMAGENET) -> ClassPla
             text = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
         except OSError as e:
             raise FeddfError(f"--classes: cannot read class file {path} ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise FeddfError(f"--classes: class file {path} is not text (binary data); list class ids and ranges "
+                             "like 1,5,10-19 in it") from None
         return ClassPlan(spec, tuple(_parse_ids(text, str(path), num_classes)))
     if re.fullmatch(r"[\d,\s-]+", spec):
         return ClassPlan(spec, tuple(_parse_ids(spec, "the list", num_classes)))

@@ -53,7 +53,9 @@ class GenConfig:
 def validate(cfg: GenConfig) -> None:
     """Checks that need no files (pure; raises FeddfError with the bad value and the fix)."""
     from feddf.cache.writer import COMPRESSIONS
+    from feddf.checks import check_seed, check_types
 
+    check_types(cfg)  # Python callers too: types, finite floats, 64-bit ints
     if cfg.n <= 0:
         raise FeddfError(f"--n {cfg.n}: the number of images must be positive")
     if cfg.truncation is not None and not 0.0 < cfg.truncation <= 1.0:
@@ -68,8 +70,7 @@ def validate(cfg: GenConfig) -> None:
         raise FeddfError(f"--compression {cfg.compression!r}: use one of {', '.join(COMPRESSIONS)}")
     if cfg.dtype not in DTYPES:
         raise FeddfError(f"--dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}")
-    if cfg.seed < 0:
-        raise FeddfError(f"--seed {cfg.seed} must be >= 0")
+    check_seed("--seed", cfg.seed)
 
 
 def default_out(generator: str, resolution: int, n: int) -> str:
@@ -101,11 +102,35 @@ def _labeler(spec: str, device, channels: int, resolution: int):
     return clf, k, list(getattr(clf, "class_names", None) or []), fp
 
 
+RENDEZVOUS_TIMEOUT_S = 600.0   # how long rank 0 waits for its peers to show up (FEDDF_RENDEZVOUS_TIMEOUT overrides)
+BARRIER_TIMEOUT = 2 * 86400.0   # ranks may finish their shards hours apart; a dead peer still ends the wait
+
+
+def _env_int(name: str, default: str | None = None) -> int:
+    raw = os.environ.get(name, default)
+    if raw is None:
+        raise FeddfError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} is set but {name} is not: launch with "
+                         "`torchrun --nproc-per-node K -m feddf gen ...`, or unset WORLD_SIZE for one process")
+    try:
+        return int(raw)
+    except ValueError:
+        raise FeddfError(f"{name}={raw!r} is not an integer: launch with torchrun or unset it") from None
+
+
 class _Rank:
+    """This process's place in a torchrun job (WORLD_SIZE/RANK/LOCAL_RANK); world 1 without torchrun.
+
+    The gloo group is created with a bounded rendezvous (a peer that never comes ends the job with one line instead
+    of a silent hang); the barriers between shard phases use their own, long timeout."""
+
     def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.world = _env_int("WORLD_SIZE", "1")
+        if self.world < 1:
+            raise FeddfError(f"WORLD_SIZE={self.world} must be >= 1: launch with torchrun or unset it")
+        self.rank = _env_int("RANK") if self.world > 1 else _env_int("RANK", "0")
+        self.local = _env_int("LOCAL_RANK", "0")
+        if not 0 <= self.rank < self.world:
+            raise FeddfError(f"RANK={self.rank} is outside [0, WORLD_SIZE={self.world}): launch with torchrun")
         self.dist = None
         self.owned = False  # True when this object created the process group (and so tears it down)
         if self.world > 1:
@@ -113,14 +138,53 @@ class _Rank:
 
             import torch.distributed as dist
 
+            for name in ("MASTER_ADDR", "MASTER_PORT"):
+                if name not in os.environ:
+                    raise FeddfError(f"WORLD_SIZE={self.world} is set but {name} is not: launch with torchrun")
+            wait = float(os.environ.get("FEDDF_RENDEZVOUS_TIMEOUT", RENDEZVOUS_TIMEOUT_S))
+            if not dist.is_initialized() and (self.rank or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"):
+                self._wait_for_store(wait)  # a client of the rendezvous store: it must be up (no C++ retry spam)
             if not dist.is_initialized():  # gloo: only barriers + two tiny CPU all-reduces cross ranks (CPU or GPU runs)
-                dist.init_process_group("gloo", timeout=datetime.timedelta(days=2))
+                try:
+                    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=wait))
+                except Exception as e:  # noqa: BLE001 - a rendezvous failure is the launch's problem, not a bug
+                    first = " ".join(str(e).split())[:200]
+                    raise FeddfError(f"rank {self.rank}/{self.world}: the other torchrun processes did not join "
+                                     f"within {wait:g} s at {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} "
+                                     f"({type(e).__name__}: {first}); check the launch or unset WORLD_SIZE") from None
                 self.owned = True
             self.dist = dist
 
+    def _wait_for_store(self, wait: float) -> None:
+        """Until `wait` seconds pass: a plain TCP connect to MASTER_ADDR:MASTER_PORT (torchrun's store or rank 0's)."""
+        import socket
+
+        addr, port = os.environ["MASTER_ADDR"], _env_int("MASTER_PORT")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                socket.create_connection((addr, port), timeout=max(0.1, min(1.0, deadline - time.monotonic()))).close()
+                return
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise FeddfError(f"rank {self.rank}/{self.world}: nothing listens at {addr}:{port} after {wait:g} s "
+                                     "(rank 0 / the torchrun agent never came): check the launch or unset "
+                                     "WORLD_SIZE") from None
+                time.sleep(0.2)
+
     def barrier(self):
-        if self.dist is not None:
-            self.dist.barrier()
+        if self.dist is None:
+            return
+        import datetime
+
+        try:  # gloo's monitored barrier takes its own timeout (our group's is the short rendezvous one)
+            if self.owned:
+                self.dist.monitored_barrier(timeout=datetime.timedelta(seconds=BARRIER_TIMEOUT))
+            else:  # a caller's group (any backend) keeps its own timeout
+                self.dist.barrier()
+        except RuntimeError as e:
+            raise FeddfError(f"rank {self.rank}/{self.world}: a peer process failed or vanished "
+                             f"({' '.join(str(e).split())[:200]})") from None
 
     def close(self, ok: bool = True):
         # A final barrier, then destroy the group we created while the interpreter is fully alive. Left to interpreter

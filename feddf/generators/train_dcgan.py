@@ -41,6 +41,25 @@ class GanTrainConfig:
     seed: int = 0
     limit: int | None = None  # use only the first N images (smoke tests)
 
+    def validate(self) -> None:
+        """Types, finiteness and ranges of every field (CLI, Python and resumed configs alike)."""
+        from feddf.checks import check_range, check_seed, check_types
+
+        check_types(self)
+        if self.size not in SIZES:
+            raise FeddfError(f"--size {self.size} is not supported: use one of {SIZES}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise FeddfError(f"--epochs {self.epochs} / --batch-size {self.batch_size}: need epochs ≥ 1 and batch "
+                             "size ≥ 2")
+        for flag, v in (("--nz", self.nz), ("--ngf", self.ngf), ("--ndf", self.ndf)):
+            if v < 1:
+                raise FeddfError(f"{flag} {v}: must be a positive integer")
+        if self.limit is not None and self.limit < 1:
+            raise FeddfError(f"--limit {self.limit}: must be a positive number of images")
+        check_range("--lr", self.lr, lo=0, lo_open=True, fix="Adam's learning rate; the DCGAN recipe uses 2e-4")
+        check_range("--beta1", self.beta1, lo=0, hi=1, hi_open=True, fix="the DCGAN recipe uses 0.5")
+        check_seed("--seed", self.seed)
+
 
 class Discriminator(nn.Module):
     """pytorch/examples discriminator; the 32 px variant drops one stride-2 stage. (B, nc, S, S) -> (B,) logits."""
@@ -76,7 +95,11 @@ def load_training_images(data: str, size: int, limit: int | None) -> tuple[torch
         n = info.n if limit is None else min(limit, info.n)
         f, _ = open_h5(data)
         with f:
-            images = torch.from_numpy(f["images"][:n])  # committed images only
+            try:
+                images = torch.from_numpy(f["images"][:n])  # committed images only
+            except OSError as e:  # a chunk failed its fletcher32 checksum or decompression
+                raise FeddfError(f"{data}: cannot read its images ({' '.join(str(e).split())}): the cache is "
+                                 f"damaged; `feddf cache verify {data}` lists the bad chunks") from None
         source = {"cache": data, "n": n}
     else:
         from feddf.data import get_dataset
@@ -92,17 +115,26 @@ def load_training_images(data: str, size: int, limit: int | None) -> tuple[torch
 
 def train(cfg: GanTrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Run (or resume) training; returns the path of the last generator checkpoint."""
+    from feddf.runfolder import claim, legacy_run
+
+    cfg.validate()
+    # the folder's identity: the recipe without where it lives and how long it runs (the checkpoint checks epochs)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "epochs")}
+    folder = claim(cfg.out, kind="gan-train", settings=settings, legacy=legacy_run("generator"))
+    try:
+        return _train(cfg, folder, resume, progress)
+    finally:
+        folder.release()
+
+
+def _train(cfg: GanTrainConfig, folder, resume: bool, progress: bool) -> Path:
     from tqdm import tqdm
 
     from feddf.utils import atomic_torch_save, atomic_write_json, versions
 
-    if cfg.size not in SIZES:
-        raise FeddfError(f"--size {cfg.size} is not supported: use one of {SIZES}")
-    if cfg.epochs < 1 or cfg.batch_size < 2:
-        raise FeddfError(f"--epochs {cfg.epochs} / --batch-size {cfg.batch_size}: need epochs ≥ 1 and batch size ≥ 2")
-    out = Path(cfg.out)
+    out = folder.path
     ckpt_path = out / "checkpoint.pt"
-    if out.exists() and any(out.iterdir()) and not resume:
+    if ckpt_path.exists() and not resume:
         raise FeddfError(f"{out} already holds a GAN run: pass --resume to continue it or choose another --out")
     x, source = load_training_images(cfg.data, cfg.size, cfg.limit)
     nc = x.shape[1]
@@ -115,7 +147,13 @@ def train(cfg: GanTrainConfig, resume: bool = False, progress: bool = True) -> P
     noise = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     start = 0
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        try:
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is a user-facing problem
+            raise FeddfError(f"cannot read {ckpt_path} ({type(e).__name__}): the run folder is damaged; start a "
+                             "new --out") from None
+        if not isinstance(ck, dict) or not {"config", "netG", "netD", "optG", "optD", "noise_rng", "epoch"} <= set(ck):
+            raise FeddfError(f"{ckpt_path} is not a feddf gan-train checkpoint: start a new --out")
         if ck["config"] != asdict(cfg):
             raise FeddfError(f"{ckpt_path} was written with a different configuration; use the same options or a "
                              "new --out")
@@ -123,7 +161,7 @@ def train(cfg: GanTrainConfig, resume: bool = False, progress: bool = True) -> P
         optG.load_state_dict(ck["optG"]), optD.load_state_dict(ck["optD"])
         noise.set_state(ck["noise_rng"])
         start = ck["epoch"]
-    out.mkdir(parents=True, exist_ok=True)
+    folder.mark()
     atomic_write_json(out / "config.json", {"config": asdict(cfg), "source": source, "versions": versions(),
                                             "generator": {"nz": cfg.nz, "ngf": cfg.ngf, "nc": nc, "size": cfg.size}})
     n = x.shape[0]
