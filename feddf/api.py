@@ -61,6 +61,8 @@ def _saved_config(out: str) -> dict:
         saved = json.loads((Path(out) / "config.json").read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(saved, dict):  # a config.json that is not a JSON object: not ours, the run-folder claim says so
+        return {}
     return {k: v for k, v in saved.items() if k in FIELDS and k not in ("resume", "progress")}
 
 
@@ -69,9 +71,10 @@ def train(config=None, *, config_file: str | None = None, log: Callable[[str], N
     """Run (or resume) `feddf train`; returns its summary {"out", "rounds", "final": last metrics.jsonl row}.
 
     `feddf.train(arch="mypkg.nets:build", dataset="folder:/data/xray", rounds=5)`; log=None prints nothing."""
+    cfg = train_config(config, config_file=config_file, **options)
+    cfg.check_values()  # bad numbers fail here, before torch, any data or any model is loaded
     from feddf.federated.runner import run
 
-    cfg = train_config(config, config_file=config_file, **options)
     return run(cfg, log=log or (lambda s: None))
 
 
@@ -110,6 +113,10 @@ def audit(sources: str | Iterable[str] | None = None, *, config=None, out: str |
         raise FeddfError("feddf.audit(): give the caches to audit, e.g. feddf.audit('cache/x.h5')")
     cfg = _merge(AuditConfig, config, options, "audit")
     out_dir = Path(out) if out else default_audit_out(cfg.sources)
+    if write:
+        from feddf.utils import check_can_create
+
+        check_can_create(out_dir)  # an unwritable --out fails before the audit runs, not after
     result = run_audit(cfg, progress=progress)
     result.report["out"] = str(out_dir) if write else None
     if write:
