@@ -29,6 +29,16 @@ def node_info(node_config) -> dict:
             "arch": str(nc.get("arch", ""))}
 
 
+def _process_age(now: float) -> float:
+    """Seconds this process lived before `now` (perf_counter): Flower's process start + interpreter + imports."""
+    import os
+
+    try:  # Linux: /proc/self's ctime is the process start
+        return max(0.0, time.time() - (time.perf_counter() - now) - os.stat(f"/proc/{os.getpid()}").st_ctime)
+    except OSError:
+        return -1.0
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     from feddf import __version__
@@ -65,6 +75,6 @@ def train(msg: Message, context: Context) -> Message:
     state = from_record(msg.content["arrays"], task.initial_state(arch))
     upd = client_step(cfg, task, r, k, state, resolve_device(str(context.node_config.get("device", cfg.device))))
     t2 = time.perf_counter()
-    metrics = MetricRecord({"num-examples": upd.n, "partition-id": k, "load-seconds": t1 - t0,
-                            "train-seconds": t2 - t1})
+    metrics = MetricRecord({"num-examples": upd.n, "partition-id": k, "process-seconds": _process_age(t0),
+                            "load-seconds": t1 - t0, "train-seconds": t2 - t1})
     return Message(RecordDict({"arrays": to_record(upd.model.state_dict()), "metrics": metrics}), reply_to=msg)

@@ -109,7 +109,10 @@ class FedDF(FedAvg):
         row = {"round": server_round, **fused.metrics, "client_seconds": round(client_seconds, 3),
                "distill_seconds": round(time.perf_counter() - t1, 3), "selected": selected,
                "replied": sorted(got), "missing": missing,
-               "failed": {str(k): v for k, v in failed.items() if k is not None}}
+               "failed": {str(k): v for k, v in failed.items() if k is not None},
+               "node_seconds": {str(k): {key.split("-")[0]: round(float(got[k].content["metrics"][key]), 3)
+                                         for key in ("process-seconds", "load-seconds", "train-seconds")
+                                         if key in got[k].content["metrics"]} for k in sorted(got)}}
         self.on_round(row, self.server)
         metrics = MetricRecord({"replies": len(got), "missing": len(missing),
                                 **{f"acc-{a}": float(self._final_acc(fused.metrics, a)) for a in self.cfg.archs}})
