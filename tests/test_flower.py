@@ -39,14 +39,8 @@ def accs(rows):
 def alive(pgid: int) -> bool:
     """Whether any live process is in process group pgid (the launcher starts each process as a group leader, so
     this also finds a ClientApp a killed SuperNode left behind); zombies count as gone."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except OSError:
-            continue
-        if int(pgrp) == pgid and state != "Z":
-            return True
-    return False
+    ps = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True, check=True).stdout
+    return any(int(g) == pgid and not st.startswith("Z") for g, st in (ln.split()[:2] for ln in ps.splitlines()))
 
 
 @pytest.fixture(scope="module")

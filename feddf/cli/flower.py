@@ -18,6 +18,8 @@ FLOWER_OPTIONS = [
                  help="Seconds to wait for every partition's SuperNode to connect."),
     click.option("--round-timeout", type=float, default=3600, show_default=True,
                  help="Seconds a round waits for its replies."),
+    click.option("--poll-interval", type=float, default=0.2, show_default=True,
+                 help="Seconds between the ServerApp's pulls for replies (Flower's own Grid waits 3)."),
     click.option("--state-dir", type=click.Path(file_okay=False), default=None,
                  help="Keep FLWR_HOME, the logs of every process and processes.json here (default: a temporary "
                       "folder, removed after a successful run)."),
@@ -76,7 +78,8 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     from feddf.flower.launch import LocalFlower, install_sigterm, prepare
 
     as_json, quiet, config_file = options.pop("as_json"), options.pop("quiet"), options.pop("config_file")
-    flower = {k: options.pop(k) for k in ("min_replies", "node_timeout", "round_timeout", "state_dir")}
+    flower = {k: options.pop(k) for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval",
+                                          "state_dir")}
     if options.pop("resume", None):
         raise FeddfError("--resume: a Flower run cannot be resumed; start a new --out")
     given = {k: v for k, v in options.items() if v is not None}
@@ -99,7 +102,7 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     with LocalFlower([] if simulation else archs, simulation=simulation, state_dir=flower["state_dir"], log=log,
                      stream=not quiet) as fl:
         res = fl.run(cfg, engine, min_replies=flower["min_replies"], node_timeout=flower["node_timeout"],
-                     round_timeout=flower["round_timeout"])
+                     round_timeout=flower["round_timeout"], poll_interval=flower["poll_interval"])
     summary = _summary(cfg.out, res)
     if as_json:
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")

@@ -135,6 +135,9 @@ class LocalFlower:
                 pass
             _signal_group(p, signal.SIGKILL)  # the group's other members (superexec, client/server apps) too
             p.wait()
+        for p in self.procs.values():  # SIGKILL is asynchronous: return once every member is gone
+            while _group_alive(p.pid) and time.monotonic() < deadline + 5:
+                time.sleep(0.05)
         self.procs.clear()
         if self._tmp and not keep:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -145,7 +148,7 @@ class LocalFlower:
                               timeout=timeout)
 
     def run(self, cfg, engine: str, min_replies: int = 1, node_timeout: float = 120,
-            round_timeout: float = 3600) -> dict:
+            round_timeout: float = 3600, poll_interval: float = 0.2) -> dict:
         """Run the app once with the resolved cfg (cfg.out absolute); FeddfError with the ServerApp's error."""
         n = len(self.nodes) if self.nodes else cfg.clients
         from feddf.flower.wire import config_to_json
@@ -153,7 +156,8 @@ class LocalFlower:
         cfg_file = self.dir / f"config-{int(time.time() * 1000)}.json"
         cfg_file.write_text(config_to_json(cfg))
         run_config = (f'config-file="{cfg_file}" engine="{engine}" min-replies={int(min_replies)} '
-                      f"node-timeout={float(node_timeout)} round-timeout={float(round_timeout)}")
+                      f"node-timeout={float(node_timeout)} round-timeout={float(round_timeout)} "
+                      f"poll-interval={float(poll_interval)}")
         args = [_exe("flwr"), "run", str(APP_DIR), "feddf", "--stream", "--run-config", run_config]
         if self.simulation:
             args += ["--federation-config", f"num-supernodes={n} client-resources-num-cpus=1"]
@@ -197,6 +201,18 @@ def _signal_group(p: subprocess.Popen, sig: int) -> None:
         os.killpg(p.pid, sig)  # start_new_session=True: the group id is the leader's pid
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (non-zombie) process is still in group pgid (Linux /proc; elsewhere: False)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError, IndexError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
 
 
 def prepare(cfg):
