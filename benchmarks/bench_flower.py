@@ -10,7 +10,8 @@ the local training loop) + `distill_seconds` (fusion.fuse, identical code in eve
 clients' own timings (`node_seconds`) split each reply into `process` (Flower starting a fresh ClientApp process for
 the message: interpreter + flwr import, until our train() runs), `load` (our imports - torch, feddf - and loading the
 partition), `train` (fusion.client_step); the rest of client_seconds is Flower's messaging (SuperNodes poll the
-SuperLink). Also measured: one QUERY-sized import of the ClientApp module with our lazy imports vs importing the
+SuperLink). `deploy-3s` is the deployment with the ServerApp pulling replies every 3 s as Flower's Grid does (ours:
+0.2 s, --poll-interval). Also measured: one QUERY-sized import of the ClientApp module with our lazy imports vs importing the
 training code eagerly (what every message would pay without them). The accuracies of the three runs are compared
 (they must be equal). Ends with one JSON line: `ratio` = deployment / feddf train, `ratio_simulate` = simulation /
 feddf train (seconds per round).
@@ -64,7 +65,8 @@ def main() -> None:
     ap.add_argument("--skip-simulate", action="store_true", help="Leave out Flower's simulation engine (Ray).")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-flower-"))
-    runs = {"train": ("train",), "deployment": ("flower", "local")}
+    runs = {"train": ("train",), "deployment": ("flower", "local"),
+            "deploy-3s": ("flower", "local", "--poll-interval", "3")}  # Flower's own reply polling: before ours
     if not args.skip_simulate:
         runs["simulation"] = ("flower", "simulate")
     wall, res = {}, {}
@@ -93,6 +95,7 @@ def main() -> None:
            "seconds_per_round_deployment": round(per_round(res["deployment"]), 2),
            "deployment_split_seconds": {k: round(v, 2) for k, v in split.items()},
            "deployment_messaging_seconds": round(client - slowest, 2),
+           "seconds_per_round_deploy_3s": round(per_round(res["deploy-3s"]), 2),
            "import_lazy_seconds": round(lazy, 2), "import_eager_seconds": round(eager, 2),
            "command_seconds": {k: round(v, 1) for k, v in wall.items()}, "identical": same}
     if "simulation" in res:

@@ -36,11 +36,19 @@ def accs(rows):
     return [(r["round"], r["acc"], r["ensemble_acc"], r["best_step"]) for r in rows]
 
 
-def alive(pgid: int) -> bool:
-    """Whether any live process is in process group pgid (the launcher starts each process as a group leader, so
-    this also finds a ClientApp a killed SuperNode left behind); zombies count as gone."""
-    ps = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True, check=True).stdout
-    return any(int(g) == pgid and not st.startswith("Z") for g, st in (ln.split()[:2] for ln in ps.splitlines()))
+def leftovers(pids) -> list[str]:
+    """Live processes in the process groups of `pids` (the launcher starts each process as a group leader, so this
+    also finds a ClientApp a killed SuperNode left behind) or started with `--parent-pid` one of them (Flower's
+    SuperExec, which detaches into a group of its own); zombies count as gone."""
+    pids = {int(p) for p in pids}
+    ps = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True, check=True).stdout
+    out = []
+    for line in ps.splitlines():
+        pgid, stat, args = line.split(None, 2)
+        parent = args.split("--parent-pid ")[1].split()[0] if "--parent-pid " in args else "0"
+        if not stat.startswith("Z") and (int(pgid) in pids or int(parent) in pids):
+            out.append(args)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +122,7 @@ def test_deployment_feddf_from_dcgan_cache_equals_feddf_train_and_compare_reads_
         assert all(torch.equal(x, y) for x, y in zip(m1.model.state_dict().values(), m2.model.state_dict().values()))
     # every process the command started is gone
     pids = json.loads((state / "processes.json").read_text())
-    assert {"superlink", "supernode-0", "supernode-2"} <= set(pids) and not any(map(alive, pids.values()))
+    assert {"superlink", "supernode-0", "supernode-2"} <= set(pids) and not leftovers(pids.values())
     rep = run_cli("compare", str(fl), str(tr), "--out", str(tmp_path / "rep"), "--json", check=True)
     report = json.loads(rep.stdout)
     assert {r["run"] for r in report["rows"]} == {"flower", "train"} and len(report["rows"]) == 4
@@ -142,7 +150,7 @@ def test_fedavg_equals_feddf_train_and_a_supernode_killed_after_round_2_is_recor
         fl.run(cfg, "flower-deployment", round_timeout=120)
         killer.join(5)
         pids = [p.pid for p in fl.procs.values()]
-    assert pids and not any(map(alive, pids))  # the killed node's orphaned ClientApp included
+    assert pids and not leftovers(pids)  # the killed node's orphaned ClientApp included
     ref = tmp_path / "train"
     run_cli("train", "--dataset", "fashion-mnist", "--arch", "cnn", "--aggregator", "fedavg", *TINY, "--rounds", "2",
             "--out", str(ref), check=True, env=ENV)
@@ -164,7 +172,7 @@ def test_a_failing_serverapp_exits_1_with_its_error_and_stops_everything(tmp_pat
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and "unknown architecture arch='nonet'" in errors[0] and "ended finished:failed" in errors[0]
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
-    assert not any(map(alive, json.loads((state / "processes.json").read_text()).values()))
+    assert not leftovers(json.loads((state / "processes.json").read_text()).values())
 
 
 def test_a_cache_that_does_not_fit_is_one_line_before_anything_starts(tmp_path):

@@ -124,19 +124,24 @@ class LocalFlower:
         self.close(keep=exc[0] is not None)
 
     def close(self, keep: bool = False) -> None:
-        """Stop every process group started (SIGTERM, then SIGKILL after 10 s); remove a temporary state dir."""
-        for p in self.procs.values():
-            _signal_group(p, signal.SIGTERM)
+        """Stop every process started, with the process groups of their descendants (the SuperLink's SuperExec
+        detaches into a group of its own): SIGTERM, then SIGKILL after 10 s; remove a temporary state dir."""
+        groups = {p.pid for p in self.procs.values()} | _descendant_groups({p.pid for p in self.procs.values()})
+        groups.discard(os.getpgrp())
+        for g in groups:
+            _signal_group(g, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for p in self.procs.values():
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            _signal_group(p, signal.SIGKILL)  # the group's other members (superexec, client/server apps) too
+        for g in groups:
+            _signal_group(g, signal.SIGKILL)  # whatever is left: superexec, client/server apps
+        for p in self.procs.values():
             p.wait()
-        for p in self.procs.values():  # SIGKILL is asynchronous: return once every member is gone
-            while _group_alive(p.pid) and time.monotonic() < deadline + 5:
+        for g in groups:  # SIGKILL is asynchronous: return once every member is gone
+            while _group_alive(g) and time.monotonic() < deadline + 5:
                 time.sleep(0.05)
         self.procs.clear()
         if self._tmp and not keep:
@@ -196,23 +201,39 @@ class LocalFlower:
             time.sleep(1)
 
 
-def _signal_group(p: subprocess.Popen, sig: int) -> None:
+def _signal_group(pgid: int, sig: int) -> None:
     try:
-        os.killpg(p.pid, sig)  # start_new_session=True: the group id is the leader's pid
+        os.killpg(pgid, sig)  # start_new_session=True: the group id is the leader's pid
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (non-zombie) process is still in group pgid (Linux /proc; elsewhere: False)."""
+def _processes() -> list[tuple[int, int, int, str]]:
+    """(pid, ppid, pgid, state) of every process (Linux /proc; elsewhere: none)."""
+    out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            state, ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            out.append((int(stat.parent.name), int(ppid), int(pgrp), state))
         except (OSError, ValueError, IndexError):
             continue
-        if int(pgrp) == pgid and state != "Z":
-            return True
-    return False
+    return out
+
+
+def _descendant_groups(roots: set[int]) -> set[int]:
+    """Process groups of every live descendant of `roots`."""
+    procs = _processes()
+    found, frontier = set(), set(roots)
+    while frontier:
+        children = {pid for pid, ppid, _, _ in procs if ppid in frontier and pid not in found}
+        found |= children
+        frontier = children
+    return {pgid for pid, _, pgid, state in procs if pid in found and state != "Z"}
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (non-zombie) process is still in group pgid."""
+    return any(g == pgid and state != "Z" for _, _, g, state in _processes())
 
 
 def prepare(cfg):

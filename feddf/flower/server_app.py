@@ -85,10 +85,10 @@ def check_nodes(cfg, infos: dict[int, dict]) -> dict[int, tuple[int, str]]:
         if k in out:
             raise FeddfError(f"{where}: partition-id={k} is also held by SuperNode {out[k][0]}: give each node its "
                              f"own partition-id")
-        if arch and arch not in MODELS:
-            raise FeddfError(f"{where}: unknown architecture arch={arch!r} in its --node-config; choose one of "
-                             f"{', '.join(MODELS)}")
-        if arch and arch not in cfg.archs:
+        if arch and arch not in cfg.archs:  # (a run's --archs may also name architectures outside MODELS)
+            if arch not in MODELS:
+                raise FeddfError(f"{where}: unknown architecture arch={arch!r} in its --node-config; choose one of "
+                                 f"this run's --archs {','.join(cfg.archs)}")
             raise FeddfError(f"{where}: arch={arch!r} is not one of this run's --archs {','.join(cfg.archs)}")
         out[k] = (node, arch or default[k])
     missing = sorted(set(range(cfg.clients)) - set(out))
