@@ -96,7 +96,7 @@ def test_node_checks_are_one_line():
 
 
 @pytest.mark.slow
-def test_deployment_feddf_from_dcgan_cache_equals_feddf_train_and_compare_reads_it(tmp_path, dcgan_cache):
+def test_deployment_feddf_from_dcgan_cache_equals_feddf_train_and_compare_and_audit_read_it(tmp_path, dcgan_cache):
     from feddf.models import load_classifier
 
     args = [*TINY, "--archs", "cnn,resnet8", "--rounds", "2", "--distill-source", str(dcgan_cache)]
@@ -126,6 +126,9 @@ def test_deployment_feddf_from_dcgan_cache_equals_feddf_train_and_compare_reads_
     rep = run_cli("compare", str(fl), str(tr), "--out", str(tmp_path / "rep"), "--json", check=True)
     report = json.loads(rep.stdout)
     assert {r["run"] for r in report["rows"]} == {"flower", "train"} and len(report["rows"]) == 4
+    aud = run_cli("audit", str(dcgan_cache), "--labeler", str(fl), "--labeler-arch", "resnet8", "--no-fid",
+                  "--out", str(tmp_path / "audit"), check=True, env=ENV)
+    assert "dcgan" in aud.stdout and (tmp_path / "audit" / "report.html").is_file()
 
 
 @pytest.mark.slow

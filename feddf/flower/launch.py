@@ -255,8 +255,10 @@ def prepare(cfg):
         from feddf.federated.sources import resolve_source
 
         info = dataset_info(cfg.dataset)
-        resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache, cache_dir=cfg.cache_dir,
-                       resize=cfg.source_resize, memory_bytes=0, progress=False)
+        src = resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache, cache_dir=cfg.cache_dir,
+                             resize=cfg.source_resize, memory_bytes=0, progress=False)
+        if cfg.distill_source == "gan" and cfg.cache is None:  # the newest cache now, not when the ServerApp looks
+            cfg = dataclasses.replace(cfg, cache=str(Path(src.path).resolve()))
     return cfg
 
 
