@@ -11,9 +11,9 @@ clients' own timings (`node_seconds`) split each reply into `process` (Flower st
 the message: interpreter + flwr import, until our train() runs), `load` (our imports - torch, feddf - and loading the
 partition), `train` (fusion.client_step); the rest of client_seconds is Flower's messaging (SuperNodes poll the
 SuperLink). `deploy-3s` is the deployment with the ServerApp pulling replies every 3 s as Flower's Grid does (ours:
-0.2 s, --poll-interval). Also measured: one QUERY-sized import of the ClientApp module with our lazy imports vs importing the
-training code eagerly (what every message would pay without them). The accuracies of the three runs are compared
-(they must be equal). Ends with one JSON line: `ratio` = deployment / feddf train, `ratio_simulate` = simulation /
+0.2 s, --poll-interval). Also measured: one QUERY-sized import of the ClientApp module with our lazy imports vs
+importing the training code eagerly (what every message would pay without them). The accuracies of all runs are
+compared (they must be equal). Ends with one JSON line: `ratio` = deployment / feddf train, `ratio_simulate` = simulation /
 feddf train (seconds per round).
 """
 from __future__ import annotations
@@ -89,7 +89,8 @@ def main() -> None:
           f"Flower messaging {client - slowest:.2f} s of the {client:.2f} s client phase")
     lazy = import_seconds("import feddf.flower.client_app")
     eager = import_seconds("import feddf.flower.client_app, feddf.federated.fusion, feddf.federated.setup")
-    print(f"ClientApp import per message: lazy {lazy:.2f} s vs eager {eager:.2f} s (a QUERY saves {eager - lazy:.2f} s)")
+    print(f"ClientApp import per message: lazy {lazy:.2f} s vs eager {eager:.2f} s "
+          f"(a QUERY saves {eager - lazy:.2f} s)")
     print(f"accuracies identical across engines: {same}")
     out = {"ratio": round(per_round(res["deployment"]) / base, 2), "seconds_per_round_train": round(base, 2),
            "seconds_per_round_deployment": round(per_round(res["deployment"]), 2),

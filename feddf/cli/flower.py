@@ -87,7 +87,8 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
         given["archs"] = [a.strip() for a in given["archs"].split(",") if a.strip()]
     if nodes is not None:
         if "clients" in given and given["clients"] != nodes:
-            raise FeddfError(f"--nodes {nodes} --clients {given['clients']}: one SuperNode per client; give one of them")
+            raise FeddfError(f"--nodes {nodes} --clients {given['clients']}: one SuperNode per client; "
+                             f"give one of them")
         given["clients"] = nodes
     cfg = prepare(config_from(load_toml(config_file) if config_file else {}, given))
     archs = [None] * cfg.clients if simulation else assign_archs(cfg.clients, cfg.archs)

@@ -134,7 +134,7 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool
     from feddf.data import dataset_info, get_dataset
 
     want_source, source = source, None
-    if cfg.aggregator == "feddf" and want_source:  # first: a missing or mismatched cache fails before any data is loaded
+    if cfg.aggregator == "feddf" and want_source:  # first: a missing or mismatched cache fails before the data
         from feddf.federated.sources import resolve_source
 
         info = dataset_info(cfg.dataset)

@@ -96,9 +96,9 @@ class LocalFlower:
         (home / "config.toml").write_text(f'[superlink]\ndefault = "feddf"\n\n[superlink.feddf]\n'
                                           f'address = "{HOST}:{self.port}"\ninsecure = true\n')
         try:
-            self._spawn("superlink", [_exe("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-                                      "--host", HOST, "--port", str(self.port)]
-                        + (["--simulation"] if self.simulation else []))
+            self._spawn("superlink", [_exe("flower-superlink"), "--insecure",
+                                      "--disable-runtime-dependency-installation", "--host", HOST,
+                                      "--port", str(self.port)] + (["--simulation"] if self.simulation else []))
             self._wait_port(self.port, "superlink")
             for k, arch in enumerate(self.nodes):
                 self._spawn(f"supernode-{k}", [_exe("flower-supernode"), "--insecure", "--superlink",
