@@ -13,8 +13,8 @@ partition), `train` (fusion.client_step); the rest of client_seconds is Flower's
 SuperLink). `deploy-3s` is the deployment with the ServerApp pulling replies every 3 s as Flower's Grid does (ours:
 0.2 s, --poll-interval). Also measured: one QUERY-sized import of the ClientApp module with our lazy imports vs
 importing the training code eagerly (what every message would pay without them). The accuracies of all runs are
-compared (they must be equal). Ends with one JSON line: `ratio` = deployment / feddf train, `ratio_simulate` = simulation /
-feddf train (seconds per round).
+compared (they must be equal). Ends with one JSON line: `ratio` = deployment / feddf train, `ratio_simulate` =
+simulation / feddf train (seconds per round).
 """
 from __future__ import annotations
 
