@@ -13,7 +13,7 @@ $(VENV)/bin/python:
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,flower]'
 	touch $(STAMP)
 
 demo: $(STAMP)

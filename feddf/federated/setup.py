@@ -139,11 +139,12 @@ def _byo_record(task: Task) -> dict:
             "arch_info": {a: describe_arch(a) for a in task.cfg.archs}}
 
 
-def load_task(cfg: TrainConfig, log: Callable[[str], None] = print) -> Task:
+def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool = True) -> Task:
+    """The run's Task; source=False skips the distillation source (a Flower client only trains locally)."""
     from feddf.data import dataset_info, get_dataset
 
-    source = None
-    if cfg.aggregator == "feddf":  # first: a missing or mismatched cache fails before any data is loaded
+    want_source, source = source, None
+    if cfg.aggregator == "feddf" and want_source:  # first: a missing or mismatched cache fails before the data
         from feddf.federated.sources import resolve_source
 
         info = dataset_info(cfg.dataset)

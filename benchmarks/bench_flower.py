@@ -1,0 +1,109 @@
+"""FedDF on Flower: wall seconds per round of one small FedDF config run three ways - `feddf train` (in-process),
+`feddf flower simulate` (Flower's Ray simulation engine) and `feddf flower local` (a SuperLink + SuperNodes on
+127.0.0.1) - as ratios to `feddf train`, with where Flower's overhead goes.
+
+    .venv/bin/python benchmarks/bench_flower.py            # 3 clients (cnn, resnet8), 2 rounds, noise source
+    .venv/bin/python benchmarks/bench_flower.py --skip-simulate
+
+Per round (from metrics.jsonl): `client_seconds` (sending the models out until the last reply is in; feddf train:
+the local training loop) + `distill_seconds` (fusion.fuse, identical code in every engine). For the deployment the
+clients' own timings (`node_seconds`) split each reply into `process` (Flower starting a fresh ClientApp process for
+the message: interpreter + flwr import, until our train() runs), `load` (our imports - torch, feddf - and loading the
+partition), `train` (fusion.client_step); the rest of client_seconds is Flower's messaging (SuperNodes poll the
+SuperLink). `deploy-3s` is the deployment with the ServerApp pulling replies every 3 s as Flower's Grid does (ours:
+0.2 s, --poll-interval). Also measured: one QUERY-sized import of the ClientApp module with our lazy imports vs
+importing the training code eagerly (what every message would pay without them). The accuracies of all runs are
+compared (they must be equal). Ends with one JSON line: `ratio` = deployment / feddf train, `ratio_simulate` =
+simulation / feddf train (seconds per round).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+CONFIG = ["--dataset", "fashion-mnist", "--archs", "cnn,resnet8", "--clients", "3", "--fraction", "1",
+          "--rounds", "2", "--local-epochs", "1", "--train-limit", "600", "--test-limit", "500",
+          "--distill-source", "noise", "--distill-steps", "20", "--eval-every", "10", "--quiet"]
+
+
+def feddf(*args) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "feddf", *args], capture_output=True, text=True, env=ENV)
+    if p.returncode != 0:
+        raise SystemExit(f"feddf {' '.join(args[:2])} failed:\n{p.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def per_round(rs: list[dict]) -> float:
+    return statistics.mean(r["client_seconds"] + r["distill_seconds"] for r in rs)
+
+
+def import_seconds(code: str, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env=ENV)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--skip-simulate", action="store_true", help="Leave out Flower's simulation engine (Ray).")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-flower-"))
+    runs = {"train": ("train",), "deployment": ("flower", "local"),
+            "deploy-3s": ("flower", "local", "--poll-interval", "3")}  # Flower's own reply polling: before ours
+    if not args.skip_simulate:
+        runs["simulation"] = ("flower", "simulate")
+    wall, res = {}, {}
+    for name, cmd in runs.items():
+        wall[name] = feddf(*cmd, *CONFIG, "--out", str(tmp / name))
+        res[name] = rows(tmp / name)
+    same = all([r["acc"] for r in res[n]] == [r["acc"] for r in res["train"]] for n in res)
+    base = per_round(res["train"])
+    print(f"{'engine':<12} {'s/round':>8} {'ratio':>6} {'client s':>9} {'fuse s':>7} {'command s':>10}")
+    for name, rs in res.items():
+        print(f"{name:<12} {per_round(rs):8.2f} {per_round(rs) / base:6.2f} "
+              f"{statistics.mean(r['client_seconds'] for r in rs):9.2f} "
+              f"{statistics.mean(r['distill_seconds'] for r in rs):7.2f} {wall[name]:10.1f}")
+    nodes = [v for r in res["deployment"] for v in r["node_seconds"].values()]
+    split = {k: statistics.mean(v[k] for v in nodes) for k in ("process", "load", "train")}
+    client = statistics.mean(r["client_seconds"] for r in res["deployment"])
+    slowest = statistics.mean(max(sum(v.values()) for v in r["node_seconds"].values()) for r in res["deployment"])
+    print(f"deployment, per reply (mean over nodes and rounds): process start {split['process']:.2f} s, "
+          f"our imports + data {split['load']:.2f} s, local training {split['train']:.2f} s; "
+          f"Flower messaging {client - slowest:.2f} s of the {client:.2f} s client phase")
+    lazy = import_seconds("import feddf.flower.client_app")
+    eager = import_seconds("import feddf.flower.client_app, feddf.federated.fusion, feddf.federated.setup")
+    print(f"ClientApp import per message: lazy {lazy:.2f} s vs eager {eager:.2f} s "
+          f"(a QUERY saves {eager - lazy:.2f} s)")
+    print(f"accuracies identical across engines: {same}")
+    out = {"ratio": round(per_round(res["deployment"]) / base, 2), "seconds_per_round_train": round(base, 2),
+           "seconds_per_round_deployment": round(per_round(res["deployment"]), 2),
+           "deployment_split_seconds": {k: round(v, 2) for k, v in split.items()},
+           "deployment_messaging_seconds": round(client - slowest, 2),
+           "seconds_per_round_deploy_3s": round(per_round(res["deploy-3s"]), 2),
+           "import_lazy_seconds": round(lazy, 2), "import_eager_seconds": round(eager, 2),
+           "command_seconds": {k: round(v, 1) for k, v in wall.items()}, "identical": same}
+    if "simulation" in res:
+        out["ratio_simulate"] = round(per_round(res["simulation"]) / base, 2)
+        out["seconds_per_round_simulation"] = round(per_round(res["simulation"]), 2)
+    print(json.dumps(out, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""`feddf flower simulate|local`: the FedDF rounds of `feddf train` on Flower (pip install 'feddf[flower]').
+
+    feddf flower local --nodes 3 --archs cnn,resnet8 --fraction 1 --rounds 2 --distill-source noise \
+        --train-limit 600 --test-limit 500 --local-epochs 1 --distill-steps 20 --eval-every 10 --out runs/flower
+
+Both take `feddf train`'s options (same defaults, same run folder) plus the Flower ones below; docs/flower.md.
+"""
+from __future__ import annotations
+
+import click
+
+from feddf.cli.train import OPTIONS, _command
+
+FLOWER_OPTIONS = [
+    click.option("--min-replies", type=int, default=1, show_default=True,
+                 help="A round needs at least this many client replies; fewer stops the run."),
+    click.option("--node-timeout", type=float, default=120, show_default=True,
+                 help="Seconds to wait for every partition's SuperNode to connect."),
+    click.option("--round-timeout", type=float, default=3600, show_default=True,
+                 help="Seconds a round waits for its replies."),
+    click.option("--poll-interval", type=float, default=0.2, show_default=True,
+                 help="Seconds between the ServerApp's pulls for replies (Flower's own Grid waits 3)."),
+    click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+                 help="Keep FLWR_HOME, the logs of every process and processes.json here (default: a temporary "
+                      "folder, removed after a successful run)."),
+    click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON line on stdout."),
+    click.option("--quiet", "-q", is_flag=True, help="Do not stream Flower's logs."),
+]
+
+
+def _flower_command(fn):
+    fn = _command(fn)
+    for o in reversed(FLOWER_OPTIONS):
+        fn = o(fn)
+    return fn
+
+
+@click.group("flower")
+def command() -> None:
+    """Run FedDF (or FedAvg/FedProx/FedAvgM) on Flower: simulation or a SuperLink + SuperNodes deployment.
+
+    \b
+    Examples:
+      feddf flower simulate --clients 4 --arch cnn --aggregator fedavg --rounds 2 --out runs/flower-sim
+      feddf flower local --nodes 3 --archs cnn,resnet8 --distill-source noise --out runs/flower-local
+    """
+
+
+@command.command("simulate")
+@_flower_command
+def simulate(**options) -> None:
+    """Flower's simulation engine (Ray): a SuperLink in simulation mode plays one virtual SuperNode per client."""
+    _run(options, simulation=True)
+
+
+@command.command("local")
+@click.option("--nodes", type=int, default=None, help="SuperNodes to start (one per client; default --clients).")
+@click.option("--node-arch", "node_arch", multiple=True, metavar="K=ARCH",
+              help="Give SuperNode K this arch in its --node-config (default archs[K*A//N]); repeatable.")
+@_flower_command
+def local(nodes, node_arch, **options) -> None:
+    """A real deployment on 127.0.0.1: flower-superlink + one flower-supernode per partition, then `flwr run`."""
+    _run(options, simulation=False, nodes=nodes, node_arch=node_arch)
+
+
+def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: tuple = ()) -> None:
+    import json
+    import sys
+
+    from feddf.errors import FeddfError
+    from feddf.federated.config import config_from, load_toml
+
+    try:
+        import flwr  # noqa: F401
+    except ImportError:
+        raise FeddfError("Flower is not installed: pip install 'feddf[flower]'") from None
+    from feddf.federated.partition import assign_archs
+    from feddf.flower.launch import LocalFlower, install_sigterm, prepare
+
+    as_json, quiet, config_file = options.pop("as_json"), options.pop("quiet"), options.pop("config_file")
+    flower = {k: options.pop(k) for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval",
+                                          "state_dir")}
+    if options.pop("resume", None):
+        raise FeddfError("--resume: a Flower run cannot be resumed; start a new --out")
+    given = {k: v for k, v in options.items() if v is not None}
+    if "archs" in given:
+        given["archs"] = [a.strip() for a in given["archs"].split(",") if a.strip()]
+    if nodes is not None:
+        if "clients" in given and given["clients"] != nodes:
+            raise FeddfError(f"--nodes {nodes} --clients {given['clients']}: one SuperNode per client; "
+                             f"give one of them")
+        given["clients"] = nodes
+    cfg = prepare(config_from(load_toml(config_file) if config_file else {}, given))
+    archs = [None] * cfg.clients if simulation else assign_archs(cfg.clients, cfg.archs)
+    for item in node_arch:
+        k, _, arch = item.partition("=")
+        if not k.isdigit() or not arch or not 0 <= int(k) < cfg.clients:
+            raise FeddfError(f"--node-arch {item!r}: use K=ARCH with K in 0..{cfg.clients - 1}")
+        archs[int(k)] = arch
+    log = (lambda s: click.echo(s, err=True))
+    install_sigterm()
+    engine = "flower-simulation" if simulation else "flower-deployment"
+    with LocalFlower([] if simulation else archs, simulation=simulation, state_dir=flower["state_dir"], log=log,
+                     stream=not quiet) as fl:
+        res = fl.run(cfg, engine, min_replies=flower["min_replies"], node_timeout=flower["node_timeout"],
+                     round_timeout=flower["round_timeout"], poll_interval=flower["poll_interval"])
+    summary = _summary(cfg.out, res)
+    if as_json:
+        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+    else:
+        click.echo(f"wrote {cfg.out} ({summary['rounds']} rounds, Flower run {res['run_id']})")
+
+
+def _summary(out: str, res: dict) -> dict:
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"out": out, "rounds": len(rows), "final": rows[-1] if rows else None, "flower_run": res["run_id"]}

@@ -1,0 +1,80 @@
+"""The feddf ClientApp: answers the server's QUERY (which partition and architecture this node holds) and TRAIN
+(feddf's local training, `fusion.client_step`, on the node's partition).
+
+    flower-supernode --insecure --superlink 127.0.0.1:9092 --node-config 'partition-id=0 num-partitions=3 arch="cnn"'
+
+The partition comes from feddf's own partitioner keyed by `partition-id` (`setup.load_task` with the run's config,
+which every TRAIN message carries), so Flower and `feddf train` split the data identically. The architecture is the
+node config's `arch` (deployment) or, when the node config has none (simulation: Flower only sets partition-id and
+num-partitions), the one the server derived from the run config and the partition id.
+
+Flower's deployment engine starts a fresh ClientApp process per message, so this module imports torch and feddf's
+training code only inside TRAIN: a QUERY never pays for them (docs/benchmarks.md, "FedDF on Flower").
+"""
+from __future__ import annotations
+
+import time
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+_TASKS: dict = {}  # config JSON -> Task: a long-lived ClientApp process (Ray simulation) loads its data once
+
+
+def node_info(node_config) -> dict:
+    """partition-id / num-partitions / arch of a node config ("" / -1 when absent)."""
+    nc = dict(node_config)
+    return {"partition-id": int(nc.get("partition-id", -1)), "num-partitions": int(nc.get("num-partitions", -1)),
+            "arch": str(nc.get("arch", ""))}
+
+
+def _process_age(now: float) -> float:
+    """Seconds this process lived before `now` (perf_counter): Flower's process start + interpreter + imports."""
+    import os
+
+    try:  # Linux: /proc/self's ctime is the process start
+        return max(0.0, time.time() - (time.perf_counter() - now) - os.stat(f"/proc/{os.getpid()}").st_ctime)
+    except OSError:
+        return -1.0
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    from feddf import __version__
+
+    return Message(RecordDict({"node": ConfigRecord({**node_info(context.node_config),
+                                                     "feddf-version": __version__})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    t0 = time.perf_counter()
+    from feddf.errors import FeddfError
+    from feddf.federated.fusion import client_step
+    from feddf.flower.wire import CONFIG_KEY, config_from_json, from_record, to_record
+    from feddf.utils import resolve_device
+
+    conf = msg.content["config"]
+    info = node_info(context.node_config)
+    k, r = info["partition-id"], int(conf["server-round"])
+    arch = info["arch"] or str(conf["arch"])
+    if k != int(conf["partition-id"]) or arch != str(conf["arch"]):
+        raise FeddfError(f"node holds partition {k} ({arch}) but was sent partition {conf['partition-id']} "
+                         f"({conf['arch']}): restart the run so the server learns the nodes again")
+    text = str(conf[CONFIG_KEY])
+    cfg = config_from_json(text)
+    task = _TASKS.get(text)
+    if task is None:
+        from feddf.federated.setup import load_task
+
+        _TASKS.clear()
+        task = _TASKS[text] = load_task(cfg, log=lambda s: None, source=False)
+    task.client_arch[k] = arch
+    t1 = time.perf_counter()
+    state = from_record(msg.content["arrays"], task.initial_state(arch))
+    upd = client_step(cfg, task, r, k, state, resolve_device(str(context.node_config.get("device", cfg.device))))
+    t2 = time.perf_counter()
+    metrics = MetricRecord({"num-examples": upd.n, "partition-id": k, "process-seconds": _process_age(t0),
+                            "load-seconds": t1 - t0, "train-seconds": t2 - t1})
+    return Message(RecordDict({"arrays": to_record(upd.model.state_dict()), "metrics": metrics}), reply_to=msg)

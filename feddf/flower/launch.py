@@ -1,0 +1,270 @@
+"""Start Flower on 127.0.0.1, run the feddf app, read the run's status and stop every process that was started:
+`feddf flower simulate` (a SuperLink in simulation mode: Flower's Ray engine plays the clients) and
+`feddf flower local` (a SuperLink + one SuperNode per partition, a real deployment on loopback).
+
+    python -c "from feddf.flower.launch import LocalFlower; print(LocalFlower.__doc__)"
+
+Every process gets a temporary FLWR_HOME (its config.toml names the SuperLink connection `feddf`), telemetry and
+update checks off, its own port and its own process group (stopping a SuperNode also stops the ClientApp processes
+it spawned), PYTHONPATH pointing at this feddf, and the SuperLink runs with --disable-runtime-dependency-installation
+(the app's dependency, feddf, is already installed). `flwr run --stream` exits 0 even when the ServerApp raised, so
+the outcome is read from `flwr ls --run-id ... --format json` and a failed run raises FeddfError with its message.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from feddf.errors import FeddfError
+
+APP_DIR = Path(__file__).resolve().parent / "app"
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _exe(name: str) -> str:
+    """A Flower console script next to this interpreter (the venv), else on PATH."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        raise FeddfError(f"{name} not found: install Flower with pip install 'feddf[flower]'")
+    return found
+
+
+def node_config(k: int, n: int, arch: str | None) -> str:
+    """--node-config of partition k: `partition-id=K num-partitions=N arch="A"` (strings need TOML quotes)."""
+    return f"partition-id={k} num-partitions={n}" + (f' arch="{arch}"' if arch else "")
+
+
+class LocalFlower:
+    """A SuperLink (+ SuperNodes) on 127.0.0.1 as a context manager; `run(cfg)` runs the app once on it.
+
+    nodes: one entry per SuperNode, its arch (None = no arch in its node config; the server derives it); empty for
+    simulation=True. state_dir keeps FLWR_HOME, every process's log and processes.json (name -> pid); a temporary
+    folder (removed on success) when None.
+    """
+
+    def __init__(self, nodes: list[str | None] | None = None, simulation: bool = False,
+                 state_dir: str | Path | None = None, log: Callable[[str], None] = print, stream: bool = True):
+        self.nodes, self.simulation, self.log, self.stream = list(nodes or []), simulation, log, stream
+        self._tmp = state_dir is None
+        self.dir = Path(tempfile.mkdtemp(prefix="feddf-flower-") if state_dir is None else state_dir).resolve()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.port = 0
+
+    # ---- processes -------------------------------------------------------------------------------------------
+    def env(self) -> dict:
+        import feddf
+
+        env = dict(os.environ)
+        root = str(Path(feddf.__file__).resolve().parent.parent)
+        env.update(FLWR_HOME=str(self.dir / "flwr-home"), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+                   PYTHONPATH=os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])]),
+                   PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+                   RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0", PYTHONUNBUFFERED="1")
+        return env
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        logf = open(self.dir / f"{name}.log", "wb")
+        p = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env(),
+                             cwd=self.dir, start_new_session=True)
+        logf.close()
+        self.procs[name] = p
+        (self.dir / "processes.json").write_text(json.dumps({k: v.pid for k, v in self.procs.items()}))
+        return p
+
+    def __enter__(self) -> "LocalFlower":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        home = self.dir / "flwr-home"
+        home.mkdir(exist_ok=True)
+        self.port = free_port()
+        (home / "config.toml").write_text(f'[superlink]\ndefault = "feddf"\n\n[superlink.feddf]\n'
+                                          f'address = "{HOST}:{self.port}"\ninsecure = true\n')
+        try:
+            self._spawn("superlink", [_exe("flower-superlink"), "--insecure",
+                                      "--disable-runtime-dependency-installation", "--host", HOST,
+                                      "--port", str(self.port)] + (["--simulation"] if self.simulation else []))
+            self._wait_port(self.port, "superlink")
+            for k, arch in enumerate(self.nodes):
+                self._spawn(f"supernode-{k}", [_exe("flower-supernode"), "--insecure", "--superlink",
+                                               f"{HOST}:{self.port}", "--host", HOST, "--port", str(free_port()),
+                                               "--node-config", node_config(k, len(self.nodes), arch)])
+        except BaseException:
+            self.close(keep=True)
+            raise
+        return self
+
+    def _wait_port(self, port: int, name: str, timeout: float = 60) -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.procs[name].poll() is not None:
+                raise FeddfError(f"{name} exited ({self.procs[name].returncode}) at start: see {self.dir}/{name}.log")
+            with socket.socket() as s:
+                if s.connect_ex((HOST, port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise FeddfError(f"{name} did not listen on {HOST}:{port} within {timeout:g} s: see {self.dir}/{name}.log")
+
+    def __exit__(self, *exc) -> None:
+        self.close(keep=exc[0] is not None)
+
+    def close(self, keep: bool = False) -> None:
+        """Stop every process started, with the process groups of their descendants (the SuperLink's SuperExec
+        detaches into a group of its own): SIGTERM, then SIGKILL after 10 s; remove a temporary state dir."""
+        groups = {p.pid for p in self.procs.values()} | _descendant_groups({p.pid for p in self.procs.values()})
+        groups.discard(os.getpgrp())
+        for g in groups:
+            _signal_group(g, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for g in groups:
+            _signal_group(g, signal.SIGKILL)  # whatever is left: superexec, client/server apps
+        for p in self.procs.values():
+            p.wait()
+        for g in groups:  # SIGKILL is asynchronous: return once every member is gone
+            while _group_alive(g) and time.monotonic() < deadline + 5:
+                time.sleep(0.05)
+        self.procs.clear()
+        if self._tmp and not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # ---- one run of the app ----------------------------------------------------------------------------------
+    def flwr(self, *args: str, timeout: float | None = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([_exe("flwr"), *args], capture_output=True, text=True, env=self.env(), cwd=self.dir,
+                              timeout=timeout)
+
+    def run(self, cfg, engine: str, min_replies: int = 1, node_timeout: float = 120,
+            round_timeout: float = 3600, poll_interval: float = 0.2) -> dict:
+        """Run the app once with the resolved cfg (cfg.out absolute); FeddfError with the ServerApp's error."""
+        n = len(self.nodes) if self.nodes else cfg.clients
+        from feddf.flower.wire import config_to_json
+
+        cfg_file = self.dir / f"config-{int(time.time() * 1000)}.json"
+        cfg_file.write_text(config_to_json(cfg))
+        run_config = (f'config-file="{cfg_file}" engine="{engine}" min-replies={int(min_replies)} '
+                      f"node-timeout={float(node_timeout)} round-timeout={float(round_timeout)} "
+                      f"poll-interval={float(poll_interval)}")
+        args = [_exe("flwr"), "run", str(APP_DIR), "feddf", "--stream", "--run-config", run_config]
+        if self.simulation:
+            args += ["--federation-config", f"num-supernodes={n} client-resources-num-cpus=1"]
+        run_id = None
+        with open(self.dir / "run.log", "a") as logf:
+            p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env(),
+                                 cwd=self.dir, start_new_session=True)
+            self.procs[f"flwr-run-{len(self.procs)}"] = p
+            for line in p.stdout:
+                logf.write(line)
+                m = re.search(r"Successfully started run (\d+)", line)
+                if m:
+                    run_id = m.group(1)
+                if self.stream:
+                    self.log(line.rstrip("\n"))
+            p.wait()
+        if run_id is None:
+            raise FeddfError(f"flwr run did not start a run (exit {p.returncode}): see {self.dir}/run.log")
+        status, details = self.status(run_id)
+        if status != "finished:completed":
+            raise FeddfError(f"the Flower run {run_id} ended {status}: {details}")
+        return {"run_id": run_id, "status": status, "out": cfg.out}
+
+    def status(self, run_id: str) -> tuple[str, str]:
+        """(status, status-details) of a run from `flwr ls --format json` (waits while it is not finished)."""
+        t0 = time.monotonic()
+        while True:
+            res = self.flwr("ls", "feddf", "--run-id", str(run_id), "--format", "json")
+            try:
+                row = json.loads(res.stdout)["runs"][0]
+            except (ValueError, KeyError, IndexError):
+                raise FeddfError(f"flwr ls could not read run {run_id}: {(res.stdout + res.stderr).strip()[-300:]}") \
+                    from None
+            if str(row["status"]).startswith("finished") or time.monotonic() - t0 > 60:
+                return str(row["status"]), str(row.get("status-details", ""))
+            time.sleep(1)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)  # start_new_session=True: the group id is the leader's pid
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _processes() -> list[tuple[int, int, int, str]]:
+    """(pid, ppid, pgid, state) of every process (Linux /proc; elsewhere: none)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            out.append((int(stat.parent.name), int(ppid), int(pgrp), state))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _descendant_groups(roots: set[int]) -> set[int]:
+    """Process groups of every live descendant of `roots`."""
+    procs = _processes()
+    found, frontier = set(), set(roots)
+    while frontier:
+        children = {pid for pid, ppid, _, _ in procs if ppid in frontier and pid not in found}
+        found |= children
+        frontier = children
+    return {pgid for pid, _, pgid, state in procs if pid in found and state != "Z"}
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (non-zombie) process is still in group pgid."""
+    return any(g == pgid and state != "Z" for _, _, g, state in _processes())
+
+
+def prepare(cfg):
+    """The resolved cfg with an absolute `out`, checked like `feddf train` checks it, before any process starts."""
+    import dataclasses
+
+    cfg = cfg.resolved()
+    out = Path(cfg.out).resolve()
+    cfg = dataclasses.replace(cfg, out=str(out), progress=False,
+                              cache=str(Path(cfg.cache).resolve()) if cfg.cache else None,
+                              cache_dir=str(Path(cfg.cache_dir).resolve()),
+                              data_root=str(Path(cfg.data_root).resolve()) if cfg.data_root else None)
+    if cfg.distill_source.endswith(".h5"):
+        cfg = dataclasses.replace(cfg, distill_source=str(Path(cfg.distill_source).resolve()))
+    if (out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists():
+        raise FeddfError(f"{out} already holds a run: choose another --out")
+    if cfg.aggregator == "feddf":  # a missing cache or one that does not fit the task: one line, nothing started
+        from feddf.data import dataset_info
+        from feddf.federated.sources import resolve_source
+
+        info = dataset_info(cfg.dataset)
+        src = resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache, cache_dir=cfg.cache_dir,
+                             resize=cfg.source_resize, memory_bytes=0, progress=False)
+        if cfg.distill_source == "gan" and cfg.cache is None:  # the newest cache now, not when the ServerApp looks
+            cfg = dataclasses.replace(cfg, cache=str(Path(src.path).resolve()))
+    return cfg
+
+
+def install_sigterm() -> None:
+    """SIGTERM -> KeyboardInterrupt, so `finally` blocks stop the processes we started."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,175 @@
+"""The feddf ServerApp: reads the run's TrainConfig, learns every node's partition and architecture with one QUERY,
+runs the `FedDF` strategy and writes the same run folder as `feddf train` (config.json, partition.json,
+metrics.jsonl, models/<arch>.pt, checkpoint.pt), so `feddf compare` and `feddf audit --labeler` read it unchanged.
+
+    flwr run feddf/flower/app <connection> --stream -c 'config-file="/abs/path/train.toml"'
+
+Run config (feddf/flower/app/pyproject.toml; `feddf flower simulate|local` fill it in):
+  config-file    JSON or TOML with `feddf train`'s keys; `out` (the run folder) must be an absolute path, because the
+                 ServerApp runs in Flower's app folder.
+  engine         recorded in config.json ("flower-simulation", "flower-deployment").
+  min-replies    a round needs at least this many client replies (default 1), else the run stops with one line.
+  node-timeout   seconds to wait for all --clients nodes to connect (default 120).
+  round-timeout  seconds a round waits for replies (default 3600); a killed SuperNode is given up on earlier, once
+                 the SuperLink marks it offline.
+  poll-interval  seconds between the ServerApp's pulls for replies (default 0.2; Flower's own Grid waits 3).
+Every setting is checked (config, distillation source against the task, node architectures) before any training.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from feddf.errors import FeddfError
+
+app = ServerApp()
+
+
+def load_config(path: str):
+    """The resolved TrainConfig from a JSON (as `feddf flower` writes it) or TOML (`feddf train --config`) file."""
+    from feddf.federated.config import config_from, load_toml
+    from feddf.flower.wire import config_from_json
+
+    p = Path(path)
+    if not path or not p.is_file():
+        raise FeddfError(f"run config config-file={path!r}: no such file; pass -c 'config-file=\"/abs/train.toml\"'")
+    cfg = config_from_json(p.read_text()) if p.suffix == ".json" else config_from(load_toml(p), {})
+    cfg = cfg.resolved()
+    if not Path(cfg.out).is_absolute():
+        raise FeddfError(f"out = {cfg.out!r}: give the run folder as an absolute path (the ServerApp runs in "
+                         f"Flower's app folder)")
+    return cfg
+
+
+class PollingGrid:
+    """The run's Grid, with `send_and_receive` pulling replies every `interval` s instead of Flower's 3 s (the
+    deployment Grid sleeps 3 s between pulls: up to 3 s lost per round trip on the server side alone)."""
+
+    def __init__(self, grid: Grid, interval: float = 0.2):
+        self._grid, self.interval = grid, interval
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
+        ids = set(self._grid.push_messages(list(messages)))
+        end = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        out: list[Message] = []
+        while ids and time.monotonic() < end:
+            got = list(self._grid.pull_messages(ids))
+            out.extend(got)
+            ids.difference_update(m.metadata.reply_to_message_id for m in got)
+            if ids:
+                time.sleep(self.interval)
+        return out
+
+
+def check_nodes(cfg, infos: dict[int, dict]) -> dict[int, tuple[int, str]]:
+    """partition id -> (node id, arch) from the nodes' QUERY replies; one FeddfError line for any bad setting."""
+    from feddf.federated.partition import assign_archs
+    from feddf.models import MODELS
+
+    default = assign_archs(cfg.clients, cfg.archs)
+    out: dict[int, tuple[int, str]] = {}
+    for node, info in sorted(infos.items(), key=lambda kv: kv[1]["partition-id"]):
+        k, n, arch = int(info["partition-id"]), int(info["num-partitions"]), str(info.get("arch") or "")
+        where = f"SuperNode {node} (partition-id={k})"
+        if n != cfg.clients:
+            raise FeddfError(f"{where}: num-partitions={n} but the run has --clients {cfg.clients}: give every "
+                             f"node num-partitions={cfg.clients}")
+        if not 0 <= k < cfg.clients:
+            raise FeddfError(f"{where}: partition-id must be in 0..{cfg.clients - 1} (--clients {cfg.clients})")
+        if k in out:
+            raise FeddfError(f"{where}: partition-id={k} is also held by SuperNode {out[k][0]}: give each node its "
+                             f"own partition-id")
+        if arch and arch not in cfg.archs:  # (a run's --archs may also name architectures outside MODELS)
+            if arch not in MODELS:
+                raise FeddfError(f"{where}: unknown architecture arch={arch!r} in its --node-config; choose one of "
+                                 f"this run's --archs {','.join(cfg.archs)}")
+            raise FeddfError(f"{where}: arch={arch!r} is not one of this run's --archs {','.join(cfg.archs)}")
+        out[k] = (node, arch or default[k])
+    missing = sorted(set(range(cfg.clients)) - set(out))
+    if missing:
+        raise FeddfError(f"no SuperNode holds partition-id {missing}: start one flower-supernode per partition")
+    return out
+
+
+def learn_nodes(grid: Grid, cfg, timeout: float) -> dict[int, tuple[int, str]]:
+    """Wait for --clients nodes, QUERY each once for its node config, check it (check_nodes)."""
+    t0 = time.monotonic()
+    while len(ids := sorted(grid.get_node_ids())) < cfg.clients:
+        if time.monotonic() - t0 > timeout:
+            raise FeddfError(f"only {len(ids)} of --clients {cfg.clients} SuperNodes connected after {timeout:g} s: "
+                             f"start one flower-supernode per partition (or raise node-timeout)")
+        time.sleep(0.5)
+    msgs = [Message(RecordDict({"query": ConfigRecord({"what": "node"})}), dst_node_id=n,
+                    message_type=MessageType.QUERY) for n in ids]
+    infos, errors = {}, []
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error():
+            errors.append(f"{reply.metadata.src_node_id}: {reply.error.reason}")
+        else:
+            infos[reply.metadata.src_node_id] = dict(reply.content["node"])
+    if errors:
+        raise FeddfError(f"SuperNodes failed the node query ({'; '.join(errors)[:300]}): check their logs")
+    return check_nodes(cfg, infos)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    rc = context.run_config
+    poll = float(rc.get("poll-interval", 0.2))
+    run(PollingGrid(grid, poll), load_config(str(rc.get("config-file", ""))), engine=str(rc.get("engine", "flower")),
+        min_replies=int(rc.get("min-replies", 1)), node_timeout=float(rc.get("node-timeout", 120)),
+        round_timeout=float(rc.get("round-timeout", 3600)), poll_interval=poll)
+
+
+def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float = 120,
+        round_timeout: float = 3600, poll_interval: float = 0.2) -> None:
+    import dataclasses
+
+    import flwr
+
+    from feddf.federated.runner import CHECKPOINT_VERSION, _write_json, _write_outputs
+    from feddf.federated.setup import load_task, print_partition, print_summary
+    from feddf.federated.teachers import resolve_precision
+    from feddf.flower.strategy import FedDF
+    from feddf.flower.wire import CONFIG_KEY, config_to_json
+    from feddf.utils import resolve_device
+
+    if min_replies < 1:
+        raise FeddfError(f"min-replies={min_replies}: a round needs at least 1 reply")
+    device = resolve_device(cfg.device)
+    cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision, device))
+    out = Path(cfg.out)
+    if (out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists():
+        raise FeddfError(f"{out} already holds a run: choose another --out")
+    task = load_task(cfg, print)   # a distillation source that does not fit the task fails here, before the data
+    nodes = learn_nodes(grid, cfg, node_timeout)
+    task.client_arch[:] = [nodes[k][1] for k in range(cfg.clients)]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(exist_ok=True)
+    _write_json(out / "partition.json", task.partition_record())
+    _write_json(out / "config.json", {**task.config_record(), "engine": {
+        "name": engine, "flwr": flwr.__version__, "min_replies": min_replies, "poll_interval": poll_interval,
+        "nodes": {str(k): str(nodes[k][0]) for k in sorted(nodes)}}})
+    print_partition(task, print)
+    rows: list[dict] = []
+
+    def on_round(row: dict, server: dict) -> None:
+        rows.append(row)
+        _write_outputs(out, task, server, rows, checkpoint={
+            "version": CHECKPOINT_VERSION, "round": row["round"], "server": server,
+            "aggregator": strategy.agg.state_dict(), "metrics": rows, "config": dataclasses.asdict(cfg),
+            "rng": {"torch": __import__("torch").get_rng_state()}})
+        lost = f", missing partitions {row['missing']}" if row["missing"] else ""
+        print(f"round {row['round']}/{cfg.rounds}: " + " ".join(
+            f"{a}={FedDF._final_acc(row, a):.4f}" for a in cfg.archs) + lost, flush=True)
+
+    strategy = FedDF(cfg, task, {k: v[0] for k, v in nodes.items()}, device, on_round, min_replies=min_replies)
+    strategy.start(grid, strategy.global_arrays(), num_rounds=cfg.rounds, timeout=round_timeout,
+                   train_config=ConfigRecord({CONFIG_KEY: config_to_json(cfg)}))
+    print_summary(rows, cfg.archs, print)

@@ -1,0 +1,53 @@
+"""What travels between the Flower ServerApp and ClientApps: model states as `ArrayRecord`s and the run's resolved
+`TrainConfig` as a JSON string in a `ConfigRecord`.
+
+    python -c "import torch; from feddf.flower.wire import to_record, from_record; \
+s = {'w': torch.ones(2), 'n': torch.tensor(3)}; print(from_record(to_record(s), s))"
+
+ArrayRecord cannot hold bf16 and Flower's own averaging turns integer buffers (BatchNorm's num_batches_tracked) into
+floats, so every tensor travels as fp32 and `from_record` casts each one back to the dtype of a template state (the
+architecture's initial state). fp32 -> fp32 is exact, and integers below 2**24 survive the round trip, so a model
+that went over the wire is bit-identical to the one that was sent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+CONFIG_KEY = "feddf-config"   # ConfigRecord / run-config key holding the TrainConfig JSON
+
+
+def to_record(state: dict):
+    """A state_dict (name -> tensor) as an fp32 ArrayRecord (keys and order kept)."""
+    from flwr.app import ArrayRecord
+
+    return ArrayRecord({k: v.detach().to("cpu").float().contiguous() for k, v in state.items()})
+
+
+def from_record(record, template: dict) -> dict:
+    """An ArrayRecord back to a state_dict with the keys, dtypes and shapes of `template` (one line when not)."""
+    from feddf.errors import FeddfError
+
+    state = record.to_torch_state_dict()
+    if set(state) != set(template):
+        extra, missing = sorted(set(state) - set(template)), sorted(set(template) - set(state))
+        raise FeddfError(f"model on the wire does not fit its architecture (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}): every node must run the same feddf version and --arch list")
+    out = {}
+    for k, ref in template.items():
+        v = state[k]
+        if tuple(v.shape) != tuple(ref.shape):
+            raise FeddfError(f"model on the wire: {k} has shape {tuple(v.shape)}, its architecture expects "
+                             f"{tuple(ref.shape)}")
+        out[k] = v.to(ref.dtype)
+    return out
+
+
+def config_to_json(cfg) -> str:
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+def config_from_json(text: str):
+    from feddf.federated.config import FIELDS, TrainConfig
+
+    return TrainConfig(**{k: v for k, v in json.loads(text).items() if k in FIELDS})
