@@ -187,3 +187,17 @@ def test_a_cache_that_does_not_fit_is_one_line_before_anything_starts(tmp_path):
                 "--out", str(tmp_path / "r"), "--state-dir", str(tmp_path / "state"), env=ENV)
     assert p.returncode == 1 and "--source-resize" in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "state").exists() and not (tmp_path / "r").exists()
+
+
+def test_a_foreign_out_folder_is_refused_and_untouched_before_anything_starts(tmp_path):
+    """The launcher claims --out like `feddf train` does: a folder that is not a feddf run stays as it was."""
+    out = tmp_path / "theirs"
+    (out / "models").mkdir(parents=True)
+    (out / "config.json").write_text('{"mine": true}')
+    (out / "models" / "x.pt").write_bytes(b"precious")
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+    p = run_cli("flower", "local", *TINY, "--arch", "cnn", "--aggregator", "fedavg", "--out", str(out),
+                "--state-dir", str(tmp_path / "state"), env=ENV)
+    assert p.returncode == 1 and "is not a feddf flower run" in p.stderr and "Traceback" not in p.stderr
+    assert sorted((q.relative_to(out), q.read_bytes()) for q in out.rglob("*") if q.is_file()) == before
+    assert not (tmp_path / "state").exists()

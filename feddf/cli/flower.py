@@ -100,10 +100,19 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     log = (lambda s: click.echo(s, err=True))
     install_sigterm()
     engine = "flower-simulation" if simulation else "flower-deployment"
-    with LocalFlower([] if simulation else archs, simulation=simulation, state_dir=flower["state_dir"], log=log,
-                     stream=not quiet) as fl:
-        res = fl.run(cfg, engine, min_replies=flower["min_replies"], node_timeout=flower["node_timeout"],
-                     round_timeout=flower["round_timeout"], poll_interval=flower["poll_interval"])
+    from feddf.federated.runner import run_settings
+    from feddf.runfolder import claim
+
+    # the launcher holds the run folder (owner marker + lock, as `feddf train`) while the ServerApp writes into it
+    folder = claim(cfg.out, kind="flower", settings=run_settings(cfg))
+    try:
+        folder.mark()
+        with LocalFlower([] if simulation else archs, simulation=simulation, state_dir=flower["state_dir"],
+                         log=log, stream=not quiet) as fl:
+            res = fl.run(cfg, engine, min_replies=flower["min_replies"], node_timeout=flower["node_timeout"],
+                         round_timeout=flower["round_timeout"], poll_interval=flower["poll_interval"])
+    finally:
+        folder.release()
     summary = _summary(cfg.out, res)
     if as_json:
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
