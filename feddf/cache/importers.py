@@ -24,6 +24,7 @@ import numpy as np
 from feddf.errors import FeddfError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+MAX_CLASSES = 100_000  # classes an import may derive from its labels (ImageNet-21k has 21 841): coverage is (K,) int64
 BLOCK = 4096  # images decoded/resized per append: bounded memory for folders, tqdm granularity for the rest
 
 
@@ -123,6 +124,12 @@ def _folder(path: str, limit: int | None, resolution: int | None) -> Loaded:
     r = resolution
 
     def load(p: Path) -> np.ndarray:
+        try:
+            return _decode(p)
+        except (OSError, UnidentifiedImageError, ValueError) as e:  # e.g. a truncated PNG: its header read fine above
+            raise FeddfError(f"cannot decode image {p} ({e}): remove or fix it, then rerun the import") from None
+
+    def _decode(p: Path) -> np.ndarray:
         with Image.open(p) as im:
             im = im.convert("L" if grey else "RGB")
             w, h = im.size
@@ -183,6 +190,10 @@ def _npz(path: str, limit: int | None) -> Loaded:
         y = np.asarray(z[lkey]).reshape(-1) if lkey else None
         names = [str(s) for s in z[k]] if (k := next((k for k in ("class_names", "label_names") if k in z.files),
                                                      None)) else None
+        files = z.files
+        num_classes_arr = np.asarray(z["num_classes"]) if "num_classes" in files else None
+        if num_classes_arr is not None and num_classes_arr.dtype.kind not in "iu":
+            raise FeddfError(f"npz:{path}: num_classes is {num_classes_arr.dtype}, expected one integer")
     n = _apply_limit(x.shape[0] if x.ndim else 0, limit)
     if n == 0:
         raise FeddfError(f"npz:{path}: '{key}' holds no images")
@@ -196,9 +207,25 @@ def _npz(path: str, limit: int | None) -> Loaded:
         y = y[:n].astype(np.int64)
         if y.size and y.min() < -1:
             raise FeddfError(f"npz:{path}: labels must be >= 0 (or -1 for none), found {y.min()}")
-    num_labels = max(len(names) if names else 0, int(y.max()) + 1 if y.size else 0)
-    if names and y.size and y.max() >= len(names):
-        raise FeddfError(f"npz:{path}: label {y.max()} but only {len(names)} class names")
+    declared = None
+    if "num_classes" in files:
+        declared = int(np.asarray(num_classes_arr).reshape(-1)[0]) if num_classes_arr.size else -1
+        if not 1 <= declared <= MAX_CLASSES:
+            raise FeddfError(f"npz:{path}: num_classes = {declared} is outside 1..{MAX_CLASSES}")
+    if names and declared is not None and declared != len(names):
+        raise FeddfError(f"npz:{path}: num_classes = {declared} but {len(names)} class names: make them agree")
+    num_labels = declared or (len(names) if names else 0)
+    top = int(y.max()) if y.size else -1
+    if num_labels and top >= num_labels:
+        i = int(np.argmax(y))
+        raise FeddfError(f"npz:{path}: label {top} (image {i}) is outside 0..{num_labels - 1} for the "
+                         f"{num_labels} declared classes: fix the labels or the class names / num_classes")
+    if not num_labels:  # derived from the labels: they must be dense-ish ids, not arbitrary numbers
+        if top >= MAX_CLASSES:
+            i = int(np.argmax(y))
+            raise FeddfError(f"npz:{path}: label {top} (image {i}) would make {top + 1} classes (over the limit of "
+                             f"{MAX_CLASSES}): use class ids 0..K-1, or add class_names / num_classes to the npz")
+        num_labels = top + 1
 
     def blocks():
         for a in range(0, n, BLOCK):
@@ -257,9 +284,11 @@ def import_source(source: str, out: str | os.PathLike, split: str | None = None,
              # the output path is not part of the config: a moved cache must still resume as the same import
              "config": {**{k: v for k, v in asdict(cfg).items() if k != "out"}, "resolved_source": src.spec},
              "label_names": src.label_names}
+    k = max(src.num_labels, 0)
     with CacheWriter(out, n=src.n, channels=src.channels, resolution=r, attrs=attrs,
-                     num_labels=max(src.num_labels, 0), compression=compression, force=force) as w:
+                     num_labels=k, compression=compression, force=force) as w:
         if w.complete:
+            w.finish()  # a complete staged --force replacement is swapped in here
             return Path(out)
         done = 0
         with tqdm(total=src.n, initial=w.committed, desc=f"import {src.spec}", unit="img",
@@ -271,6 +300,11 @@ def import_source(source: str, out: str | os.PathLike, split: str | None = None,
                     continue
                 skip = max(0, w.committed - done)
                 images, labels = images[skip:], labels[skip:]
+                bad = (labels < -1) | (labels >= k)
+                if bad.any():  # any source: a label the cache's K classes cannot hold is refused, not written
+                    i = int(np.flatnonzero(bad)[0])
+                    raise FeddfError(f"{src.spec}: image {done + skip + i} has label {int(labels[i])}, outside "
+                                     f"-1..{k - 1} for its {k} classes: fix the source's labels")
                 if images.shape[-1] != r:
                     images = resize(torch.from_numpy(np.ascontiguousarray(images)), r).numpy()
                 w.append(images, labels)
