@@ -23,19 +23,11 @@ from feddf.cache import format as fmt
 from feddf.cache.reader import open_cache
 from feddf.cache.replace import staging_path
 from tests.conftest import random_dcgan_checkpoint, run_cli
+from tests.test_corrupt_inputs import one_line_error
 
 
 def sha(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-def one_line_error(proc, *match):
-    assert proc.returncode == 1, (proc.stdout, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr[-2000:]
-    for m in match:
-        assert m in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -304,14 +304,17 @@ def _record(path, ident: dict, n: int, chunks: int) -> None:
         pass
 
 
-def ensure_verified(path, progress: bool = True) -> dict:
+def ensure_verified(path, progress: bool = True) -> dict | None:
     """Make sure the finished cache file at `path` passed the fast path's checks (see the module docstring), once
-    per file identity; returns that identity. Raises FeddfError naming the first bad chunk otherwise."""
+    per file identity; returns that identity (None: a layout the fast path never maps, e.g. unchunked). Raises
+    FeddfError naming the first bad chunk otherwise."""
     from feddf.cache.reader import open_h5
 
     ident = file_identity(path)
     f, live = open_h5(path)
     with f:
+        if f[fmt.IMAGES].chunks is None or f[fmt.IMAGES].is_virtual:
+            return None
         n = int(f[fmt.COMMITTED][()])
         if _recorded_n(path, ident) >= n:
             return ident
