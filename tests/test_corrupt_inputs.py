@@ -163,7 +163,8 @@ def test_npz_labels_are_bounded_by_the_declared_or_derived_classes(tmp_path):
     x = np.zeros((4, 1, 8, 8), np.uint8)
     huge = tmp_path / "huge.npz"
     np.savez(huge, x=x, y=np.array([0, 1, 10**9, 2]))
-    with pytest.raises(FeddfError, match=f"label 1000000000 \\(image 2\\) would make 1000000001 classes .*{MAX_CLASSES}"):
+    with pytest.raises(FeddfError, match=rf"label 1000000000 \(image 2\) would make 1000000001 classes .*"
+                                         rf"{MAX_CLASSES}"):
         import_source(f"npz:{huge}", tmp_path / "h.h5", progress=False)
     assert not (tmp_path / "h.h5").exists()
     declared = tmp_path / "declared.npz"

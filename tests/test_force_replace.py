@@ -52,6 +52,9 @@ def test_gen_force_that_fails_leaves_the_old_cache_byte_identical(tmp_path, ckpt
     one_line_error(run_cli(*gen(overflow, out, 300, "--force", "--batch-size", "64")), "NaN/inf", "batch 0")
     assert sha(out) == before and open_cache(out).complete  # untouched, still opens
     assert staging_path(out).exists()  # the failed replacement stays beside it, hidden
+    from feddf.federated.sources import newest_generated_cache
+
+    assert newest_generated_cache(tmp_path) == out  # never the (newer, partial) staged file
     r = run_cli(*gen(ok, out, 300, "--force", "--seed", "1"), check=True)
     assert json.loads(r.stdout)["generated"] == 300 and sha(out) != before
     assert not staging_path(out).exists() and open_cache(out).attrs["seed"] == 1

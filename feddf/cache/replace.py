@@ -2,7 +2,7 @@
 
     python -c "from feddf.cache.replace import staging_path; print(staging_path('cache/x.h5'))"
 
-`feddf gen --force` / `feddf cache import --force` on an existing cache write the new one to `.<name>.replacing.h5`
+`feddf gen --force` / `feddf cache import --force` on an existing cache write the new one to `.<name>.replacing`
 next to it (same folder, so the swap is a rename on one filesystem). The old cache stays untouched and readable until
 the new one is marked complete; then `swap` fsyncs the new file, renames it over the old name and fsyncs the folder.
 A run that fails or is interrupted (an exception, Ctrl-C, SIGTERM, kill -9) leaves the old cache byte-identical and
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from feddf.errors import FeddfError
 
-SUFFIX = ".replacing.h5"
+SUFFIX = ".replacing"  # no .h5 ending: globs for caches (`*.h5`, e.g. the newest generated cache) never see it
 
 
 def staging_path(path: str | os.PathLike) -> Path:

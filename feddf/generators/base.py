@@ -137,8 +137,8 @@ def check_finite_weights(state: dict, what: str) -> None:
     for k, v in state.items():
         if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
             bad = int((~torch.isfinite(v)).sum())
-            raise FeddfError(f"generator weights {what}: tensor {k!r} holds {bad} NaN/inf value(s) of {v.numel()}: the weights are "
-                             "broken (a diverged or corrupted training run); use another checkpoint")
+            raise FeddfError(f"generator weights {what}: tensor {k!r} holds {bad} NaN/inf value(s) of {v.numel()}: "
+                             "the weights are broken (a diverged or corrupted training run); use another checkpoint")
 
 
 def load_weights_file(path: Path, what: str) -> dict:
