@@ -5,6 +5,7 @@ verify, preview, audit, gan-train), NaN/inf generator weights and outputs, impor
 """
 from __future__ import annotations
 
+import json
 import os
 
 import h5py
@@ -73,6 +74,18 @@ def test_stream_refuses_a_flipped_byte_even_in_a_file_verified_before(tmp_path):
         ChunkStream(p, 50)
 
 
+def test_a_passing_verify_records_the_file_for_the_fast_path(tmp_path):
+    from feddf.cache.verify import file_identity
+
+    p = tmp_path / "v.h5"
+    write(p, n=100)
+    assert verify_cache(p).ok
+    rec = json.loads(record_path(p).read_text())
+    assert rec["file"] == file_identity(p) and rec["n"] == 100 and rec["chunks_checked"] >= 2
+    s = ChunkStream(p, 50)
+    assert s.source.trusted == [file_identity(p)] and sum(len(b) for b, _ in s) == 100
+
+
 def test_train_refuses_a_corrupt_uncompressed_cache(tmp_path, fmnist_available):
     from tests.test_train import ENV, TINY
 
@@ -101,8 +114,9 @@ def test_unwritten_chunk_in_the_committed_range_fails_verify_and_the_stream(tmp_
     assert not rep.ok and any("never written" in q and "chunk 1, [10:20]" in q for q in rep.problems), rep.problems
     proc = run_cli("cache", "verify", str(p), "-q")
     assert proc.returncode == 1 and "never written" in proc.stderr and "Traceback" not in proc.stderr
-    with pytest.raises(FeddfError, match="never written"):
-        ChunkStream(p, 8)
+    for kw in ({}, {"verify_checksums": True}):
+        with pytest.raises(FeddfError, match="never written"):
+            ChunkStream(p, 8, **kw)
     assert not record_path(p).exists()
 
 

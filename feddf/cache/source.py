@@ -162,9 +162,11 @@ class ChunkSource:
         self.chunk_len = max(i.chunk_len for i in self.infos)
         self.ns = [i.n for i in self.infos]
         # file identity of each verified finished file (None: HDF5 path only); checked here, in the parent, so
-        # DataLoader workers and ranks never repeat it
-        self.trusted = [None if verify_checksums or follow or i.live or i.virtual or i.n == 0
-                        else ensure_verified(p) for p, i in zip(self.paths, self.infos)]
+        # DataLoader workers and ranks never repeat it. Also with verify_checksums: HDF5's checksums do not catch
+        # chunks that were never written (read as fill values), ensure_verified does.
+        checked = [None if i.live or i.virtual or i.n == 0 else ensure_verified(p) for p, i in zip(self.paths,
+                                                                                                  self.infos)]
+        self.trusted = [None if verify_checksums or follow else t for t in checked]
         self._h: list[_Handle] | None = None
         self._pid = None
         self._label_cache: dict[int, np.ndarray] = {}
