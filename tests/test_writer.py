@@ -19,6 +19,7 @@ import pytest
 from feddf.cache import format as fmt
 from feddf.cache.superblock import clear_write_flags, lookup3, read_superblock
 from feddf.cache.virtual import write_virtual_cache
+from feddf.cache.replace import staging_path
 from feddf.cache.writer import CacheWriter, open_h5_read, probe_cache
 from feddf.errors import FeddfError
 
@@ -225,11 +226,28 @@ def test_different_config_refused_force_replaces(tmp_path):
     with pytest.raises(FeddfError, match="source: cache has 'test', now 'other'"):
         CacheWriter(p, n=10, channels=C, resolution=R, attrs={"kind": "imported", "source": "other"}, num_labels=3)
     assert probe_cache(p)["n_requested"] == 10
-    w = CacheWriter(p, n=11, channels=C, resolution=R, attrs={"kind": "imported", "source": "x"}, num_labels=3,
-                    force=True)
+    before = p.read_bytes()
+    new = dict(n=11, channels=C, resolution=R, attrs={"kind": "imported", "source": "x"}, num_labels=3, chunk=5)
+    w = CacheWriter(p, force=True, **new)
+    assert w.committed == 0 and not w.resumed
+    w.append(pattern(0, 7), labels_of(0, 7))  # one chunk committed in the staged replacement, then "interrupted"
+    w.close()
+    # --force builds the replacement beside the old cache: until it is complete the old one is byte-identical
+    staged = staging_path(p)
+    assert p.read_bytes() == before and probe_cache(p)["n_requested"] == 10 and probe_cache(staged)["n_requested"] == 11
+    w = CacheWriter(p, force=True, **new)  # the same --force again resumes the staged file
+    assert w.resumed and w.committed == 7 and p.read_bytes() == before
+    w.append(pattern(7, 11), labels_of(7, 11))
+    w.finish()  # complete: swapped in, the staged name is gone
+    assert probe_cache(p)["n_requested"] == 11 and not staged.exists()
+    with open_h5_read(p) as f:
+        np.testing.assert_array_equal(f[fmt.IMAGES][:], pattern(0, 11))
+    w = CacheWriter(p, force=True, n=12, channels=C, resolution=R, attrs={"kind": "imported", "source": "y"},
+                    num_labels=3)
+    w.close()  # a staged file of another config is started again, never resumed
+    w = CacheWriter(p, force=True, **new)
     assert w.committed == 0 and not w.resumed
     w.close()
-    assert probe_cache(p)["n_requested"] == 11
 
 
 def test_clear_write_flags_refuses_bad_checksum(tmp_path):

@@ -62,14 +62,10 @@ class Source:
         if idx.size == 0:
             return torch.empty((0, self.channels, self.resolution, self.resolution), dtype=torch.uint8)
         lo, hi = int(idx[0]), int(idx[-1]) + 1
-        try:
-            if hi - lo == idx.size:  # contiguous: one slice read (much faster than a point selection)
-                arr = self._h5[fmt.IMAGES][lo:hi]
-            else:
-                arr = self._h5[fmt.IMAGES][idx]
-        except OSError as e:  # a chunk failed its fletcher32 checksum or decompression
-            raise FeddfError(f"{self.path}: cannot read images {lo}..{hi - 1} ({' '.join(str(e).split())}): the "
-                             f"cache is damaged; `feddf cache verify {self.path}` lists the bad chunks") from None
+        from feddf.cache.verify import read_or_fail
+
+        # contiguous: one slice read (much faster than a point selection); a checksum failure is one FeddfError line
+        arr = read_or_fail(self._h5[fmt.IMAGES], np.s_[lo:hi] if hi - lo == idx.size else idx, self.path)
         return torch.from_numpy(np.ascontiguousarray(arr))
 
     def batches(self, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, object]]:
@@ -115,16 +111,18 @@ def _space(counts: np.ndarray | None, names: list[str] | None, values: np.ndarra
 
 
 def _load(h5, info, p: Path, name: str) -> Source:
+    from feddf.cache.verify import read_or_fail
+
     n = info.n
-    labels = np.asarray(h5[fmt.LABELS][:n], dtype=np.int64)
+    labels = np.asarray(read_or_fail(h5[fmt.LABELS], np.s_[:n], p), dtype=np.int64)
     targets = target_space = None
     if info.has_targets:
-        targets = np.asarray(h5[fmt.TARGETS][:n], dtype=np.int64)
+        targets = np.asarray(read_or_fail(h5[fmt.TARGETS], np.s_[:n], p), dtype=np.int64)
         target_space = _space(info.target_counts, info.target_names, targets, "targets", p)
     recorded = None
     if fmt.LABELER_PRED in h5 and fmt.LABELER_CONF in h5:
-        recorded = (np.asarray(h5[fmt.LABELER_PRED][:n], dtype=np.int64),
-                    np.asarray(h5[fmt.LABELER_CONF][:n], dtype=np.float64))
+        recorded = (np.asarray(read_or_fail(h5[fmt.LABELER_PRED], np.s_[:n], p), dtype=np.int64),
+                    np.asarray(read_or_fail(h5[fmt.LABELER_CONF], np.s_[:n], p), dtype=np.float64))
     reported = {k: _decode(info.attrs[k]) for k in _REPORTED_ATTRS if k in info.attrs}
     labeler_space = labeler_names = None
     if recorded is not None:

@@ -24,6 +24,7 @@ import numpy as np
 from feddf.errors import FeddfError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+MAX_CLASSES = 100_000  # classes an import may derive from its labels (ImageNet-21k has 21 841): coverage is (K,) int64
 BLOCK = 4096  # images decoded/resized per append: bounded memory for folders, tqdm granularity for the rest
 
 
@@ -129,6 +130,12 @@ def folder_decoder(files: list[tuple[Path, int]], path: str, resolution: int | N
     r = resolution
 
     def load(p: Path) -> np.ndarray:
+        try:
+            return _decode(p)
+        except (OSError, UnidentifiedImageError, ValueError) as e:  # e.g. a truncated PNG: its header read fine above
+            raise FeddfError(f"cannot decode image {p} ({e}): remove or fix it, then rerun the import") from None
+
+    def _decode(p: Path) -> np.ndarray:
         with Image.open(p) as im:
             im = im.convert("L" if grey else "RGB")
             w, h = im.size
@@ -213,6 +220,35 @@ def npz_names(z) -> list[str] | None:
     return [str(s) for s in z[k]] if k else None
 
 
+def npz_declared_classes(z, path: str) -> int | None:
+    """The npz's own `num_classes` (one integer in 1..MAX_CLASSES), or None when it declares none."""
+    if "num_classes" not in z.files:
+        return None
+    arr = np.asarray(z["num_classes"])
+    if arr.dtype.kind not in "iu":
+        raise FeddfError(f"npz:{path}: num_classes is {arr.dtype}, expected one integer")
+    declared = int(arr.reshape(-1)[0]) if arr.size else -1
+    if not 1 <= declared <= MAX_CLASSES:
+        raise FeddfError(f"npz:{path}: num_classes = {declared} is outside 1..{MAX_CLASSES}")
+    return declared
+
+
+def npz_num_labels(y: np.ndarray, names: list[str] | None, declared: int | None, path: str) -> int:
+    """K for labels y: declared, else the class names, else derived from y (bounded: a label of 10^9 must not make
+    a (10^9,) coverage array and a multi-GB file); one line when a label falls outside 0..K-1."""
+    if names and declared is not None and declared != len(names):
+        raise FeddfError(f"npz:{path}: num_classes = {declared} but {len(names)} class names: make them agree")
+    num_labels = declared or (len(names) if names else 0)
+    top = int(y.max()) if y.size else -1
+    if num_labels and top >= num_labels:
+        raise FeddfError(f"npz:{path}: label {top} (image {int(np.argmax(y))}) is outside 0..{num_labels - 1} for "
+                         f"the {num_labels} declared classes: fix the labels or the class names / num_classes")
+    if not num_labels and top >= MAX_CLASSES:
+        raise FeddfError(f"npz:{path}: label {top} (image {int(np.argmax(y))}) would make {top + 1} classes (over the "
+                         f"limit of {MAX_CLASSES}): use class ids 0..K-1, or add class_names / num_classes to the npz")
+    return num_labels or top + 1
+
+
 def _npz(path: str, limit: int | None) -> Loaded:
     p, z = open_npz(path)
     with z:
@@ -223,12 +259,13 @@ def _npz(path: str, limit: int | None) -> Loaded:
         lkey = next((k for k in ("y", "labels") if k in z.files), None)
         y = np.asarray(z[lkey]).reshape(-1) if lkey else None
         names = npz_names(z)
+        declared = npz_declared_classes(z, path)
     n = _apply_limit(x.shape[0] if x.ndim else 0, limit)
     if n == 0:
         raise FeddfError(f"npz:{path}: '{key}' holds no images")
     x = to_nchw_uint8(x[:n], path)
     y = npz_labels(y, n, path, lkey, names)
-    num_labels = max(len(names) if names else 0, int(y.max()) + 1 if y.size else 0)
+    num_labels = npz_num_labels(y, names, declared, path)
 
     def blocks():
         for a in range(0, n, BLOCK):
@@ -287,9 +324,11 @@ def import_source(source: str, out: str | os.PathLike, split: str | None = None,
              # the output path is not part of the config: a moved cache must still resume as the same import
              "config": {**{k: v for k, v in asdict(cfg).items() if k != "out"}, "resolved_source": src.spec},
              "label_names": src.label_names}
+    k = max(src.num_labels, 0)
     with CacheWriter(out, n=src.n, channels=src.channels, resolution=r, attrs=attrs,
-                     num_labels=max(src.num_labels, 0), compression=compression, force=force) as w:
+                     num_labels=k, compression=compression, force=force) as w:
         if w.complete:
+            w.finish()  # a complete staged --force replacement is swapped in here
             return Path(out)
         done = 0
         with tqdm(total=src.n, initial=w.committed, desc=f"import {src.spec}", unit="img",
@@ -301,6 +340,11 @@ def import_source(source: str, out: str | os.PathLike, split: str | None = None,
                     continue
                 skip = max(0, w.committed - done)
                 images, labels = images[skip:], labels[skip:]
+                bad = (labels < -1) | (labels >= k)
+                if bad.any():  # any source: a label the cache's K classes cannot hold is refused, not written
+                    i = int(np.flatnonzero(bad)[0])
+                    raise FeddfError(f"{src.spec}: image {done + skip + i} has label {int(labels[i])}, outside "
+                                     f"-1..{k - 1} for its {k} classes: fix the source's labels")
                 if images.shape[-1] != r:
                     images = resize(torch.from_numpy(np.ascontiguousarray(images)), r).numpy()
                 w.append(images, labels)

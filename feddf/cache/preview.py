@@ -49,6 +49,7 @@ def preview(path: str | os.PathLike, out: str | os.PathLike, per_class: int = 8,
             by: str = fmt.LABELS, seed: int = 0) -> dict:
     """Write the grid PNG to `out`; returns what was drawn."""
     from feddf.cache.reader import open_h5, read_info
+    from feddf.cache.verify import read_or_fail
 
     if per_class < 1 or max_classes < 1:
         raise FeddfError(f"--per-class ({per_class}) and --max-classes ({max_classes}) must be >= 1")
@@ -61,17 +62,13 @@ def preview(path: str | os.PathLike, out: str | os.PathLike, per_class: int = 8,
             raise FeddfError(f"{path} has no committed images to preview yet")
         if by == fmt.TARGETS and not info.has_targets:
             raise FeddfError(f"{path} has no /targets: use --by labels")
-        labels = f[by][: info.n]
+        labels = read_or_fail(f[by], np.s_[: info.n], path)
         picks = choose(labels, per_class, max_classes, seed)
         cols = per_class
         rows = len(picks) if picks[0][0] >= 0 else -(-len(picks[0][1]) // cols)  # unlabelled: one block of rows
         grid = np.zeros((rows * cols, info.channels, info.resolution, info.resolution), np.uint8) + 255
         for row, (_, idx) in enumerate(picks):
-            try:
-                imgs = f[fmt.IMAGES][idx] if idx.size else grid[:0]  # sorted indices: one HDF5 point selection
-            except OSError as e:  # a chunk failed its fletcher32 checksum or decompression
-                raise FeddfError(f"{path}: cannot read images ({' '.join(str(e).split())}): the cache is damaged; "
-                                 f"`feddf cache verify {path}` lists the bad chunks") from None
+            imgs = read_or_fail(f[fmt.IMAGES], idx, path) if idx.size else grid[:0]  # sorted: one point selection
             start = row * cols
             grid[start:start + imgs.shape[0]] = imgs
     import matplotlib  # only now: bad input is refused without paying for matplotlib's import

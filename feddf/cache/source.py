@@ -12,43 +12,29 @@ import numpy as np
 from feddf.cache import format as fmt
 from feddf.cache import pagecache
 from feddf.cache.reader import open_cache, open_h5, shard_paths
+from feddf.cache.verify import chunk_index, ensure_verified, file_identity
 from feddf.errors import FeddfError
 
 
 class _Handle:
     """One open file of a ChunkSource, in the process that opened it."""
 
-    def __init__(self, path: str, label_key: str, verify_checksums: bool):
-        import h5py
-
+    def __init__(self, path: str, label_key: str, trusted: dict | None):
         self.f, self.live = open_h5(path)
         self.images, self.labels = self.f[fmt.IMAGES], self.f[label_key]
-        dcpl = self.images.id.get_create_plist()
-        filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
-        # Bits of the compression filters in a chunk's filter mask: a chunk's stored bytes are plain images
-        # (+ a 4-byte fletcher32 checksum) exactly when all of them were skipped, e.g. lzf on noisy images.
-        self.comp_bits = sum(1 << i for i, code in enumerate(filters) if code != h5py.h5z.FILTER_FLETCHER32)
-        self.raw_ok = (not verify_checksums and not self.images.is_virtual and self.images.chunks is not None
+        # The mapped fast path skips HDF5's checksum test, so it only serves a finished file that passed
+        # verify.ensure_verified and is still that same file (identity from the parent; `trusted` is None when
+        # checksums are checked while streaming, or for a live file). Everything else goes through HDF5.
+        self.raw_ok = (trusted is not None and not self.live and not self.images.is_virtual
+                       and self.images.chunks is not None
                        and tuple(self.images.chunks[1:]) == tuple(self.images.shape[1:])
-                       and self.f.userblock_size == 0)
+                       and self.f.userblock_size == 0 and file_identity(path) == trusted)
         self.path = path
         self.chunk0 = int(self.images.chunks[0]) if self.images.chunks else 0  # h5py's .chunks is a slow property
         self._map = None  # (mmap, 2-D byte view) of the whole file, made on first raw access
         self._warmed = False  # pagecache.warm checked (once per handle)
         self._rows = None
         self._table: np.ndarray | None = None  # file offset of plain chunks by chunk number (see chunk_table)
-
-    def raw_offset(self, start: int, count: int) -> int | None:
-        """Live files: file offset of the chunk starting at image `start`, asked of HDF5 now (a live writer may still
-        rewrite a partial chunk elsewhere), when its stored bytes are plain images and the first `count` of them lie
-        inside the mapped file; None -> read it through HDF5. Finished files use chunk_table."""
-        if not self.raw_ok or start % self.chunk0:
-            return None
-        info = self.images.id.get_chunk_info_by_coord((start, 0, 0, 0))
-        if info.byte_offset is None or info.filter_mask & self.comp_bits != self.comp_bits:
-            return None
-        at = int(info.byte_offset)
-        return at if self.mapped_to(at + count * self.image_bytes) else None
 
     def mapped_to(self, end: int) -> bool:
         """Make sure bytes [0, end) of the file are mapped; False when the file is shorter (truncated: the caller
@@ -84,20 +70,13 @@ class _Handle:
         return self._rows[offsets]
 
     def chunk_table(self) -> np.ndarray | None:
-        """Finished files: file offset of every plain chunk by chunk number (-1: compressed or unallocated), from one
-        H5Dchunk_iter pass (a finished file never moves a chunk); None for a live file or one with no raw access."""
-        if not self.raw_ok or self.live:
+        """Verified finished files: file offset of every plain chunk by chunk number (-1: compressed or unallocated),
+        from one H5Dchunk_iter pass (a finished file never moves a chunk); None where there is no raw access."""
+        if not self.raw_ok:
             return None
         if self._table is None:
-            t = np.full(-(-self.images.shape[0] // self.chunk0), -1, np.int64)
-            comp = self.comp_bits
-
-            def visit(si):
-                if si.byte_offset is not None and si.filter_mask & comp == comp:
-                    t[si.chunk_offset[0] // self.chunk0] = int(si.byte_offset)
-
-            self.images.id.chunk_iter(visit)
-            self._table = t
+            offsets, plain = chunk_index(self.images)
+            self._table = np.where(plain, offsets, -1)
         return self._table
 
     def release(self, offsets: np.ndarray, count: int) -> None:
@@ -143,9 +122,10 @@ class ChunkSource:
     (H5Dchunk_iter / get_chunk_info_by_coord), the file is memory-mapped read-only, and a batch is one numpy gather
     straight out of the page cache: one copy per image, like gathering from an in-memory array (HDF5's filter
     pipeline costs three copies, and read + gather two). A window's pages are dropped from the process
-    (MADV_DONTNEED) once consumed, so the RSS stays at about one window. That skips the checksum test; pass
-    `verify_checksums=True` to have HDF5 check every chunk while streaming (`feddf cache verify` checks them all).
-    Compressed chunks always go through HDF5."""
+    (MADV_DONTNEED) once consumed, so the RSS stays at about one window. That skips HDF5's checksum test, so a file
+    is only mapped once it passed feddf.cache.verify.ensure_verified (every chunk it would map checked through HDF5
+    once per file identity, recorded beside the cache; a corrupt file raises FeddfError here). Live files (a writer
+    holds them) and `verify_checksums=True` go through HDF5 for every chunk; so do compressed chunks."""
 
     def __init__(self, paths, follow: bool = False, verify_checksums: bool = False, label_key: str = fmt.LABELS):
         self.paths = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
@@ -181,6 +161,12 @@ class ChunkSource:
         self.image_bytes = first.channels * first.resolution * first.resolution
         self.chunk_len = max(i.chunk_len for i in self.infos)
         self.ns = [i.n for i in self.infos]
+        # file identity of each verified finished file (None: HDF5 path only); checked here, in the parent, so
+        # DataLoader workers and ranks never repeat it. Also with verify_checksums: HDF5's checksums do not catch
+        # chunks that were never written (read as fill values), ensure_verified does.
+        checked = [None if i.live or i.virtual or i.n == 0 else ensure_verified(p) for p, i in zip(self.paths,
+                                                                                                  self.infos)]
+        self.trusted = [None if verify_checksums or follow else t for t in checked]
         self._h: list[_Handle] | None = None
         self._pid = None
         self._label_cache: dict[int, np.ndarray] = {}
@@ -202,7 +188,7 @@ class ChunkSource:
 
     def _handles(self) -> list[_Handle]:
         if self._h is None or self._pid != os.getpid():
-            self._h = [_Handle(p, self.label_key, self.verify_checksums) for p in self.paths]
+            self._h = [_Handle(p, self.label_key, t) for p, t in zip(self.paths, self.trusted)]
             self._pid = os.getpid()
             self._label_cache = {}
         return self._h
@@ -223,8 +209,8 @@ class ChunkSource:
         return self.ns[0] >= self.infos[0].capacity or bool(self._handles()[0].f.attrs.get("complete", False))
 
     def raw_window(self, ids: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(shard, file offset of its first image) per chunk when every chunk can be gathered straight from the
-        mapped file, else None (the window then goes through read_window)."""
+        """(shard, file offset of its first image) per chunk when every chunk can be gathered straight from a
+        verified, mapped finished file, else None (the window then goes through read_window)."""
         hs = self._handles()
         offs = self.offsets
         starts, counts = bounds[ids], bounds[ids + 1] - bounds[ids]
@@ -234,19 +220,12 @@ class ChunkSource:
             sel = np.flatnonzero(shard_of == k)
             h, local = hs[k], starts[sel] - offs[k]
             table = h.chunk_table()
-            if table is not None:  # a finished file: vectorised lookup of every chunk of the window
-                if (local % h.chunk0).any():
-                    return None
-                o = table[local // h.chunk0]
-                if (o < 0).any() or not h.mapped_to(int((o + counts[sel] * self.image_bytes).max())):
-                    return None
-                at[sel] = o
-                continue
-            for j, s, m in zip(sel.tolist(), local.tolist(), counts[sel].tolist()):  # live: ask HDF5 per chunk
-                o = h.raw_offset(int(s), int(m))
-                if o is None:
-                    return None
-                at[j] = o
+            if table is None or (local % h.chunk0).any():  # not verified or live: HDF5 path
+                return None
+            o = table[local // h.chunk0]  # vectorised lookup of every chunk of the window
+            if (o < 0).any() or not h.mapped_to(int((o + counts[sel] * self.image_bytes).max())):
+                return None
+            at[sel] = o
         return shard_of, at
 
     def gather(self, shard: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -14,27 +14,36 @@ from pathlib import Path
 import numpy as np
 
 from feddf.cache import format as fmt
+from feddf.cache.replace import swap_all
 from feddf.cache.writer import _WriterLock, open_h5_read, probe_cache
 from feddf.errors import FeddfError
 
 
-def write_virtual_cache(out: str | os.PathLike, shards: list[str | os.PathLike], *, force: bool = False) -> Path:
+def write_virtual_cache(out: str | os.PathLike, shards: list[str | os.PathLike], *, force: bool = False,
+                        staged: dict[Path, Path] | None = None) -> Path:
     """Rank 0 of a multi-process `feddf gen`: present complete shard caches (contiguous, in index order) as one cache.
 
     `out` gets the shards' attributes (minus the shard fields), `shards` (their names, relative to out's folder, where
     they must stay), real /committed and /coverage (sums), and HDF5 virtual datasets for every per-image array, so
-    readers see the same layout as a single-process cache."""
+    readers see the same layout as a single-process cache.
+
+    staged: {shard path: its complete staged replacement} (`--force` over existing shards, feddf.cache.replace):
+    their data is read from the staged files, and the staged shards and the joined cache are swapped in together
+    at the end, so a run that failed on any rank has left the old shards and the old joined cache as they were."""
     import h5py
 
     out = Path(out)
+    staged = staged or {}
     lock = _WriterLock(out)
+    shard_locks = []
     try:
+        shard_locks = [_WriterLock(p) for p in staged]  # no other writer may touch a shard we are about to replace
         metas = []
         for p in map(Path, shards):
-            a = probe_cache(p)
+            a = probe_cache(staged.get(p, p))
             if a is None or not a.get("complete"):
                 raise FeddfError(f"shard {p} is missing or incomplete; rerun the same command to finish it")
-            with open_h5_read(p) as f:
+            with open_h5_read(staged.get(p, p)) as f:
                 per_image = [k for k in (fmt.IMAGES, fmt.LABELS, fmt.TARGETS, fmt.LABELER_PRED, fmt.LABELER_CONF)
                              if k in f]
                 metas.append((p, a, {k: (f[k].shape, f[k].dtype) for k in per_image},
@@ -75,9 +84,11 @@ def write_virtual_cache(out: str | os.PathLike, shards: list[str | os.PathLike],
                 f.attrs["identity"] = json.dumps(identity, sort_keys=True)
                 f.attrs["shards"] = json.dumps([os.path.relpath(p, out.parent) for p, *_ in metas])
                 f.attrs["complete"] = True
-            os.replace(tmp, out)
+            swap_all([(staged[p], p) for p, *_ in metas if p in staged] + [(tmp, out)])
         finally:
             tmp.unlink(missing_ok=True)
     finally:
+        for lk in shard_locks:
+            lk.release()
         lock.release()
     return out

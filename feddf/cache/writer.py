@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from feddf.cache import format as fmt
-from feddf.cache import pagecache
+from feddf.cache import pagecache, replace
 from feddf.cache.superblock import clear_write_flags, is_hdf5
 from feddf.errors import FeddfError
 
@@ -132,15 +132,18 @@ class CacheWriter:
     attrs: provenance written as root attributes (generator/source, seed, ...; dicts/lists stored as JSON).
     identity: what must match for a resume (default: attrs without volatile keys); n, channels, resolution and the
     label/target/labeler sizes are always part of it. A mismatch raises FeddfError; force=True replaces any existing
-    cache (only once the new one exists) instead of resuming it. A file at `path` that is not a feddf cache is never
-    touched.
+    cache instead of resuming it: the new one is built beside it (feddf.cache.replace) and swapped in by finish(),
+    so a failed or interrupted run leaves the old cache byte-identical. defer_swap=True (torchrun shards): finish()
+    leaves the complete replacement staged in `self.staged` = (staged path, target) for the caller to swap. A file
+    at `path` that is not a feddf cache is never touched.
     chunk: images per HDF5 chunk = per commit block (default: about 1 MiB of images, format.chunk_images).
     """
 
     def __init__(self, path: str | os.PathLike, *, n: int, channels: int, resolution: int,
                  attrs: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
                  num_labels: int = 0, num_targets: int = 0, labeler_classes: int = 0,
-                 compression: str | None = "lzf", chunk: int | None = None, force: bool = False):
+                 compression: str | None = "lzf", chunk: int | None = None, force: bool = False,
+                 defer_swap: bool = False):
         if n <= 0:
             raise FeddfError(f"cache size n={n} must be positive")
         self.path = Path(path)
@@ -162,6 +165,9 @@ class CacheWriter:
         self._f = None
         self.resumed = False
         self.complete = False
+        self.target: Path | None = None  # with --force on an existing cache: the path the staged file replaces
+        self.defer_swap = defer_swap
+        self.staged: tuple[Path, Path] | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -201,6 +207,10 @@ class CacheWriter:
                                   for k in diff[:4])
                 raise FeddfError(f"{self.path} holds a cache made with a different config ({shown}); use --force to "
                                  "overwrite it or choose another --out")
+            if self.target is None:  # --force: build the replacement beside the old cache, swap it in at finish()
+                self.target, self.path = self.path, replace.staging_path(self.path)
+                self._remove_stale_temps()
+                return self._open(attrs, force=not replace.resumable(self.path, self.identity))
         self._create(attrs)
         self._open_rw()
 
@@ -387,7 +397,8 @@ class CacheWriter:
         return {k: v.copy() for k, v in self._counts.items()}
 
     def finish(self) -> None:
-        """Commit the rest, check all n images are there, mark the cache complete, close and unlock."""
+        """Commit the rest, check all n images are there, mark the cache complete, swap a staged --force replacement
+        in (feddf.cache.replace), close and unlock."""
         if not self.complete:
             self.flush()
             if self.committed != self.n:
@@ -400,6 +411,12 @@ class CacheWriter:
             # Leave the finished file in the page cache in large folios (see pagecache: ~0.8 instead of ~0.70 of an
             # in-memory gather for the mapped fast path)
             pagecache.recache(self.path)
+        if self.target is not None:  # the staged replacement is complete: now (and only now) it replaces the old
+            if self.defer_swap:
+                self.staged = (self.path, self.target)
+            else:
+                replace.swap(self.path, self.target)
+                self.path, self.target = self.target, None
         self.close()
 
     def _close_file(self) -> None:

@@ -126,7 +126,19 @@ def load_state_dict_strict(module, state: dict, what: str) -> None:
             parts.append("wrong shapes " + few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                                                 for k in shapes]))
         raise FeddfError(f"{what} does not match the architecture: {'; '.join(parts)}")
+    check_finite_weights(state, what)
     module.load_state_dict(state, strict=True)
+
+
+def check_finite_weights(state: dict, what: str) -> None:
+    """Refuse weights holding NaN/inf (a diverged training run, a broken export): every image would be garbage."""
+    import torch
+
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise FeddfError(f"generator weights {what}: tensor {k!r} holds {bad} NaN/inf value(s) of {v.numel()}: "
+                             "the weights are broken (a diverged or corrupted training run); use another checkpoint")
 
 
 def load_weights_file(path: Path, what: str) -> dict:
@@ -220,6 +232,22 @@ def invariant_kernels(device_type: str):
             yield
         finally:
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
+
+
+def finite_flag(x):
+    """0-dim bool tensor on x's device: True when every value of the batch is finite (no device sync)."""
+    import torch
+
+    return torch.isfinite(x).all()
+
+
+def check_batch_finite(flag, generator: str, batch: int, start: int, end: int) -> None:
+    """Raise when a generator batch held NaN/inf (flag from finite_flag): quantising them would write black or
+    saturated images that look valid. Called before the batch reaches the cache, so nothing of it is written."""
+    if not bool(flag):
+        raise FeddfError(f"generator {generator} produced NaN/inf values in batch {batch} (images {start}..{end - 1})"
+                         "; nothing of that batch was written: its weights or inputs are broken (check --checkpoint"
+                         "/--weights; with --dtype fp16/bf16 try fp32)")
 
 
 def to_uint8(x, resolution: int):

@@ -282,7 +282,8 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
             identity = {**identity, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
             attrs = {**attrs, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
         writer = CacheWriter(path, n=hi - lo, channels=gen.channels, resolution=res, attrs=attrs, identity=identity,
-                             compression=cfg.compression, chunk=cfg.chunk_images, force=force, **sizes)
+                             compression=cfg.compression, chunk=cfg.chunk_images, force=force,
+                             defer_swap=ranks.world > 1, **sizes)  # torchrun: rank 0 swaps all shards at the end
         start_committed = writer.committed
         import scipy.special  # noqa: F401 - imported by the noise; not inside the timed loop
         t0, c0 = time.perf_counter(), time.process_time()
@@ -298,8 +299,11 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
         files = [path]
         if ranks.world > 1:
             ranks.barrier()  # every shard complete
+            staged = [None] * ranks.world  # each rank's (staged shard, shard) when --force replaces an existing shard
+            ranks.dist.all_gather_object(staged, [str(p) for p in writer.staged] if writer.staged else None)
             if ranks.rank == 0:
-                write_virtual_cache(out, [shard_path(out, r, ranks.world) for r in range(ranks.world)], force=force)
+                write_virtual_cache(out, [shard_path(out, r, ranks.world) for r in range(ranks.world)], force=force,
+                                    staged={Path(t): Path(s) for s, t in filter(None, staged)})
             ranks.barrier()
             files = [out] + [shard_path(out, r, ranks.world) for r in range(ranks.world)]
         made = (hi - lo) - start_committed
@@ -328,7 +332,7 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
     import torch
     from tqdm import tqdm
 
-    from feddf.generators.base import invariant_kernels, to_uint8
+    from feddf.generators.base import check_batch_finite, finite_flag, invariant_kernels, to_uint8
 
     first, end = lo + writer.committed, lo + writer.n
     cuda = device.type == "cuda"
@@ -359,10 +363,13 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
                 if error:
                     continue  # keep draining so the producer never blocks on a dead consumer
                 try:
-                    event, x, labels, targets, pred, conf = item
+                    event, x, labels, targets, pred, conf, finite, span = item
                     if event is not None:
-                        event.synchronize()  # the async device->host copy has landed
+                        event.synchronize()  # the async device->host copy has landed (images and finite flag)
                     else:
+                        finite = finite_flag(x)
+                    check_batch_finite(finite, gen.name, *span)  # before anything of the batch is written
+                    if event is None:
                         x, pred, conf = finish_batch(x)
                     writer.append(x.numpy(), labels, targets, pred, conf)
                     bar.update(len(labels))
@@ -383,7 +390,7 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
     # the kernel flags are process-wide: they must hold until the writer thread (which runs the labeler) is done
     with torch.inference_mode(), invariant_kernels(device.type):
         try:
-            s = first
+            s, k = first, 0
             while s < end:
                 if error:
                     break
@@ -395,16 +402,19 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
                     x = forward(np.arange(s, e))
                 idx = np.arange(s, e)
                 labels, targets = assign(plan, idx, seed) if plan else (np.full(e - s, -1, np.int64), None)
+                span = (k, s, e)  # (batch number in this run, first image, end)
                 if cuda:
+                    finite = torch.empty((), dtype=torch.bool, pin_memory=True)
+                    finite.copy_(finite_flag(x), non_blocking=True)
                     u8, pred, conf = finish_batch(x)
                     host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
                     host.copy_(u8, non_blocking=True)
                     event = torch.cuda.Event()
                     event.record()
-                    q.put((event, host, labels, targets, pred, conf))
+                    q.put((event, host, labels, targets, pred, conf, finite, span))
                 else:
-                    q.put((None, x, labels, targets, None, None))
-                s = e
+                    q.put((None, x, labels, targets, None, None, None, span))
+                s, k = e, k + 1
         finally:
             q.put(None)
             thread.join()

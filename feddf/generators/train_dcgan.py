@@ -90,16 +90,13 @@ def load_training_images(data: str, size: int, limit: int | None) -> tuple[torch
     """uint8 (N, C, H, W) from a dataset spec or a cache -> float (N, C, size, size) in [-1, 1]."""
     if data.endswith(".h5"):
         from feddf.cache.reader import open_cache, open_h5
+        from feddf.cache.verify import read_or_fail
 
         info = open_cache(data)
         n = info.n if limit is None else min(limit, info.n)
         f, _ = open_h5(data)
         with f:
-            try:
-                images = torch.from_numpy(f["images"][:n])  # committed images only
-            except OSError as e:  # a chunk failed its fletcher32 checksum or decompression
-                raise FeddfError(f"{data}: cannot read its images ({' '.join(str(e).split())}): the cache is "
-                                 f"damaged; `feddf cache verify {data}` lists the bad chunks") from None
+            images = torch.from_numpy(read_or_fail(f["images"], slice(None, n), data))  # committed images only
         source = {"cache": data, "n": n}
     else:
         from feddf.data import get_dataset
