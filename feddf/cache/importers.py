@@ -200,7 +200,8 @@ def npz_labels(y: np.ndarray | None, n: int, path: str, key: str, names: list[st
     if y.size and y.min() < -1:
         raise FeddfError(f"npz:{path}: labels must be >= 0 (or -1 for none), found {y.min()}")
     if names and y.size and y.max() >= len(names):
-        raise FeddfError(f"npz:{path}: label {y.max()} but only {len(names)} class names")
+        raise FeddfError(f"npz:{path}: label {y.max()} (image {int(np.argmax(y))}) is outside 0..{len(names) - 1} "
+                         f"for the {len(names)} class names: fix the labels or the class names")
     return y
 
 
