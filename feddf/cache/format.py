@@ -50,6 +50,18 @@ LABELER_CONF = "labeler_conf"
 
 UNLABELED = -1
 
+# HDF5 library-version bounds of every file feddf writes: the lowest that SWMR (superblock v3, fixed-array chunk
+# index) and virtual datasets need, so HDF5 >= 1.10 readers (h5py linked to a system HDF5, h5dump, HDFView, netCDF)
+# open the files. Never 'latest': with HDF5 2.0 that writes object versions HDF5 <= 1.14 cannot read.
+LIBVER = ("v110", "v110")
+
+
+def libver_bounds() -> tuple[int, int]:
+    """LIBVER as h5py.h5f constants, for h5py.h5p FILE_ACCESS property lists."""
+    import h5py
+
+    return h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_V110
+
 
 def chunk_images(channels: int, resolution: int, target_bytes: int = 1 << 20) -> int:
     """Images per chunk: whole images only (h5py's auto-chunking splits one image into ~24 chunks), about 1 MiB."""
