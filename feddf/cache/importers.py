@@ -232,8 +232,9 @@ def load_source(source: str, split: str | None = None, limit: int | None = None,
 
 def import_source(source: str, out: str | os.PathLike, split: str | None = None, resolution: int | None = None,
                   limit: int | None = None, *, compression: str = "none", force: bool = False,
-                  progress: bool = True) -> Path:
-    """Import SOURCE into the cache `out` and return its path (resumes an interrupted import of the same config)."""
+                  progress: bool = True, workers: int | None = None) -> Path:
+    """Import SOURCE into the cache `out` and return its path (resumes an interrupted import of the same config).
+    workers: chunk-encoding threads of the writer (default: CacheWriter's); not part of the config (same bytes)."""
     import torch
     from tqdm import tqdm
 
@@ -258,7 +259,8 @@ def import_source(source: str, out: str | os.PathLike, split: str | None = None,
              "config": {**{k: v for k, v in asdict(cfg).items() if k != "out"}, "resolved_source": src.spec},
              "label_names": src.label_names}
     with CacheWriter(out, n=src.n, channels=src.channels, resolution=r, attrs=attrs,
-                     num_labels=max(src.num_labels, 0), compression=compression, force=force) as w:
+                     num_labels=max(src.num_labels, 0), compression=compression, force=force,
+                     workers=workers) as w:
         if w.complete:
             return Path(out)
         done = 0

@@ -349,9 +349,12 @@ class CacheWriter:
         self._add_counts(f[fmt.LABELS][:e], f[fmt.TARGETS][:e] if self.num_targets else None,
                          f[fmt.LABELER_PRED][:e] if self.labeler_classes else None,
                          f[fmt.LABELER_CONF][:e] if self.labeler_classes else None)
-        for name, v in self._counts.items():
-            f[name][...] = v
-        f.flush()
+        try:
+            for name, v in self._counts.items():
+                f[name][...] = v
+            f.flush()
+        except OSError as err:
+            self._fail(err)
 
     # ---------------------------------------------------------------- writing
     def _add_counts(self, labels, targets, pred, conf) -> None:
@@ -511,8 +514,9 @@ class CacheWriter:
             fut.cancel()
         self._inflight.clear()
         self._pending, self._pending_n = [], 0
+        self._close_file()  # now, while we know why: HDF5 must not retry its flushes at interpreter exit
         if isinstance(err, OSError):
-            why = err.strerror or str(err).splitlines()[0]
+            why = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]  # HDF5's text is a paragraph
             free = ""
             try:
                 st = os.statvfs(self.path.parent)
@@ -573,7 +577,7 @@ class CacheWriter:
         if self._f is not None:
             try:
                 self._f.close()
-            except OSError:
+            except (OSError, RuntimeError):
                 if self.failed is None:
                     raise  # after a write error the close may fail too; the error already raised says why
             finally:

@@ -43,7 +43,8 @@ class GenConfig:
     weights: str | None = None
     checkpoint: str | None = None
     random_weights: bool = False
-    compression: str = "lzf"
+    compression: str = "gzip"           # deflate (readable by every HDF5 reader); "none"; "lzf" (h5py only)
+    workers: int | None = None          # chunk-encoding threads of the writer (default: CacheWriter's); same bytes
     labeler: str | None = None
     dtype: str = "fp32"
     chunk_images: int | None = None     # images per chunk/commit; default about 1 MiB
@@ -68,6 +69,8 @@ def validate(cfg: GenConfig) -> None:
         raise FeddfError(f"--compression {cfg.compression!r}: use one of {', '.join(COMPRESSIONS)}")
     if cfg.dtype not in DTYPES:
         raise FeddfError(f"--dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise FeddfError(f"--workers {cfg.workers} must be >= 1")
     if cfg.seed < 0:
         raise FeddfError(f"--seed {cfg.seed} must be >= 0")
 
@@ -218,7 +221,8 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
             identity = {**identity, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
             attrs = {**attrs, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
         writer = CacheWriter(path, n=hi - lo, channels=gen.channels, resolution=res, attrs=attrs, identity=identity,
-                             compression=cfg.compression, chunk=cfg.chunk_images, force=force, **sizes)
+                             compression=cfg.compression, chunk=cfg.chunk_images, force=force, workers=cfg.workers,
+                             **sizes)
         start_committed = writer.committed
         import scipy.special  # noqa: F401 - imported by the noise; not inside the timed loop
         t0, c0 = time.perf_counter(), time.process_time()
