@@ -59,6 +59,15 @@ def fletcher32(data) -> int:
     return (_fold(n_words * s1 - index_weighted) << 16) | _fold(s1)
 
 
+def deflate(data, level: int) -> bytes:
+    """A zlib stream of `data`, as HDF5's deflate filter stores it (any zlib stream inflates the same), found with
+    the Z_RLE strategy: matches at distance 1 plus Huffman coding. On images that is 2-2.5x faster than zlib's
+    default strategy at level 1 and as small (-1.4% on Fashion-MNIST, -1.7% on 32 px DCGAN images, +1.1% on the
+    shipped DCGAN's; docs/cache-format.md, Compression)."""
+    c = zlib.compressobj(level, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    return c.compress(data) + c.flush()
+
+
 def shuffle(data: bytes, itemsize: int) -> bytes:
     """HDF5's byte shuffle: byte j of every element, for j = 0..itemsize-1, in turn (a transpose)."""
     if itemsize <= 1:
@@ -100,7 +109,7 @@ class Pipeline:
             if code == SHUFFLE:
                 data = shuffle(bytes(data), values[0] if values else self.itemsize)
             elif code == DEFLATE:
-                data = zlib.compress(data, values[0] if values else 6)
+                data = deflate(data, values[0] if values else 6)
                 compressed = True
         mask = 0
         if compressed and len(data) >= raw.nbytes:  # no gain: store the plain bytes, every compression stage masked
