@@ -195,6 +195,8 @@ class CacheWriter:
         self._pool = None
         self._codecs: dict[str, Pipeline | None] = {}
         self._ds: dict[str, Any] = {}
+        self._partial: dict[str, np.ndarray] = {}  # whole-chunk buffers of a partially committed chunk (flush())
+        self._partial_at = -1  # its first image, or -1
         self.failed: BaseException | None = None  # a write error: nothing more is written, never marked complete
         self.resumed = False
         self.complete = False
@@ -465,6 +467,7 @@ class CacheWriter:
                          block.get(fmt.LABELER_CONF))
         counts = {name: v.copy() for name, v in self._counts.items()}
         direct = {name: self._whole_chunk(name, s, v) for name, v in block.items() if self._codecs.get(name)}
+        self._partial_at = s // self.chunk * self.chunk if e % self.chunk else -1
         if direct and self._pool is None and self.workers > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -485,8 +488,13 @@ class CacheWriter:
         ds = self._ds[name]
         buf = np.full((self.chunk,) + rows.shape[1:], ds.fillvalue, rows.dtype)
         if s > c0:
-            buf[:s - c0] = ds[c0:s]
+            # This session's own partial chunk is kept: HDF5 2.0 fails to read back, in the writing session, a chunk
+            # stored raw with a filter masked by write_direct_chunk (other processes and later opens read it fine).
+            kept = self._partial.get(name)
+            buf[:s - c0] = kept[:s - c0] if kept is not None and self._partial_at == c0 else ds[c0:s]
         buf[s - c0:s - c0 + len(rows)] = rows
+        if (s - c0) + len(rows) < self.chunk:
+            self._partial[name] = buf
         return buf
 
     def _retire(self) -> None:
@@ -519,15 +527,20 @@ class CacheWriter:
         self._pending, self._pending_n = [], 0
         self._close_file()  # now, while we know why: HDF5 must not retry its flushes at interpreter exit
         if isinstance(err, OSError):
+            import errno
+
             why = os.strerror(err.errno) if err.errno else str(err).splitlines()[0]  # HDF5's text is a paragraph
-            free = ""
-            try:
-                st = os.statvfs(self.path.parent)
-                free = f"; {st.f_bavail * st.f_frsize / 1e6:.1f} MB free there"
-            except OSError:
-                pass
-            raise FeddfError(f"writing {self.path} failed at image {self.committed} ({why}{free}): the cache is left "
-                             "incomplete at its last commit; free space and rerun the same command to resume") from None
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                try:
+                    st = os.statvfs(self.path.parent)
+                    why += f", {st.f_bavail * st.f_frsize / 1e6:.1f} MB free"
+                except OSError:
+                    pass
+                fix = "free some space and rerun the same command to resume it"
+            else:
+                fix = "fix that and rerun the same command (--force starts it again)"
+            raise FeddfError(f"writing {self.path} failed after {self.committed} images ({why}): the cache is left "
+                             f"incomplete; {fix}") from None
         raise err
 
     def _drain(self) -> None:
