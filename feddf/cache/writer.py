@@ -249,6 +249,8 @@ class CacheWriter:
         from feddf.utils import versions
 
         n, c, r, k = self.n, self.channels, self.resolution, self.chunk
+        self.committed = 0
+        self._check_space()  # before any file exists: a refusal leaves nothing behind
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         try:
             fid = h5py.h5f.create(os.fsencode(tmp), h5py.h5f.ACC_TRUNC, fapl=self._fapl())
