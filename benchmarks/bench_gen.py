@@ -175,6 +175,8 @@ def sink(args) -> dict:
                     summary = json.loads(r.stdout.strip().splitlines()[-1])
                     row = {"compression": comp, "workers": w, "rep": rep, "img_s": summary["img_per_s"],
                            "cli_img_s": round(n / wall, 1), "cpu_s": summary["cpu_s"],
+                           # images per CPU-second of the gen process (all threads): immune to other load
+                           "img_per_cpu_s": round(n / summary["cpu_s"], 1) if summary["cpu_s"] else None,
                            "bytes_per_image": summary["bytes_per_image"]}
                     out["runs"].append(row)
                     print(json.dumps(row), flush=True)
@@ -187,16 +189,20 @@ def sink(args) -> dict:
         raw = Path(tmp) / "raw.bin"
         plain, synced = [], []
         writer_only: dict[str, float] = {}
+        writer_cpu: dict[str, float] = {}  # images per CPU-second of this process (all threads)
+        tofile_cpu = 0.0
         for _ in range(args.reps):
             for comp in ("gzip", "none"):  # the CacheWriter alone on the same images: no generator, no uint8
                 for w in workers:
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     writer_only_run(Path(tmp) / "w.h5", images, comp, w)
                     key = f"{comp}_w{w}"
                     writer_only[key] = max(writer_only.get(key, 0.0), n / (time.perf_counter() - t))
-            t = time.perf_counter()
+                    writer_cpu[key] = max(writer_cpu.get(key, 0.0), n / (time.process_time() - c))
+            t, c = time.perf_counter(), time.process_time()
             images.tofile(raw)
             plain.append(n / (time.perf_counter() - t))
+            tofile_cpu = max(tofile_cpu, n / max(time.process_time() - c, 1e-9))
             raw.unlink()
             t = time.perf_counter()
             with open(raw, "wb") as fh:
@@ -207,6 +213,8 @@ def sink(args) -> dict:
             raw.unlink()
     out["best_img_s"] = {k: round(v, 1) for k, v in best.items()}
     out["writer_only_img_s"] = {k: round(v, 1) for k, v in writer_only.items()}
+    out["writer_only_img_per_cpu_s"] = {k: round(v, 1) for k, v in writer_cpu.items()}
+    out["tofile_img_per_cpu_s"] = round(tofile_cpu, 1)
     out["ratio_writer_only"] = round(max(v for k, v in writer_only.items() if k.startswith("none")) / max(plain), 4)
     out["tofile_img_s"] = round(max(plain), 1)
     out["tofile_fsync_img_s"] = round(max(synced), 1)
