@@ -147,7 +147,7 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
     import torch
 
     from feddf.cache.virtual import write_virtual_cache
-    from feddf.cache.writer import CacheWriter, probe_cache
+    from feddf.cache.writer import CacheWriter, default_workers, probe_cache
     from feddf.generators import get_generator
     from feddf.generators.base import CUDA_GROUP, NOISE_SCHEME, make_batch_invariant
     from feddf.generators.classes import assign, parse_classes
@@ -194,7 +194,8 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
         labeler = _labeler(cfg.labeler, device, gen.channels, res) if cfg.labeler else None
 
         resolved = GenConfig(**{**asdict(cfg), "out": str(out), "resolution": res, "truncation": trunc,
-                                "classes": plan.spec if plan else None, "batch_size": batch})
+                                "classes": plan.spec if plan else None, "batch_size": batch,
+                                "workers": cfg.workers or default_workers()})
         identity = {"kind": "generated", "generator": cfg.generator, "weights_hash": gen.weights_hash,
                     "random_weights": gen.random_weights, "truncation": trunc, "seed": cfg.seed,
                     "classes": plan.describe() if plan else None, "noise": NOISE_SCHEME, "device_type": device.type,
@@ -221,8 +222,8 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
             identity = {**identity, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
             attrs = {**attrs, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
         writer = CacheWriter(path, n=hi - lo, channels=gen.channels, resolution=res, attrs=attrs, identity=identity,
-                             compression=cfg.compression, chunk=cfg.chunk_images, force=force, workers=cfg.workers,
-                             **sizes)
+                             compression=cfg.compression, chunk=cfg.chunk_images, force=force,
+                             workers=resolved.workers, **sizes)
         start_committed = writer.committed
         import scipy.special  # noqa: F401 - imported by the noise; not inside the timed loop
         t0, c0 = time.perf_counter(), time.process_time()
