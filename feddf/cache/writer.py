@@ -481,9 +481,9 @@ class CacheWriter:
             self._retire()
 
     def _whole_chunk(self, name: str, s: int, rows: np.ndarray) -> np.ndarray:
-        """Raw bytes of the whole chunk holding rows [s, s + len(rows)): earlier rows of that chunk come from the
-        file (a block after a resume or a flush() of a partial chunk; committed, so readable), later ones are the
-        fill value (unwritten; also what pads the last, edge chunk)."""
+        """The whole chunk holding rows [s, s + len(rows)) as one array: earlier rows of that chunk (a block after a
+        flush() of a partial chunk, or after a resume) come from the kept buffer or the file (committed, so
+        readable), later ones are the fill value (unwritten; also what pads the last, edge chunk)."""
         c0 = s // self.chunk * self.chunk
         if s == c0 and len(rows) == self.chunk:
             return np.ascontiguousarray(rows)
