@@ -6,7 +6,12 @@ STAMP  := $(VENV)/.installed
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench clean-venv
+# What pip cannot install (Debian packages; scripts/system-deps.sh installs them on Debian as root, else says what to
+# run). Checked on every call (cheap: a few file tests), so a fresh machine needs nothing but these two commands.
+DEMO_DEB := dataset-fashion-mnist
+TEST_DEB := dataset-fashion-mnist python3-h5py hdf5-tools
+
+.PHONY: demo test test-all bench clean-venv system-deps-demo system-deps-test
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,14 +21,20 @@ $(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,flower]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+system-deps-demo:
+	@bash scripts/system-deps.sh $(DEMO_DEB)
+
+system-deps-test:
+	@bash scripts/system-deps.sh $(TEST_DEB)
+
+demo: $(STAMP) system-deps-demo
 	bash scripts/demo.sh
 
-test: $(STAMP)
+test: $(STAMP) system-deps-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Everything, the slow tests included (CI runs `make test`, which already includes them; see README).
-test-all: $(STAMP)
+test-all: $(STAMP) system-deps-test
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -1,12 +1,25 @@
-"""Raw generator forward img/s vs end-to-end `feddf gen` img/s, for BigGAN-deep-128 (random weights) and a DCGAN.
+"""Raw generator forward img/s vs end-to-end `feddf gen` img/s, for BigGAN-deep-128 (random weights) and a DCGAN;
+with --sink, the writer itself: `feddf gen` of a near-free generator vs writing the same bytes with numpy.
 
     .venv/bin/python benchmarks/bench_gen.py                       # CPU, small n; ends with one JSON line
     .venv/bin/python benchmarks/bench_gen.py --threads 1            # stable figures on a busy shared machine
     .venv/bin/python benchmarks/bench_gen.py --device cuda --dtype bf16 --n-biggan 20000 --batch-biggan 1024
+    .venv/bin/python benchmarks/bench_gen.py --sink --n-sink 131072 --workers 1,2   # writer throughput (ratio)
+
+Sink mode: a TorchScript generator z (B, 8) -> clamp(z @ P) as (B, 3, 32, 32), P eight fixed smooth patterns, costs
+~1 us per image, so `feddf gen` (the real CLI in a subprocess: noise, forward, uint8, the writer's encoder pool, chunk
+writes, commits, fsync, page-cache read-back) runs at the writer's speed. For each compression (default gzip, none)
+and each --workers it reports the CLI's img/s with process start included (`cli_img_s`) and gen's own figure from the
+open cache to the finished, fsynced one (`img_s`). The baseline, in the same run: the same uint8 images written with
+numpy.ndarray.tofile to the same folder (`tofile_img_s`; with an fsync too: `tofile_fsync_img_s`, since a finished
+cache is fsynced). ratio = best none `img_s` / tofile_img_s (target >= 0.7); default_vs_target = best gzip `img_s` /
+52 000 (2x the 26 000 img/s that lzf and one writer thread gave; target >= 1). `writer_only_img_s` times the
+CacheWriter alone fed the same ready uint8 batches (no noise, forward or uint8 conversion); ratio_writer_only = its
+best none figure / tofile_img_s.
 
 "raw" runs only the generator's forward on precomputed noise, prepared exactly as `feddf gen` runs it (CPU:
 batch-invariant kernels; CUDA: index-aligned groups, autocast, channels_last). "end-to-end" is `run_gen` (noise,
-forward, resize + uint8, the background HDF5 writer with lzf + fletcher32, commits, coverage), timed from the open
+forward, resize + uint8, the background HDF5 writer with deflate + fletcher32, commits, coverage), timed from the open
 cache to the finished one (model loading excluded in both). Each figure is the best of --reps interleaved runs;
 ratio = end-to-end / raw wall-clock img/s, target >= 0.97. On a shared, overloaded machine wall-clock figures swing by
 tens of percent between runs, so ratio_cpu (images per CPU-second of this process, all threads) is reported too: it
@@ -95,8 +108,132 @@ def bench(name, gen_kwargs, cfg_kwargs, device, n, batch, dtype, reps, tmp):
     return row
 
 
+SINK_CODE = """
+import torch
+
+
+class Sink(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        low = torch.randn(8, 3, 8, 8, generator=g)
+        smooth = torch.nn.functional.interpolate(low, size=(32, 32), mode="bilinear", align_corners=False)
+        self.register_buffer("p", smooth.reshape(8, -1) * 0.35)
+        self.z_dim = 8
+
+    def forward(self, z):
+        return (z @ self.p).clamp(-1.0, 1.0).view(-1, 3, 32, 32)
+
+
+torch.jit.script(Sink()).save({path!r})
+"""
+
+
+def writer_only_run(path: Path, images: np.ndarray, compression: str, workers: int, batch: int = 256) -> None:
+    """CacheWriter fed ready uint8 batches, as `feddf gen` feeds it (finish includes the fsync and read-back)."""
+    from feddf.cache.writer import CacheWriter
+
+    n = len(images)
+    with CacheWriter(path, n=n, channels=3, resolution=32, attrs={"kind": "imported", "source": "bench"},
+                     num_labels=0, compression=compression, workers=workers, force=True) as w:
+        for s in range(0, n, batch):
+            w.append(images[s:s + batch])
+        w.finish()
+    path.unlink()
+
+
+def sink(args) -> dict:
+    """Writer throughput of `feddf gen` on a near-free generator vs numpy tofile of the same bytes (module doc)."""
+    import subprocess
+
+    import h5py
+
+    n, workers = args.n_sink, [int(w) for w in args.workers.split(",")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    out = {"mode": "sink", "n": n, "image": [3, 32, 32], "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
+           "runs": []}
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        ckpt = Path(tmp) / "sink.pt"
+        maker = Path(tmp) / "make_sink.py"  # TorchScript compiles from source files, so the module gets one
+        maker.write_text(SINK_CODE.format(path=str(ckpt)))
+        subprocess.run([sys.executable, "-W", "ignore", str(maker)], check=True, env=env)
+        best: dict[str, float] = {}
+        for rep in range(args.reps):  # interleaved repetitions: robust to other load on a shared machine
+            for comp in ("gzip", "none"):
+                for w in workers:
+                    cache = Path(tmp) / f"sink-{comp}-{w}.h5"
+                    cmd = [sys.executable, "-m", "feddf", "gen", "--generator", "torchscript", "--checkpoint",
+                           str(ckpt), "--n", str(n), "--compression", comp, "--workers", str(w), "--out", str(cache),
+                           "--force", "--quiet", "--json"]
+                    t = time.perf_counter()
+                    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    wall = time.perf_counter() - t
+                    if r.returncode:
+                        raise SystemExit(f"feddf gen failed: {r.stderr.strip().splitlines()[-1:]}")
+                    summary = json.loads(r.stdout.strip().splitlines()[-1])
+                    row = {"compression": comp, "workers": w, "rep": rep, "img_s": summary["img_per_s"],
+                           "cli_img_s": round(n / wall, 1), "cpu_s": summary["cpu_s"],
+                           # images per CPU-second of the gen process (all threads): immune to other load
+                           "img_per_cpu_s": round(n / summary["cpu_s"], 1) if summary["cpu_s"] else None,
+                           "bytes_per_image": summary["bytes_per_image"]}
+                    out["runs"].append(row)
+                    print(json.dumps(row), flush=True)
+                    key = f"{comp}_w{w}"
+                    best[key] = max(best.get(key, 0.0), row["img_s"])
+                    if comp == "none" and rep == args.reps - 1 and w == workers[-1]:
+                        with h5py.File(cache, "r") as f:
+                            images = f["images"][:]  # the same uint8 bytes, for the baseline
+                    cache.unlink()
+        raw = Path(tmp) / "raw.bin"
+        plain, synced = [], []
+        writer_only: dict[str, float] = {}
+        writer_cpu: dict[str, float] = {}  # images per CPU-second of this process (all threads)
+        tofile_cpu = 0.0
+        for _ in range(args.reps):
+            for comp in ("gzip", "none"):  # the CacheWriter alone on the same images: no generator, no uint8
+                for w in workers:
+                    t, c = time.perf_counter(), time.process_time()
+                    writer_only_run(Path(tmp) / "w.h5", images, comp, w)
+                    key = f"{comp}_w{w}"
+                    writer_only[key] = max(writer_only.get(key, 0.0), n / (time.perf_counter() - t))
+                    writer_cpu[key] = max(writer_cpu.get(key, 0.0), n / (time.process_time() - c))
+            t, c = time.perf_counter(), time.process_time()
+            images.tofile(raw)
+            plain.append(n / (time.perf_counter() - t))
+            tofile_cpu = max(tofile_cpu, n / max(time.process_time() - c, 1e-9))
+            raw.unlink()
+            t = time.perf_counter()
+            with open(raw, "wb") as fh:
+                images.tofile(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            synced.append(n / (time.perf_counter() - t))
+            raw.unlink()
+    out["best_img_s"] = {k: round(v, 1) for k, v in best.items()}
+    out["writer_only_img_s"] = {k: round(v, 1) for k, v in writer_only.items()}
+    out["writer_only_img_per_cpu_s"] = {k: round(v, 1) for k, v in writer_cpu.items()}
+    out["tofile_img_per_cpu_s"] = round(tofile_cpu, 1)
+    out["ratio_writer_only"] = round(max(v for k, v in writer_only.items() if k.startswith("none")) / max(plain), 4)
+    out["tofile_img_s"] = round(max(plain), 1)
+    out["tofile_fsync_img_s"] = round(max(synced), 1)
+    none_best = max(v for k, v in best.items() if k.startswith("none"))
+    gzip_best = max(v for k, v in best.items() if k.startswith("gzip"))
+    out["ratio"] = round(none_best / max(plain), 4)
+    out["ratio_vs_fsync"] = round(none_best / max(synced), 4)
+    out["default_vs_target"] = round(gzip_best / 52000, 4)
+    out["target_ratio"] = 0.7
+    out["loadavg_end"] = os.getloadavg()[0]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sink", action="store_true", help="writer throughput with a near-free generator (module doc)")
+    ap.add_argument("--n-sink", type=int, default=131072, help="images per sink run (3x32x32: 3 KB each)")
+    ap.add_argument("--workers", default="1,2", help="comma-separated --workers values for the sink runs")
+    ap.add_argument("--tmp", default=None, help="folder for the sink caches and the baseline file (default: $TMPDIR)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--n-biggan", type=int, default=None, help="default: 16 on CPU, 8192 on CUDA")
@@ -108,6 +245,9 @@ def main() -> None:
                     help="torch intra-op threads (default: torch's). On an overloaded shared machine 2 spinning OpenMP "
                          "threads can make a forward 4x slower and erratic; --threads 1 gives stable figures there")
     args = ap.parse_args()
+    if args.sink:
+        print(json.dumps(sink(args), sort_keys=True))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -308,3 +308,25 @@ def test_uncompressed_image_chunks_start_on_1mib_boundaries(tmp_path):
         assert all(aligned) if comp == "none" else not all(aligned)  # compressed chunks stay packed
         if comp == "none":  # padding: each chunk's slack to 1 MiB plus the gap after the metadata, no more
             assert sizes[comp] <= (len(offsets) + 1) * CHUNK_ALIGN + (256 << 10)
+
+
+def test_caches_written_with_libver_latest_and_lzf_still_open_and_resume(tmp_path):
+    """Caches from before the v110 bounds (libver='latest', lzf chunks): readable, and an incomplete one resumes."""
+    new = tmp_path / "new.h5"
+    w = CacheWriter(new, n=40, channels=C, resolution=R, attrs={"kind": "imported", "source": "test"}, num_labels=3,
+                    chunk=5, compression="lzf")
+    w.append(pattern(0, 17), labels_of(0, 17))
+    w.close()  # incomplete, 17 committed
+    old = tmp_path / "old.h5"
+    with h5py.File(new, "r") as src, h5py.File(old, "w", libver="latest") as dst:  # the same cache, old-style file
+        for name in src:
+            src.copy(name, dst)
+        dst.attrs.update(src.attrs)
+    assert read_superblock(old).version == 3
+    with open_h5_read(old) as f:
+        assert f[fmt.IMAGES].compression == "lzf" and f[fmt.COMMITTED][()] == 17
+    write_all(old, 40, chunk=5, compression="lzf")  # resumes at 17 with the same config
+    with open_h5_read(old) as f:
+        np.testing.assert_array_equal(f[fmt.IMAGES][:], pattern(0, 40))
+        np.testing.assert_array_equal(f[fmt.LABEL_COUNTS][:], np.bincount(labels_of(0, 40), minlength=3))
+        assert bool(f.attrs["complete"])

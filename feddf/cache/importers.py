@@ -300,8 +300,9 @@ def load_source(source: str, split: str | None = None, limit: int | None = None,
 
 def import_source(source: str, out: str | os.PathLike, split: str | None = None, resolution: int | None = None,
                   limit: int | None = None, *, compression: str = "none", force: bool = False,
-                  progress: bool = True) -> Path:
-    """Import SOURCE into the cache `out` and return its path (resumes an interrupted import of the same config)."""
+                  progress: bool = True, workers: int | None = None) -> Path:
+    """Import SOURCE into the cache `out` and return its path (resumes an interrupted import of the same config).
+    workers: chunk-encoding threads of the writer (default: CacheWriter's); not part of the config (same bytes)."""
     import torch
     from tqdm import tqdm
 
@@ -327,7 +328,7 @@ def import_source(source: str, out: str | os.PathLike, split: str | None = None,
              "label_names": src.label_names}
     k = max(src.num_labels, 0)
     with CacheWriter(out, n=src.n, channels=src.channels, resolution=r, attrs=attrs,
-                     num_labels=k, compression=compression, force=force) as w:
+                     num_labels=k, compression=compression, force=force, workers=workers) as w:
         if w.complete:
             w.finish()  # a complete staged --force replacement is swapped in here
             return Path(out)

@@ -2,7 +2,7 @@
 
     python -c "from feddf.cache.superblock import read_superblock; print(read_superblock('cache/x.h5'))"
 
-Why: a file opened for writing with libver='latest' (superblock v3, needed for SWMR) gets status flags set in its
+Why: a file opened for writing with superblock v3 (libver v110 or later, needed for SWMR) gets status flags set in its
 superblock; they are cleared on a clean close. After kill -9 they survive, and every later non-SWMR open fails with
 "file is already open for write (may use <h5clear file> to clear file consistency flags)". `locking=False` and
 HDF5_USE_FILE_LOCKING do not help (the check is on the flags, not on OS locks), and h5py exposes no way to set the

@@ -66,7 +66,7 @@ def write_virtual_cache(out: str | os.PathLike, shards: list[str | os.PathLike],
                 raise FeddfError(f"{out} holds a cache made with a different config; use --force to overwrite it")
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         try:
-            with h5py.File(tmp, "w", libver="latest", locking=False) as f:
+            with h5py.File(tmp, "w", libver=fmt.LIBVER, locking=False) as f:
                 for name, (shape, dtype) in metas[0][2].items():
                     layout = h5py.VirtualLayout(shape=(n,) + tuple(shape[1:]), dtype=dtype)
                     for (p, _, shapes, _), s, m in zip(metas, starts, sizes):

@@ -28,6 +28,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +36,34 @@ import numpy as np
 
 from feddf.cache import format as fmt
 from feddf.cache import pagecache, replace
+from feddf.cache.blocks import BlockPipeline
+from feddf.cache.codec import Pipeline
 from feddf.cache.superblock import clear_write_flags, is_hdf5
 from feddf.errors import FeddfError
 
-COMPRESSIONS = ("lzf", "gzip", "none")
+COMPRESSIONS = ("gzip", "none", "lzf")
+DEFAULT_COMPRESSION = "gzip"  # deflate: a filter every HDF5 build has (lzf exists only inside h5py)
+GZIP_LEVEL = 1  # level 1 keeps 97-99% of level 6's saving at 2-3x its speed (docs/cache-format.md, Compression)
 
 
-def _compression_kwargs(compression: str | None) -> dict[str, Any]:
+def _compression_kwargs(compression: str | None, itemsize: int = 1) -> dict[str, Any]:
+    """h5py filter arguments; shuffle only where it can help (multi-byte elements: labels, confidences)."""
     if compression in (None, "none"):
         return {}
     if compression == "lzf":
         return {"compression": "lzf"}
     if compression == "gzip":
-        return {"compression": "gzip", "compression_opts": 4}
+        return {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": itemsize > 1}
     raise FeddfError(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
+
+
+def default_workers() -> int:
+    """Encoder threads: one per CPU this process may use, at most 8 (zlib at level 1 outruns the disk beyond)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
 
 
 def _attr_value(v: Any) -> Any:
@@ -126,7 +141,7 @@ class _WriterLock:
 CHUNK_ALIGN = 1 << 20  # file alignment of uncompressed image chunks (see CacheWriter._fapl)
 
 
-class CacheWriter:
+class CacheWriter(BlockPipeline):
     """Creates or resumes the cache at `path` and appends committed blocks; see the module docstring.
 
     attrs: provenance written as root attributes (generator/source, seed, ...; dicts/lists stored as JSON).
@@ -142,16 +157,19 @@ class CacheWriter:
     def __init__(self, path: str | os.PathLike, *, n: int, channels: int, resolution: int,
                  attrs: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
                  num_labels: int = 0, num_targets: int = 0, labeler_classes: int = 0,
-                 compression: str | None = "lzf", chunk: int | None = None, force: bool = False,
-                 defer_swap: bool = False):
+                 compression: str | None = DEFAULT_COMPRESSION, chunk: int | None = None, force: bool = False,
+                 defer_swap: bool = False, workers: int | None = None):
         if n <= 0:
             raise FeddfError(f"cache size n={n} must be positive")
         self.path = Path(path)
         self.n, self.channels, self.resolution = int(n), int(channels), int(resolution)
         self.num_labels, self.num_targets, self.labeler_classes = int(num_labels), int(num_targets), int(labeler_classes)
         self.chunk = int(min(chunk or fmt.chunk_images(channels, resolution), n))
-        self._comp = _compression_kwargs(compression)
+        _compression_kwargs(compression)  # validates the name
         self.compression = compression or "none"
+        if workers is not None and workers < 1:
+            raise FeddfError(f"--workers {workers} must be >= 1")
+        self.workers = int(workers or default_workers())
         attrs = dict(attrs or {})
         base_identity = identity if identity is not None else {k: v for k, v in attrs.items() if k not in ("created",)}
         from feddf.utils import to_jsonable
@@ -163,6 +181,13 @@ class CacheWriter:
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_n = 0
         self._f = None
+        self._inflight: deque = deque()  # blocks being encoded by the pool, oldest first (see _commit)
+        self._pool = None
+        self._codecs: dict[str, Pipeline | None] = {}
+        self._ds: dict[str, Any] = {}
+        self._partial: dict[str, np.ndarray] = {}  # whole-chunk buffers of a partially committed chunk (flush())
+        self._partial_at = -1  # its first image, or -1
+        self.failed: BaseException | None = None  # a write error: nothing more is written, never marked complete
         self.resumed = False
         self.complete = False
         self.target: Path | None = None  # with --force on an existing cache: the path the staged file replaces
@@ -221,12 +246,15 @@ class CacheWriter:
         from feddf.utils import versions
 
         n, c, r, k = self.n, self.channels, self.resolution, self.chunk
+        self.committed = 0
+        self._check_space()  # before any file exists: a refusal leaves nothing behind
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         try:
-            with h5py.File(tmp, "w", libver="latest", locking=False) as f:
+            fid = h5py.h5f.create(os.fsencode(tmp), h5py.h5f.ACC_TRUNC, fapl=self._fapl())
+            with h5py.File(fid) as f:
                 # (N, C, R, R) in chunks of k whole images; never h5py's auto-chunking (it splits images)
                 f.create_dataset(fmt.IMAGES, shape=(n, c, r, r), dtype="u1", chunks=(k, c, r, r), fletcher32=True,
-                                 **self._comp)
+                                 **_compression_kwargs(self.compression))
                 per_image = [(fmt.LABELS, "i8", fmt.UNLABELED)]
                 if self.num_targets:
                     per_image.append((fmt.TARGETS, "i8", fmt.UNLABELED))
@@ -234,7 +262,7 @@ class CacheWriter:
                     per_image += [(fmt.LABELER_PRED, "i8", fmt.UNLABELED), (fmt.LABELER_CONF, "f4", 0.0)]
                 for name, dtype, fill in per_image:
                     f.create_dataset(name, shape=(n,), dtype=dtype, chunks=(k,), fillvalue=fill, fletcher32=True,
-                                     **self._comp)
+                                     **_compression_kwargs(self.compression, np.dtype(dtype).itemsize))
                 f.create_dataset(fmt.COMMITTED, data=np.int64(0))
                 f.create_group(fmt.COVERAGE)
                 for name, size, dtype in self._coverage_specs():
@@ -279,22 +307,36 @@ class CacheWriter:
         self._counts = {name: np.zeros(size, dtype) for name, size, dtype in self._coverage_specs()}
         if self.complete:
             return
+        self._check_space()
         try:
             # open straight into SWMR-write mode (never plain write mode: a SWMR reader opening in that state fails
             # with "file is not already open for SWMR writing")
-            fid = h5py.h5f.open(os.fsencode(self.path), h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE,
-                                fapl=self._fapl())
+            flags = h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE
+            try:
+                fid = h5py.h5f.open(os.fsencode(self.path), flags, fapl=self._fapl())
+            except OSError:  # a cache written before the v110 bounds (libver='latest'): resume it as it was made
+                fid = h5py.h5f.open(os.fsencode(self.path), flags, fapl=self._fapl(latest=True))
             self._f = h5py.File(fid)
         except OSError as e:
             raise FeddfError(f"cannot open {self.path} for writing ({e}); use --force to start it again") from None
+        # h5py's name lookups cost ~0.1 ms each: look every dataset the commit loop touches up once
+        self._ds = {name: self._f[name] for name in self._per_image_names()
+                    + [fmt.COMMITTED] + [name for name, _, _ in self._coverage_specs()]}
+        self._codecs = {name: Pipeline.of(self._ds[name]) for name in self._per_image_names()}
+        self._codecs = {k: (v if v.supported else None) for k, v in self._codecs.items()}
         if self.committed:
             self._recount()
 
-    def _fapl(self):
+    def _fapl(self, latest: bool = False):
         import h5py
 
         fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-        fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+        if latest:
+            fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+        # The lowest bounds SWMR works with (superblock v3, fixed-array chunk index: HDF5 1.10). Never 'latest': with
+        # h5py's bundled HDF5 2.0 that writes object versions HDF5 <= 1.14 cannot read (h5ls prints "*ERROR*").
+        else:
+            fapl.set_libver_bounds(*fmt.libver_bounds())
         fapl.set_file_locking(False, True)  # our flock on .<name>.lock is the writer lock; readers use SWMR
         chunk_bytes = self.chunk * self.channels * self.resolution * self.resolution + 4  # + fletcher32
         if self.compression == "none" and chunk_bytes <= CHUNK_ALIGN:
@@ -312,9 +354,12 @@ class CacheWriter:
         self._add_counts(f[fmt.LABELS][:e], f[fmt.TARGETS][:e] if self.num_targets else None,
                          f[fmt.LABELER_PRED][:e] if self.labeler_classes else None,
                          f[fmt.LABELER_CONF][:e] if self.labeler_classes else None)
-        for name, v in self._counts.items():
-            f[name][...] = v
-        f.flush()
+        try:
+            for name, v in self._counts.items():
+                f[name][...] = v
+            f.flush()
+        except OSError as err:
+            self._fail(err)
 
     # ---------------------------------------------------------------- writing
     def _add_counts(self, labels, targets, pred, conf) -> None:
@@ -333,12 +378,14 @@ class CacheWriter:
         """Queue images (B, C, R, R) uint8 for indices committed+pending..; whole chunks are committed as they fill."""
         if self.complete:
             raise ValueError(f"{self.path} is already complete")
+        if self.failed is not None:
+            raise FeddfError(f"{self.path}: an earlier write failed ({self.failed}); nothing more is written")
         images = np.ascontiguousarray(np.asarray(images))
         b = images.shape[0]
         if images.dtype != np.uint8 or images.shape[1:] != (self.channels, self.resolution, self.resolution):
             raise ValueError(f"images must be uint8 (B, {self.channels}, {self.resolution}, {self.resolution}), "
                              f"got {images.dtype} {images.shape}")
-        if self.committed + self._pending_n + b > self.n:
+        if self.committed_queued + self._pending_n + b > self.n:
             raise ValueError(f"appending {b} images would exceed n={self.n}")
 
         def vec(x, name, dtype, required, hi):
@@ -361,35 +408,45 @@ class CacheWriter:
             item[fmt.LABELER_CONF] = vec(labeler_conf, "labeler_conf", None, True, None)
         self._pending.append(item)
         self._pending_n += b
-        while self._pending_n and self.committed + self._pending_n >= self._next_boundary():
-            self._commit(self._next_boundary() - self.committed)
+        while self._pending_n and self.committed_queued + self._pending_n >= self._next_boundary():
+            self._commit(self._next_boundary() - self.committed_queued)
 
     def _next_boundary(self) -> int:
-        return min((self.committed // self.chunk + 1) * self.chunk, self.n)
+        return min((self.committed_queued // self.chunk + 1) * self.chunk, self.n)
 
-    def _commit(self, m: int) -> None:
-        """Write the first m pending images at [committed, committed + m), then advance /committed."""
-        block = {k: np.concatenate([p[k] for p in self._pending]) for k in self._pending[0]}
-        rest = {k: v[m:] for k, v in block.items()}
-        self._pending = [rest] if len(rest[fmt.IMAGES]) else []
-        self._pending_n -= m
-        s, e, f = self.committed, self.committed + m, self._f
-        for name, v in block.items():
-            f[name][s:e] = v[:m]
-        self._add_counts(block[fmt.LABELS][:m], block[fmt.TARGETS][:m] if self.num_targets else None,
-                         block[fmt.LABELER_PRED][:m] if self.labeler_classes else None,
-                         block[fmt.LABELER_CONF][:m] if self.labeler_classes else None)
-        for name, v in self._counts.items():
-            f[name][...] = v
-        f.flush()  # data + coverage reach the file before the commit counter moves
-        f[fmt.COMMITTED][()] = e
-        f.flush()
-        self.committed = e
+    def _per_image_names(self) -> list[str]:
+        names = [fmt.IMAGES, fmt.LABELS]
+        if self.num_targets:
+            names.append(fmt.TARGETS)
+        if self.labeler_classes:
+            names += [fmt.LABELER_PRED, fmt.LABELER_CONF]
+        return names
+
+    def _check_space(self) -> None:
+        """Refuse to start when the rest of the cache cannot fit on its file system. The estimate is the uncompressed
+        size (what a cache takes when no chunk shrinks) plus 1% and 1 MiB of metadata; a disk that fills up anyway
+        (other writers) stops the writer with a clean error at the first failing write."""
+        left = self.n - self.committed
+        per_image = self.channels * self.resolution * self.resolution + 8 * (1 + (self.num_targets > 0)) \
+            + 12 * (self.labeler_classes > 0)
+        need = int(left * per_image * 1.01) + (1 << 20) + (CHUNK_ALIGN if self.compression == "none" else 0)
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if need > free:
+            raise FeddfError(f"not enough space for {self.path}: {left} more images need up to {need / 1e6:.1f} MB "
+                             f"(uncompressed), {free / 1e6:.1f} MB free on that file system; free some space or "
+                             "choose another --out")
 
     def flush(self) -> None:
-        """Commit whatever is pending now (also a partial chunk)."""
+        """Commit whatever is pending now (also a partial chunk) and wait until every queued block is committed."""
+        if self.failed is not None:
+            return
         if self._pending_n:
             self._commit(self._pending_n)
+        self._drain()
 
     @property
     def counts(self) -> dict[str, np.ndarray]:
@@ -397,15 +454,21 @@ class CacheWriter:
         return {k: v.copy() for k, v in self._counts.items()}
 
     def finish(self) -> None:
-        """Commit the rest, check all n images are there, mark the cache complete, swap a staged --force replacement
-        in (feddf.cache.replace), close and unlock."""
+        """Commit the rest, check all n images are there, make them durable, mark the cache complete, swap a staged
+        --force replacement in (feddf.cache.replace), close and unlock."""
         if not self.complete:
+            if self.failed is not None:
+                raise FeddfError(f"{self.path} is incomplete after a write error; rerun the same command to resume")
             self.flush()
             if self.committed != self.n:
                 raise ValueError(f"finish() with {self.committed} of {self.n} images written")
-            # an in-place change of an existing fixed-size attribute: allowed in SWMR-write mode
-            self._f.attrs["complete"] = True
-            self._f.flush()
+            try:
+                self._sync()  # every chunk is on disk before `complete` says so
+                # an in-place change of an existing fixed-size attribute: allowed in SWMR-write mode
+                self._f.attrs["complete"] = True
+                self._sync()
+            except OSError as err:
+                self._fail(err)
             self._close_file()
             self.complete = True
             # Leave the finished file in the page cache in large folios (see pagecache: ~0.8 instead of ~0.70 of an
@@ -419,17 +482,27 @@ class CacheWriter:
                 self.path, self.target = self.target, None
         self.close()
 
+    def _sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.id.get_vfd_handle())
+
     def _close_file(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         if self._f is not None:
             try:
                 self._f.close()
+            except (OSError, RuntimeError):
+                if self.failed is None:
+                    raise  # after a write error the close may fail too; the error already raised says why
             finally:
-                self._f = None
+                self._f, self._ds = None, {}
 
     def close(self) -> None:
         """Commit pending images (they are valid), close the file and drop the lock; the cache stays resumable."""
         try:
-            if self._f is not None and not self.complete:
+            if self._f is not None and not self.complete and self.failed is None:
                 self.flush()
         finally:
             self._close_file()

@@ -29,11 +29,15 @@ def command() -> None:
 @click.option("--resolution", type=click.IntRange(4, 1024), metavar="R", help="Resize to R x R (bilinear, "
               "antialiased; folders: shorter side to R + centre crop) [default: the source's size].")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Import only the first N images.")
-@click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), default="none", show_default=True,
-              help="HDF5 compression; uncompressed chunks stream ~3x faster and real photos barely compress.")
+@click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True,
+              help="HDF5 compression: none (uncompressed chunks stream ~3x faster), gzip (deflate, readable "
+                   "everywhere) or lzf (readable by h5py only).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Threads that compress and checksum chunks [default: one per CPU, at most 8]; the file is the "
+                   "same for any N.")
 @click.option("--force", is_flag=True, help="Replace an existing cache made with a different config.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def import_cmd(source, out, split, resolution, limit, compression, force, quiet) -> None:
+def import_cmd(source, out, split, resolution, limit, compression, workers, force, quiet) -> None:
     """Import SOURCE into a cache: cifar10, cifar100, stl10, imagenet32, fashion-mnist (with split/slice, e.g.
     fashion-mnist:test[:5000]), folder:PATH (class sub-folders or flat) or npz:PATH (x/images + y/labels).
 
@@ -44,7 +48,7 @@ def import_cmd(source, out, split, resolution, limit, compression, force, quiet)
     from feddf.cache.reader import open_cache
 
     path = import_source(source, out, split=split, resolution=resolution, limit=limit, compression=compression,
-                         force=force, progress=not quiet)
+                         force=force, progress=not quiet, workers=workers)
     info = open_cache(path)
     click.echo(f"wrote {path}: {info.n} images {info.channels}x{info.resolution}x{info.resolution} from "
                f"{info.source} ({info.file_size / 1e6:.1f} MB)")

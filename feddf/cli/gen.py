@@ -43,7 +43,12 @@ def _summary_lines(s: dict) -> list[str]:
 @click.option("--weights", default=None, metavar="DIR", help="BigGAN: folder with config.json + pytorch_model.bin.")
 @click.option("--checkpoint", default=None, metavar="FILE", help="dcgan: netG state_dict; torchscript: the .pt file.")
 @click.option("--random-weights", is_flag=True, help="Exact architecture, seeded random weights (tests/benchmarks).")
-@click.option("--compression", type=click.Choice(["lzf", "gzip", "none"]), default="lzf")
+@click.option("--compression", type=click.Choice(["gzip", "none", "lzf"]), default="gzip",
+              help="gzip: deflate level 1, readable by every HDF5 reader; none: fastest to write and stream; lzf: "
+                   "readable by h5py only.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Threads that compress and checksum chunks [default: one per CPU, at most 8]; the images are the "
+                   "same for any N.")
 @click.option("--labeler", default=None, metavar="RUN_OR_CKPT",
               help="Classifier (feddf train run folder or checkpoint) whose predictions go into the coverage stats.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", help="Forward precision (CUDA).")
@@ -54,7 +59,7 @@ def _summary_lines(s: dict) -> list[str]:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line.")
 def command(generator, n, out, resolution, truncation, classes, seed, batch_size, device, weights, checkpoint,
-            random_weights, compression, labeler, dtype, chunk_images, z_dim, force, quiet, as_json):
+            random_weights, compression, workers, labeler, dtype, chunk_images, z_dim, force, quiet, as_json):
     """Sample a GAN into a deterministic, resumable HDF5 cache.
 
     \b
@@ -67,8 +72,8 @@ def command(generator, n, out, resolution, truncation, classes, seed, batch_size
 
     summary = gen(generator=generator, n=n, out=out, resolution=resolution, truncation=truncation, classes=classes,
                   seed=seed, batch_size=batch_size, device=device, weights=weights, checkpoint=checkpoint,
-                  random_weights=random_weights, compression=compression, labeler=labeler, dtype=dtype,
-                  chunk_images=chunk_images, z_dim=z_dim, force=force, progress=not quiet)
+                  random_weights=random_weights, compression=compression, workers=workers, labeler=labeler,
+                  dtype=dtype, chunk_images=chunk_images, z_dim=z_dim, force=force, progress=not quiet)
     if summary["rank"]:
         return  # rank 0 reports for the whole torchrun job
     if as_json:

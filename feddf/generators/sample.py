@@ -43,7 +43,8 @@ class GenConfig:
     weights: str | None = None
     checkpoint: str | None = None
     random_weights: bool = False
-    compression: str = "lzf"
+    compression: str = "gzip"           # deflate (readable by every HDF5 reader); "none"; "lzf" (h5py only)
+    workers: int | None = None          # chunk-encoding threads of the writer (default: CacheWriter's); same bytes
     labeler: str | None = None
     dtype: str = "fp32"
     chunk_images: int | None = None     # images per chunk/commit; default about 1 MiB
@@ -71,6 +72,8 @@ def validate(cfg: GenConfig) -> None:
     if cfg.dtype not in DTYPES:
         raise FeddfError(f"--dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}")
     check_seed("--seed", cfg.seed)
+    if cfg.workers is not None and cfg.workers < 1:
+        raise FeddfError(f"--workers {cfg.workers} must be >= 1")
 
 
 def default_out(generator: str, resolution: int, n: int) -> str:
@@ -208,7 +211,7 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
     import torch
 
     from feddf.cache.virtual import write_virtual_cache
-    from feddf.cache.writer import CacheWriter, probe_cache
+    from feddf.cache.writer import CacheWriter, default_workers, probe_cache
     from feddf.generators import get_generator
     from feddf.generators.base import CUDA_GROUP, NOISE_SCHEME, make_batch_invariant
     from feddf.generators.classes import assign, parse_classes
@@ -255,7 +258,8 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
         labeler = _labeler(cfg.labeler, device, gen.channels, res) if cfg.labeler else None
 
         resolved = GenConfig(**{**asdict(cfg), "out": str(out), "resolution": res, "truncation": trunc,
-                                "classes": plan.spec if plan else None, "batch_size": batch})
+                                "classes": plan.spec if plan else None, "batch_size": batch,
+                                "workers": cfg.workers or default_workers()})
         identity = {"kind": "generated", "generator": cfg.generator, "weights_hash": gen.weights_hash,
                     "random_weights": gen.random_weights, "truncation": trunc, "seed": cfg.seed,
                     "classes": plan.describe() if plan else None, "noise": NOISE_SCHEME, "device_type": device.type,
@@ -283,7 +287,7 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
             attrs = {**attrs, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
         writer = CacheWriter(path, n=hi - lo, channels=gen.channels, resolution=res, attrs=attrs, identity=identity,
                              compression=cfg.compression, chunk=cfg.chunk_images, force=force,
-                             defer_swap=ranks.world > 1, **sizes)  # torchrun: rank 0 swaps all shards at the end
+                             defer_swap=ranks.world > 1, workers=resolved.workers, **sizes)  # torchrun: rank 0 swaps
         start_committed = writer.committed
         import scipy.special  # noqa: F401 - imported by the noise; not inside the timed loop
         t0, c0 = time.perf_counter(), time.process_time()
