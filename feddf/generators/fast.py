@@ -84,7 +84,7 @@ class GuardedCompile:
     """torch.compile(fn) that falls back to eager fn for good if compiling, or a compiled call, fails (with a warning).
     `status` says what ran: "off", "compiled", "compiled+graphs" or "eager (fell back: <error>)"."""
 
-    def __init__(self, fn, mode: str):
+    def __init__(self, fn, mode: str, backend="inductor"):
         self.eager, self.fn, self.status = fn, fn, "off"
         if mode == "off":
             return
@@ -92,7 +92,7 @@ class GuardedCompile:
             import torch
 
             kw = {"mode": "reduce-overhead"} if mode == "graphs" else {}
-            self.fn = torch.compile(fn, fullgraph=False, dynamic=False, **kw)
+            self.fn = torch.compile(fn, fullgraph=False, dynamic=False, backend=backend, **kw)
             self.status = "compiled+graphs" if mode == "graphs" else "compiled"
         except Exception as e:  # noqa: BLE001 - e.g. no compiler backend on this platform
             self._fall_back(e)
