@@ -194,3 +194,32 @@ def test_gen_fast_flag_errors():
     assert p.returncode == 1 and "--compile on applies to --fast only" in p.stderr
     h = run_cli("gen", "--help")
     assert h.returncode == 0 and "--fast" in h.stdout and "--compile" in h.stdout
+
+
+def test_gpu_suite_runs_end_to_end_on_cpu(tmp_path):
+    """benchmarks/gpu_suite.sh --device cpu --tiny: every step runs and lands in the one JSON file, with the device,
+    both generation modes and the --fast end-to-end cache, so the GPU script cannot rot before a GPU is lent."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "suite.json"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    p = subprocess.run(["bash", str(root / "benchmarks" / "gpu_suite.sh"), "--device", "cpu", "--tiny", "--out",
+                        str(out)], capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    steps = res["steps"]
+    assert set(steps) == {"device", "bench_gen_biggan", "gen_e2e", "bench_gen_dcgan", "bench_distill_resnet8",
+                          "bench_distill_resnet20", "bench_distill_vgg9", "bench_stream"}
+    assert all(v["status"] == "ok" and "figures" in v for v in steps.values()), steps
+    assert res["device"] == "cpu" and res["gpu"] is None and steps["device"]["figures"]["matmul_tflops"] > 0
+    bg = steps["bench_gen_biggan"]["figures"]
+    assert bg["biggan_deep_128"]["mode"] == "bitwise" and bg["biggan_deep_128_fast"]["mode"] == "fast"
+    assert res["biggan_fast_over_bitwise"] == bg["biggan_deep_128_fast_over_bitwise"] > 0
+    assert steps["gen_e2e"]["figures"]["mode"] == "fast" and steps["gen_e2e"]["figures"]["generated"] == 2
+    assert {"dcgan", "dcgan_fast"} <= set(steps["bench_gen_dcgan"]["figures"])
+    assert steps["bench_distill_vgg9"]["figures"]["config"]["arch"] == "vgg9"
+    assert not list(tmp_path.glob("feddf-gpu-suite.*"))  # its work folder is removed
