@@ -13,10 +13,10 @@
 # after the --budget-s deadline are skipped; a failed, timed-out or skipped step is recorded as such in the JSON
 # ("status"), never as a figure. Steps, most important first:
 #   bench_gen BigGAN-deep-128 (bitwise + --fast), feddf gen 100 000 images (--fast, BigGAN), bench_gen DCGAN (both),
-#   bench_distill resnet8 / resnet20 / vgg9, bench_stream.
+#   bench_distill resnet8 / resnet20 / vgg9, bench_stream. Options: --budget-s S (450), --gen-n N, --compile MODE.
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-DEVICE=cuda TINY=0 OUT="" BUDGET=450 WHEELS="$ROOT/.whl" FETCH=0 GEN_N=""
+DEVICE=cuda TINY=0 OUT="" BUDGET=450 WHEELS="$ROOT/.whl" FETCH=0 GEN_N="" COMPILE=auto
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
@@ -25,8 +25,9 @@ while [ $# -gt 0 ]; do
     --budget-s) BUDGET="$2"; shift 2 ;;
     --wheels) WHEELS="$2"; shift 2 ;;
     --gen-n) GEN_N="$2"; shift 2 ;;
+    --compile) COMPILE="$2"; shift 2 ;;   # --fast rows: auto|on|graphs|off (off if compiling eats the budget)
     --fetch-wheels) FETCH=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "gpu_suite.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -122,17 +123,17 @@ out["matmul"] = f"{n}^3 {str(dt).replace('torch.', '')}, mean of {reps} after 3 
 print(json.dumps(out))
 EOF
 
-step bench_gen_biggan 200 "$PY" "$ROOT/benchmarks/bench_gen.py" --device "$DEVICE" --dtype "$GEN_DT" --mode both \
+step bench_gen_biggan 240 "$PY" "$ROOT/benchmarks/bench_gen.py" --device "$DEVICE" --dtype "$GEN_DT" --mode both --compile "$COMPILE" \
   --only biggan --n-biggan "$NB" --batch-biggan "$BB" --reps "$REPS"
-step gen_e2e 150 "$PY" -m feddf gen --generator biggan-deep-128 --random-weights --fast --n "$GEN_N" \
+step gen_e2e 150 "$PY" -m feddf gen --generator biggan-deep-128 --random-weights --fast --compile "$COMPILE" --n "$GEN_N" \
   --classes cifar10 --device "$DEVICE" --dtype "$GEN_DT" --batch-size "$GEN_B" --out "$WORK/gen.h5" --quiet --json
 rm -f "$WORK/gen.h5"
-step bench_gen_dcgan 120 "$PY" "$ROOT/benchmarks/bench_gen.py" --device "$DEVICE" --dtype "$GEN_DT" --mode both \
+step bench_gen_dcgan 100 "$PY" "$ROOT/benchmarks/bench_gen.py" --device "$DEVICE" --dtype "$GEN_DT" --mode both --compile "$COMPILE" \
   --only dcgan --n-dcgan "$ND" --batch-dcgan "$BD" --reps "$REPS"
 for arch in resnet8 resnet20 vgg9; do
-  step "bench_distill_$arch" 60 "$PY" "$ROOT/benchmarks/bench_distill.py" --device "$DEVICE" --arch "$arch" $DIST
+  step "bench_distill_$arch" 50 "$PY" "$ROOT/benchmarks/bench_distill.py" --device "$DEVICE" --arch "$arch" $DIST
 done
-step bench_stream 120 "$PY" "$ROOT/benchmarks/bench_stream.py" $STREAM --tmp "$WORK"
+step bench_stream 90 "$PY" "$ROOT/benchmarks/bench_stream.py" $STREAM --tmp "$WORK"
 
 # one JSON: each step's last JSON line (its figures) + status, the device, the suite's own wall time
 "$PY" - "$WORK" "$OUT" "$(( $(date +%s) - START ))" "$BUDGET" "$TINY" <<'EOF'
