@@ -250,10 +250,11 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
         try:
             compile_status = "off"
             if not writer.complete:
-                compile_status = _generate(gen, writer, device=device, lo=lo, seed=cfg.seed, trunc=trunc, plan=plan, res=res,
-                          batch=batch, group=group, dtype=dtype, labeler=labeler, assign=assign,
-                          progress=progress and not (ranks.world > 1 and ranks.rank),
-                          compile_mode=compile_mode if fast else None)
+                compile_status = _generate(
+                    gen, writer, device=device, lo=lo, seed=cfg.seed, trunc=trunc, plan=plan, res=res, batch=batch,
+                    group=group, dtype=dtype, labeler=labeler, assign=assign,
+                    progress=progress and not (ranks.world > 1 and ranks.rank),
+                    compile_mode=compile_mode if fast else None)
             writer.finish()
         finally:
             writer.close()
