@@ -3,7 +3,9 @@
 #
 #   bash benchmarks/gpu_suite.sh --fetch-wheels      # HERE, once (needs PyPI): wheels the GPU image lacks -> .whl/
 #   bash benchmarks/gpu_suite.sh --out $OUT/gpu_suite.json    # ON THE GPU MACHINE, from a plain copy of the tree
-#   bash benchmarks/gpu_suite.sh --device cpu --tiny --out /tmp/suite.json   # CPU smoke run (tests/test_gpu_suite.py)
+#   bash benchmarks/gpu_suite.sh --device cpu --tiny --out /tmp/suite.json   # CPU smoke run (tests/test_fast_mode.py)
+# With the device tool: run(command="bash benchmarks/gpu_suite.sh --out $OUT/gpu_suite.json", carry=[".whl"],
+# timeout_s=540); the figures come back as gpu_suite.json. If compiling eats the budget, rerun with --compile off.
 #
 # Installs nothing from the network. Python: $PYTHON, else ./.venv/bin/python if it runs, else python3 (on the lent
 # GPU machines that is the image's own torch build; see /work/.library/device/KINDS.md: torch, h5py, scipy, click,
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
     --gen-n) GEN_N="$2"; shift 2 ;;
     --compile) COMPILE="$2"; shift 2 ;;   # --fast rows: auto|on|graphs|off (off if compiling eats the budget)
     --fetch-wheels) FETCH=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "gpu_suite.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
