@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --gen-n) GEN_N="$2"; shift 2 ;;
     --compile) COMPILE="$2"; shift 2 ;;   # --fast rows: auto|on|graphs|off (off if compiling eats the budget)
     --fetch-wheels) FETCH=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "gpu_suite.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
