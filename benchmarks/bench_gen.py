@@ -4,6 +4,7 @@ with --sink, the writer itself: `feddf gen` of a near-free generator vs writing 
     .venv/bin/python benchmarks/bench_gen.py                       # CPU, small n; ends with one JSON line
     .venv/bin/python benchmarks/bench_gen.py --threads 1            # stable figures on a busy shared machine
     .venv/bin/python benchmarks/bench_gen.py --device cuda --dtype bf16 --n-biggan 20000 --batch-biggan 1024
+    .venv/bin/python benchmarks/bench_gen.py --device cuda --mode both    # bitwise and --fast, and their ratio
     .venv/bin/python benchmarks/bench_gen.py --sink --n-sink 131072 --workers 1,2   # writer throughput (ratio)
 
 Sink mode: a TorchScript generator z (B, 8) -> clamp(z @ P) as (B, 3, 32, 32), P eight fixed smooth patterns, costs
@@ -25,6 +26,10 @@ ratio = end-to-end / raw wall-clock img/s, target >= 0.97. On a shared, overload
 tens of percent between runs, so ratio_cpu (images per CPU-second of this process, all threads) is reported too: it
 counts the pipeline's extra work and is immune to other load. loadavg says how busy the machine was. For reference
 the BigGAN row also times the plain library forward (oneDNN, not batch-invariant) on CPU: the price of determinism.
+--mode fast|both adds `feddf gen --fast` rows (key suffix `_fast`): raw is then the eager forward as fast mode prepares
+it (no per-sample linears, cuDNN autotuning, SDPA attention, channels_last, batch-size forwards), end-to-end includes
+the compiled step (--compile); `fast_over_bitwise` = fast / bitwise end-to-end img/s, and BigGAN rows give the
+achieved TFLOP/s at 22.6 GFLOP per 128 px image (`tflops`).
 """
 from __future__ import annotations
 
@@ -44,21 +49,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from feddf.generators import get_generator  # noqa: E402
 from feddf.generators.base import CUDA_GROUP, invariant_kernels, make_batch_invariant  # noqa: E402
+from feddf.generators.fast import fast_kernels, prepare_fast  # noqa: E402
 from feddf.generators.classes import assign, parse_classes  # noqa: E402
 from feddf.generators.sample import GenConfig, run_gen  # noqa: E402
 from feddf.utils import resolve_device  # noqa: E402
 
 
-def raw_forward(gen, device, n, batch, dtype, trunc, invariant=True):
+BIGGAN_128_GFLOP = 22.6  # per image, BigGAN-deep-128 forward (issue 17)
+
+
+def raw_forward(gen, device, n, batch, dtype, trunc, invariant=True, mode="bitwise"):
     """img/s of the bare forward over n images in batches (as gen slices them), noise and labels precomputed."""
     plan = parse_classes("all", gen.num_classes) if gen.num_classes else None
     idx = np.arange(n)
     z = torch.from_numpy(gen.noise(0, idx, trunc)).to(device)
     y = torch.from_numpy(assign(plan, idx, 0)[0]).to(device) if plan else None
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
-    group = CUDA_GROUP if device.type == "cuda" else 0
+    group = CUDA_GROUP if device.type == "cuda" and mode == "bitwise" else 0
     step = group or batch
-    with torch.inference_mode(), (invariant_kernels(device.type) if invariant else contextlib.nullcontext()):
+    kernels = fast_kernels(device.type) if mode == "fast" else (invariant_kernels(device.type) if invariant
+                                                                 else contextlib.nullcontext())
+    with torch.inference_mode(), kernels:
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             gen.forward(z[:step], y[:step] if y is not None else None, trunc)  # warm-up
         if device.type == "cuda":
@@ -72,7 +83,10 @@ def raw_forward(gen, device, n, batch, dtype, trunc, invariant=True):
     return n / (time.perf_counter() - t), n / (time.process_time() - c)
 
 
-def prepare(gen, device):
+def prepare(gen, device, mode="bitwise"):
+    if mode == "fast":
+        prepare_fast(gen, device)
+        return gen
     if device.type == "cpu" and gen.batch_invariant:
         make_batch_invariant(gen.module)
     gen.module.to(device)
@@ -81,27 +95,30 @@ def prepare(gen, device):
     return gen
 
 
-def bench(name, gen_kwargs, cfg_kwargs, device, n, batch, dtype, reps, tmp):
-    gen = prepare(get_generator(name, **gen_kwargs), device)
+def bench(name, gen_kwargs, cfg_kwargs, device, n, batch, dtype, reps, tmp, mode="bitwise", compile_="auto"):
+    gen = prepare(get_generator(name, **gen_kwargs), device, mode)
     trunc = 0.4 if gen.uses_truncation else None
     raws, e2es, raw_cpu, e2e_cpu = [], [], [], []
     for r in range(reps):  # interleaved, best of each: robust to other load on a shared machine
-        w, c = raw_forward(gen, device, n, batch, dtype, trunc)
+        w, c = raw_forward(gen, device, n, batch, dtype, trunc, mode=mode)
         raws.append(w)
         raw_cpu.append(c)
         cfg = GenConfig(name, n, out=str(Path(tmp) / f"{name}-{r}.h5"), device=str(device), batch_size=batch,
-                        dtype=dtype, **cfg_kwargs)
+                        dtype=dtype, mode=mode, compile=compile_ if mode == "fast" else "auto", **cfg_kwargs)
         s = run_gen(cfg, force=True, progress=False)
         e2es.append(s["img_per_s"])
         e2e_cpu.append(n / s["cpu_s"])
-        size = s["bytes_per_image"]
+        size, compiled = s["bytes_per_image"], s.get("compile", "off")
     row = {"raw_img_s": round(max(raws), 3), "e2e_img_s": round(max(e2es), 3),
            "ratio": round(max(e2es) / max(raws), 4), "n": n, "batch": batch, "bytes_per_image": size,
            "raw_all": [round(x, 3) for x in raws], "e2e_all": [round(x, 3) for x in e2es],
            # images per CPU-second of this process (all threads): the pipeline's extra work, immune to other load
            "raw_img_per_cpu_s": round(max(raw_cpu), 3), "e2e_img_per_cpu_s": round(max(e2e_cpu), 3),
-           "ratio_cpu": round(max(e2e_cpu) / max(raw_cpu), 4)}
-    if device.type == "cpu" and name.startswith("biggan"):
+           "ratio_cpu": round(max(e2e_cpu) / max(raw_cpu), 4), "mode": mode, "compile": compiled}
+    if name == "biggan-deep-128":  # achieved arithmetic rate; compare with the card's measured bf16 ceiling
+        row["tflops"] = round(max(e2es) * BIGGAN_128_GFLOP / 1e3, 3)
+        row["raw_tflops"] = round(max(raws) * BIGGAN_128_GFLOP / 1e3, 3)
+    if device.type == "cpu" and name.startswith("biggan") and mode == "bitwise":
         ref = get_generator(name, **gen_kwargs)  # unpatched linears, oneDNN on
         row["plain_library_forward_img_s"] = round(raw_forward(ref, device, n, batch, dtype, trunc,
                                                                invariant=False)[0], 3)
@@ -241,6 +258,11 @@ def main() -> None:
     ap.add_argument("--n-dcgan", type=int, default=None, help="default: 1024 on CPU, 65536 on CUDA")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--resolution", type=int, default=32)
+    ap.add_argument("--mode", default="bitwise", choices=["bitwise", "fast", "both"],
+                    help="feddf gen's default (bitwise), --fast, or both (adds *_fast rows and fast_over_bitwise)")
+    ap.add_argument("--compile", default="auto", choices=["auto", "on", "graphs", "off"], help="--fast rows only")
+    ap.add_argument("--only", default=None, choices=["dcgan", "biggan"], help="run one generator only")
+    ap.add_argument("--batch-dcgan", type=int, default=None, help="default: 256 on CPU, 4096 on CUDA")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's). On an overloaded shared machine 2 spinning OpenMP "
                          "threads can make a forward 4x slower and erratic; --threads 1 gives stable figures there")
@@ -256,28 +278,39 @@ def main() -> None:
            "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}
     if cuda:
         out["gpu"] = torch.cuda.get_device_name(device)
+    modes = ["bitwise", "fast"] if args.mode == "both" else [args.mode]
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "netG_epoch_0.pth"  # a pytorch/examples-size DCGAN (nz=100, ngf=64, 64x64 RGB), random
         from feddf.generators.dcgan import Generator, random_init
 
         torch.manual_seed(0)
         torch.save(random_init(Generator(100, 64, 3, 64)).state_dict(), ckpt)
-        out["dcgan"] = bench("dcgan", {"checkpoint": str(ckpt)},
-                             {"checkpoint": str(ckpt), "resolution": args.resolution}, device,
-                             args.n_dcgan or (65536 if cuda else 1024), 256 if not cuda else 4096, args.dtype,
-                             args.reps, tmp)
-        print("dcgan", json.dumps(out["dcgan"]), flush=True)
-        out["biggan_deep_128"] = bench("biggan-deep-128", {"random_weights": True},
-                                       {"random_weights": True, "resolution": args.resolution}, device,
-                                       args.n_biggan or (8192 if cuda else 16), args.batch_biggan or
-                                       (1024 if cuda else 4), args.dtype, args.reps, tmp)
-        print("biggan-deep-128", json.dumps(out["biggan_deep_128"]), flush=True)
+        for mode in modes:
+            sfx = "" if mode == "bitwise" else "_fast"
+            if args.only in (None, "dcgan"):
+                out["dcgan" + sfx] = bench("dcgan", {"checkpoint": str(ckpt)},
+                                           {"checkpoint": str(ckpt), "resolution": args.resolution}, device,
+                                           args.n_dcgan or (65536 if cuda else 1024),
+                                           args.batch_dcgan or (256 if not cuda else 4096), args.dtype, args.reps,
+                                           tmp, mode, args.compile)
+                print("dcgan" + sfx, json.dumps(out["dcgan" + sfx]), flush=True)
+            if args.only in (None, "biggan"):
+                out["biggan_deep_128" + sfx] = bench("biggan-deep-128", {"random_weights": True},
+                                                     {"random_weights": True, "resolution": args.resolution}, device,
+                                                     args.n_biggan or (8192 if cuda else 16), args.batch_biggan or
+                                                     (1024 if cuda else 4), args.dtype, args.reps, tmp, mode,
+                                                     args.compile)
+                print("biggan-deep-128" + sfx, json.dumps(out["biggan_deep_128" + sfx]), flush=True)
     out["loadavg_end"] = os.getloadavg()[0]
-    out["ratio"] = min(out["dcgan"]["ratio"], out["biggan_deep_128"]["ratio"])
-    out["ratio_cpu"] = min(out["dcgan"]["ratio_cpu"], out["biggan_deep_128"]["ratio_cpu"])
+    rows = [k for k in ("dcgan", "biggan_deep_128") if k in out] or [k for k in ("dcgan_fast", "biggan_deep_128_fast")
+                                                                      if k in out]
+    out["ratio"] = min(out[k]["ratio"] for k in rows)
+    out["ratio_cpu"] = min(out[k]["ratio_cpu"] for k in rows)
     out["target_ratio"] = 0.97
+    for k in ("dcgan", "biggan_deep_128"):
+        if k in out and k + "_fast" in out:  # the throughput mode's gain, end to end
+            out[k + "_fast_over_bitwise"] = round(out[k + "_fast"]["e2e_img_s"] / out[k]["e2e_img_s"], 3)
     print(json.dumps(out, sort_keys=True))
-
 
 if __name__ == "__main__":
     main()

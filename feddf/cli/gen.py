@@ -21,7 +21,8 @@ def _summary_lines(s: dict) -> list[str]:
     else:
         resumed = f" (resumed at {s['resumed_from']})" if s["resumed_from"] else ""
         head = (f"{s['out']}: {s['generated']} images{resumed} in {s['wall_s']:.1f} s = {s['img_per_s']:.1f} img/s "
-                f"on {s['device']}")
+                f"on {s['device']}" + (f" (--fast, {s['dtype']}, compile {s['compile']})" if s.get("mode") == "fast"
+                                         else ""))
     return [head, f"  {s['n']} images, {s['file_bytes'] / 2**20:.2f} MiB on disk, {s['bytes_per_image']:.0f} "
                   "bytes/image"]
 
@@ -51,7 +52,14 @@ def _summary_lines(s: dict) -> list[str]:
                    "same for any N.")
 @click.option("--labeler", default=None, metavar="RUN_OR_CKPT",
               help="Classifier (feddf train run folder or checkpoint) whose predictions go into the coverage stats.")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", help="Forward precision (CUDA).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Forward precision (bf16/fp16: CUDA) [default: fp32; bf16 with --fast on CUDA].")
+@click.option("--fast", is_flag=True,
+              help="Throughput mode: large fixed batches, cuDNN autotuning, SDPA attention, compiled forward (CUDA), "
+                   "resize + uint8 on the device. Same indices and noise, but bytes may differ by rounding; a cache "
+                   "made with --fast only resumes with --fast (docs/generators.md).")
+@click.option("--compile", "compile_", type=click.Choice(["auto", "on", "graphs", "off"]), default="auto",
+              help="--fast: torch.compile the step (auto: on CUDA only; graphs: + CUDA graphs); falls back to eager.")
 @click.option("--chunk-images", type=int, default=None,
               help="Images per HDF5 chunk = per commit [default: about 1 MiB].")
 @click.option("--z-dim", type=int, default=None, help="torchscript: noise size, if the module has no z_dim attribute.")
@@ -59,7 +67,8 @@ def _summary_lines(s: dict) -> list[str]:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line.")
 def command(generator, n, out, resolution, truncation, classes, seed, batch_size, device, weights, checkpoint,
-            random_weights, compression, workers, labeler, dtype, chunk_images, z_dim, force, quiet, as_json):
+            random_weights, compression, workers, labeler, dtype, fast, compile_, chunk_images, z_dim, force, quiet,
+            as_json):
     """Sample a GAN into a deterministic, resumable HDF5 cache.
 
     \b
@@ -67,13 +76,15 @@ def command(generator, n, out, resolution, truncation, classes, seed, batch_size
       feddf gen --generator biggan-deep-128 --weights ~/biggan-deep-128 --classes cifar10 --n 50000
       feddf gen --generator dcgan --checkpoint netG_epoch_24.pth --n 20000 --resolution 32
       feddf gen --generator biggan-deep-128 --random-weights --n 8 --batch-size 4 --out /tmp/b.h5
+      feddf gen --generator biggan-deep-128 --weights ~/biggan-deep-128 --n 500000 --fast --device cuda
     """
     from feddf.api import gen
 
     summary = gen(generator=generator, n=n, out=out, resolution=resolution, truncation=truncation, classes=classes,
                   seed=seed, batch_size=batch_size, device=device, weights=weights, checkpoint=checkpoint,
                   random_weights=random_weights, compression=compression, workers=workers, labeler=labeler,
-                  dtype=dtype, chunk_images=chunk_images, z_dim=z_dim, force=force, progress=not quiet)
+                  dtype=dtype, chunk_images=chunk_images, z_dim=z_dim, mode="fast" if fast else "bitwise",
+                  compile=compile_, force=force, progress=not quiet)
     if summary["rank"]:
         return  # rank 0 reports for the whole torchrun job
     if as_json:

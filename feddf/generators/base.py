@@ -13,6 +13,7 @@ Determinism, and why each piece is here:
   takes over from batch 16, so both are disabled (leaving the native per-sample im2col+gemm path); spectral norms are folded into plain weights once,
   single-threaded (their dot products are thread-count dependent reductions). On CUDA, kernels depend on the batch shape,
   so the sampler instead runs the forward on fixed, index-aligned groups (`CUDA_GROUP` images, padded at the end).
+All of this is the default ("bitwise") mode; `feddf gen --fast` (fast.py) keeps the noise and drops the rest.
 """
 from __future__ import annotations
 

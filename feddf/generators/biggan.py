@@ -105,3 +105,36 @@ def load_biggan(name: str, *, weights: str | None = None, random_weights: bool =
         num_classes=config.num_classes, uses_truncation=True, weights_hash=weights_hash,
         random_weights=random_weights, label_names=imagenet_class_names(),
         provenance={"library": "pytorch_pretrained_biggan", "config": json.loads(config.to_json_string())})
+
+
+# ------------------------------------------------------------------ fast mode (feddf gen --fast)
+def _sdpa_self_attn_forward(self, x):
+    """pytorch_pretrained_biggan's SelfAttn.forward through scaled_dot_product_attention (one fused kernel on CUDA
+    instead of bmm -> softmax -> bmm with the (B, HW, HW/4) map in memory). Same function: the library's attention is
+    softmax(theta^T phi) without 1/sqrt(d) scaling, hence scale=1."""
+    import torch.nn.functional as F
+
+    b, ch, h, w = x.shape
+    theta = self.snconv1x1_theta(x).flatten(2)             # (B, C/8, HW)      queries
+    phi = self.maxpool(self.snconv1x1_phi(x)).flatten(2)   # (B, C/8, HW/4)    keys
+    g = self.maxpool(self.snconv1x1_g(x)).flatten(2)       # (B, C/2, HW/4)    values
+    o = F.scaled_dot_product_attention(theta.transpose(1, 2), phi.transpose(1, 2), g.transpose(1, 2),
+                                       scale=1.0)           # (B, HW, C/2)
+    attn_g = o.transpose(1, 2).reshape(b, ch // 2, h, w)
+    return x + self.gamma * self.snconv1x1_o_conv(attn_g)
+
+
+def fast_attention(module) -> int:
+    """Patch every pytorch_pretrained_biggan SelfAttn in module to the SDPA forward; returns how many (0 for others)."""
+    import types
+
+    try:
+        from pytorch_pretrained_biggan.model import SelfAttn
+    except ImportError:
+        return 0
+    count = 0
+    for m in module.modules():
+        if isinstance(m, SelfAttn):
+            m.forward = types.MethodType(_sdpa_self_attn_forward, m)
+            count += 1
+    return count

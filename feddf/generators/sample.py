@@ -46,9 +46,11 @@ class GenConfig:
     compression: str = "gzip"           # deflate (readable by every HDF5 reader); "none"; "lzf" (h5py only)
     workers: int | None = None          # chunk-encoding threads of the writer (default: CacheWriter's); same bytes
     labeler: str | None = None
-    dtype: str = "fp32"
+    dtype: str | None = None            # default fp32; bf16 with mode "fast" on CUDA
     chunk_images: int | None = None     # images per chunk/commit; default about 1 MiB
     z_dim: int | None = None            # torchscript only
+    mode: str = "bitwise"               # "fast": throughput mode (feddf/generators/fast.py); part of the identity
+    compile: str = "auto"               # fast mode: torch.compile the step (auto = on CUDA only), graphs, off
 
 
 def validate(cfg: GenConfig) -> None:
@@ -69,7 +71,15 @@ def validate(cfg: GenConfig) -> None:
         raise FeddfError(f"--chunk-images {cfg.chunk_images} must be positive")
     if cfg.compression not in COMPRESSIONS:
         raise FeddfError(f"--compression {cfg.compression!r}: use one of {', '.join(COMPRESSIONS)}")
-    if cfg.dtype not in DTYPES:
+    from feddf.generators.fast import COMPILE_CHOICES, MODES
+
+    if cfg.mode not in MODES:
+        raise FeddfError(f"mode {cfg.mode!r}: use one of {', '.join(MODES)}")
+    if cfg.compile not in COMPILE_CHOICES:
+        raise FeddfError(f"--compile {cfg.compile!r}: use one of {', '.join(COMPILE_CHOICES)}")
+    if cfg.compile not in ("auto", "off") and cfg.mode != "fast":
+        raise FeddfError(f"--compile {cfg.compile} applies to --fast only (bitwise mode runs the eager forward)")
+    if cfg.dtype is not None and cfg.dtype not in DTYPES:
         raise FeddfError(f"--dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}")
     check_seed("--seed", cfg.seed)
     if cfg.workers is not None and cfg.workers < 1:
@@ -214,6 +224,7 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
     from feddf.cache.writer import CacheWriter, default_workers, probe_cache
     from feddf.generators import get_generator
     from feddf.generators.base import CUDA_GROUP, NOISE_SCHEME, make_batch_invariant
+    from feddf.generators.fast import FAST_NOTE
     from feddf.generators.classes import assign, parse_classes
     from feddf.utils import resolve_device, to_jsonable, versions
 
@@ -224,8 +235,10 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
         device = resolve_device(cfg.device)
         if device.type == "cuda" and ranks.world > 1:
             device = torch.device("cuda", ranks.local)
-        if cfg.dtype != "fp32" and device.type != "cuda":
-            raise FeddfError(f"--dtype {cfg.dtype} needs a CUDA device (on {device.type} use fp32)")
+        fast = cfg.mode == "fast"
+        dtype = cfg.dtype or ("bf16" if fast and device.type == "cuda" else "fp32")
+        if dtype != "fp32" and device.type != "cuda":
+            raise FeddfError(f"--dtype {dtype} needs a CUDA device (on {device.type} use fp32)")
         gen = get_generator(cfg.generator, weights=cfg.weights, checkpoint=cfg.checkpoint,
                             random_weights=cfg.random_weights, z_dim=cfg.z_dim)
         if gen.uses_truncation:
@@ -245,32 +258,43 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
         out = Path(cfg.out or default_out(cfg.generator, res, cfg.n))
         if ranks.world > cfg.n:
             raise FeddfError(f"--n {cfg.n} is smaller than the {ranks.world} processes; use more images")
-        group = CUDA_GROUP if (device.type == "cuda" or not gen.batch_invariant) else 0
-        batch = cfg.batch_size or (16 if gen.native_resolution >= 128 and device.type == "cpu" else 256)
-        if group:
-            batch = -(-batch // group) * group  # whole groups per step
-        module = gen.module
-        if device.type == "cpu" and gen.batch_invariant:
-            make_batch_invariant(module)
-        module = module.to(device)
-        if device.type == "cuda":
-            module = module.to(memory_format=torch.channels_last)
+        if fast:  # one fixed-shape forward of `batch` images per step (fast.py); bytes are not batch-invariant
+            from feddf.generators.fast import prepare_fast, resolve_compile
+
+            batch = cfg.batch_size or ((1024 if gen.native_resolution >= 128 else 4096) if device.type == "cuda"
+                                       else (16 if gen.native_resolution >= 128 else 256))
+            group, compile_mode = batch, resolve_compile(cfg.compile, device.type)
+            fast_changes = prepare_fast(gen, device)
+        else:
+            group = CUDA_GROUP if (device.type == "cuda" or not gen.batch_invariant) else 0
+            batch = cfg.batch_size or (16 if gen.native_resolution >= 128 and device.type == "cpu" else 256)
+            if group:
+                batch = -(-batch // group) * group  # whole groups per step
+            module = gen.module
+            if device.type == "cpu" and gen.batch_invariant:
+                make_batch_invariant(module)
+            module = module.to(device)
+            if device.type == "cuda":
+                module = module.to(memory_format=torch.channels_last)
+            compile_mode, fast_changes = "off", None
         labeler = _labeler(cfg.labeler, device, gen.channels, res) if cfg.labeler else None
 
         resolved = GenConfig(**{**asdict(cfg), "out": str(out), "resolution": res, "truncation": trunc,
                                 "classes": plan.spec if plan else None, "batch_size": batch,
-                                "workers": cfg.workers or default_workers()})
+                                "workers": cfg.workers or default_workers(), "dtype": dtype, "compile": compile_mode})
         identity = {"kind": "generated", "generator": cfg.generator, "weights_hash": gen.weights_hash,
                     "random_weights": gen.random_weights, "truncation": trunc, "seed": cfg.seed,
                     "classes": plan.describe() if plan else None, "noise": NOISE_SCHEME, "device_type": device.type,
-                    "dtype": cfg.dtype, "forward_group": group, "compression": cfg.compression,
-                    "labeler": labeler[3] if labeler else None}
+                    "dtype": dtype, "forward_group": None if fast else group, "compression": cfg.compression,
+                    "labeler": labeler[3] if labeler else None, "mode": cfg.mode}
         attrs = {"kind": "generated", "generator": cfg.generator, "weights_hash": gen.weights_hash,
                  "random_weights": gen.random_weights, "truncation": trunc, "seed": cfg.seed,
                  "classes": plan.spec if plan else "none", "class_ids": list(plan.ids) if plan else None,
                  "label_names": gen.label_names, "target_names": list(plan.target_names) if plan and
                  plan.num_targets else None, "config": to_jsonable(resolved), "generator_info": gen.provenance,
-                 "noise": NOISE_SCHEME, "device_type": device.type, "dtype": cfg.dtype, "forward_group": group,
+                 "noise": NOISE_SCHEME, "device_type": device.type, "dtype": dtype, "forward_group": group,
+                 "mode": cfg.mode, "mode_note": FAST_NOTE if fast else "bitwise: image bytes do not depend on the "
+                 "batch size, resumes or ranks (one device type)", "fast_changes": fast_changes,
                  "labeler": cfg.labeler, "labeler_hash": labeler[3] if labeler else None,
                  "labeler_names": labeler[2] if labeler and labeler[2] else None, "versions": versions()}
         sizes = {"num_labels": gen.num_classes, "num_targets": plan.num_targets if plan else 0,
@@ -292,10 +316,13 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
         import scipy.special  # noqa: F401 - imported by the noise; not inside the timed loop
         t0, c0 = time.perf_counter(), time.process_time()
         try:
+            compile_status = "off"
             if not writer.complete:
-                _generate(gen, writer, device=device, lo=lo, seed=cfg.seed, trunc=trunc, plan=plan, res=res,
-                          batch=batch, group=group, dtype=cfg.dtype, labeler=labeler, assign=assign,
-                          progress=progress and not (ranks.world > 1 and ranks.rank))
+                compile_status = _generate(
+                    gen, writer, device=device, lo=lo, seed=cfg.seed, trunc=trunc, plan=plan, res=res, batch=batch,
+                    group=group, dtype=dtype, labeler=labeler, assign=assign,
+                    progress=progress and not (ranks.world > 1 and ranks.rank),
+                    compile_mode=compile_mode if fast else None)
             writer.finish()
         finally:
             writer.close()
@@ -325,14 +352,17 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
         return {"out": str(out), "path": str(path), "n": cfg.n, "generated": made, "resumed_from": start_committed,
                 "already_complete": made == 0, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "img_per_s": round(made / wall, 2)
                 if wall > 0 and made else 0.0, "file_bytes": size, "bytes_per_image": round(size / cfg.n, 1),
-                "rank": ranks.rank, "world": ranks.world, "device": str(device)}
+                "rank": ranks.rank, "world": ranks.world, "device": str(device), "mode": cfg.mode,
+                "dtype": dtype, "batch_size": batch, "compile": compile_status}
     finally:
         ranks.close(ok)
 
 
 def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, dtype, labeler, assign,
-              progress) -> None:
-    """Indices lo + writer.committed .. lo + writer.n - 1, in order, through the bounded writer thread."""
+              progress, compile_mode=None) -> str:
+    """Indices lo + writer.committed .. lo + writer.n - 1, in order, through the bounded writer thread.
+    compile_mode None: bitwise mode; else fast mode (fast.py) with that torch.compile choice. Returns what the
+    fast step ran as ("off" in bitwise mode)."""
     import torch
     from tqdm import tqdm
 
@@ -347,8 +377,8 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
                smoothing=0.1, desc=Path(writer.path).name)
 
     def finish_batch(x):
-        """float (B, C, H, W) in [-1, 1] -> (uint8 (B, C, R, R), labeler pred, conf)."""
-        u8 = to_uint8(x, res)
+        """float (B, C, H, W) in [-1, 1] (or fast mode's uint8) -> (uint8 (B, C, R, R), labeler pred, conf)."""
+        u8 = x if x.dtype == torch.uint8 else to_uint8(x, res)
         pred = conf = None
         if labeler is not None:
             p = torch.softmax(labeler[0].logits(u8).float(), dim=1)
@@ -383,23 +413,42 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
     thread = threading.Thread(target=write_loop, name="feddf-cache-writer", daemon=True)
     thread.start()
 
-    def forward(idx: np.ndarray):
-        """Generator output (len(idx), C, H, W) in [-1, 1] on device for consecutive global indices idx."""
+    def inputs(idx: np.ndarray):
+        """(noise (B, z_dim), labels (B,) or None) on device for global indices idx: the same in both modes."""
         labels = assign(plan, idx, seed)[0] if plan else None
         z = torch.from_numpy(gen.noise(seed, idx, trunc)).to(device, non_blocking=cuda)
         y = torch.from_numpy(labels).to(device, non_blocking=cuda) if labels is not None else None
+        return z, y
+
+    def forward(idx: np.ndarray):
+        """Generator output (len(idx), C, H, W) in [-1, 1] on device for consecutive global indices idx."""
+        z, y = inputs(idx)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             return gen.forward(z, y, trunc)
 
+    fast_step = None
+    if compile_mode is not None:  # fast mode: noise -> forward -> resize -> uint8 as one (compiled) step function
+        from feddf.generators.fast import GuardedCompile, fast_kernels, make_step
+
+        fast_step = GuardedCompile(make_step(gen, device_type=device.type, truncation=trunc, resolution=res, amp=amp),
+                                   compile_mode)
+        kernels = fast_kernels(device.type)
+    else:
+        kernels = invariant_kernels(device.type)
+
     # the kernel flags are process-wide: they must hold until the writer thread (which runs the labeler) is done
-    with torch.inference_mode(), invariant_kernels(device.type):
+    with torch.inference_mode(), kernels:
         try:
             s, k = first, 0
             while s < end:
                 if error:
                     break
                 e = min(s + batch, end)
-                if group:  # forward on whole, index-aligned groups (padded past the end): shapes never vary
+                if fast_step is not None:  # exactly one fixed-shape call per step: the aligned batch holding s
+                    g0 = s // group * group
+                    e = min(g0 + group, end)
+                    x = fast_step(*inputs(np.arange(g0, g0 + group)))[s - g0:e - g0]
+                elif group:  # forward on whole, index-aligned groups (padded past the end): shapes never vary
                     g0, g1 = s // group * group, -(-e // group) * group
                     x = torch.cat([forward(np.arange(g, g + group)) for g in range(g0, g1, group)])[s - g0:e - g0]
                 else:
@@ -425,3 +474,4 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
             bar.close()
     if error:
         raise error[0]
+    return fast_step.status if fast_step is not None else "off"
