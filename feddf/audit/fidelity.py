@@ -30,8 +30,11 @@ class Take:
     """Rows `idx` of a 2-D array-like (ndarray, np.memmap), read lazily by slices: Take(x, idx)[a:b] = x[idx[a:b]]."""
 
     def __init__(self, base, idx: np.ndarray):
-        self.base, self.idx = base, np.asarray(idx, dtype=np.int64)
-        self.shape = (int(self.idx.size), int(base.shape[1]))
+        idx = np.asarray(idx, dtype=np.int64)
+        if isinstance(base, Take):              # a view of a view: one level of indirection
+            base, idx = base.base, base.idx[idx]
+        self.base, self.idx, self.dtype = base, idx, base.dtype
+        self.shape = (int(idx.size), int(base.shape[1]))
 
     def __len__(self) -> int:
         return self.shape[0]
