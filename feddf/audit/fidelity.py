@@ -55,58 +55,71 @@ def _t(x, a: int, b: int, device, dtype) -> torch.Tensor:
 
 
 def _sqdist(a: torch.Tensor, b: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    """(n, D), (m, D) and their squared norms -> (n, m) squared Euclidean distances (the expansion sklearn uses)."""
-    return (a2[:, None] + b2[None, :] - 2.0 * (a @ b.T)).clamp_min_(0.0)
+    """(n, D), (m, D) and their squared norms -> (n, m) squared Euclidean distances (the expansion sklearn uses),
+    one fused addmm and two in-place passes: at D ~ 100 the element-wise passes cost as much as the product."""
+    return torch.addmm(b2[None, :], a, b.T, alpha=-2.0).add_(a2[:, None]).clamp_min_(0.0)
 
 
 def _rows_per_block(cols: int) -> int:
     return max(1, BLOCK_ELEMS // max(cols, 1))
 
 
-def knn_radii(x, k: int, ids: np.ndarray | None = None, device="cpu", dtype=torch.float64) -> torch.Tensor:
+def _resident(x, device, dtype):
+    """x as one tensor when it is already in RAM (ndarray, tensor), else None (a memmap or Take: read by blocks)."""
+    if isinstance(x, torch.Tensor) or (isinstance(x, np.ndarray) and not isinstance(x, np.memmap)):
+        return _t(x, 0, len(x), device, dtype)
+    return None
+
+
+def knn_radii(x, k: int, device="cpu", dtype=torch.float64) -> torch.Tensor:
     """Squared distance of each row of x (N, D) to its k-th nearest other row, as (N,) on `device`.
 
-    "Other" excludes the row itself — and, when `ids` (N,) is given, every row with the same id (bootstrap copies of
-    one original point); exact duplicates with different ids count as neighbours at distance 0, as in prdc.
-    Rows x cols blocks with a running top-k merge: memory O(BLOCK_ELEMS + N k)."""
+    "Other" excludes the row itself (by index, not by distance 0): exact duplicates are neighbours at distance 0,
+    which is what prdc's (k+1)-th smallest distance including self gives. Rows x cols blocks with a running top-k
+    merge: memory O(BLOCK_ELEMS + N k). Rows are ranked by |b|^2 - 2 a.b (|a|^2 is constant along a row and added
+    to the k winners only)."""
     n = len(x)
-    ids_t = torch.as_tensor(np.arange(n) if ids is None else np.asarray(ids), dtype=torch.int64, device=device)
     out = torch.empty(n, dtype=dtype, device=device)
+    whole = _resident(x, device, dtype)
+    get = (lambda a, b: whole[a:b]) if whole is not None else (lambda a, b: _t(x, a, b, device, dtype))
     cb = min(n, max(4096, int(BLOCK_ELEMS ** 0.5)))
+    norms = torch.cat([(blk * blk).sum(1) for blk in (get(c, min(n, c + cb)) for c in range(0, n, cb))])   # (N,)
     rb = _rows_per_block(cb)
     for r0 in range(0, n, rb):
         r1 = min(n, r0 + rb)
-        a = _t(x, r0, r1, device, dtype)
-        a2 = (a * a).sum(1)
+        a = get(r0, r1)
         best = torch.full((r1 - r0, k), float("inf"), dtype=dtype, device=device)
         for c0 in range(0, n, cb):
             c1 = min(n, c0 + cb)
-            b = a if (c0, c1) == (r0, r1) else _t(x, c0, c1, device, dtype)
-            d = _sqdist(a, b, a2, (b * b).sum(1))
-            d.masked_fill_(ids_t[r0:r1, None] == ids_t[None, c0:c1], float("inf"))
-            cand = torch.cat([best, d.topk(min(k, c1 - c0), dim=1, largest=False).values], dim=1)
+            e = torch.addmm(norms[None, c0:c1], a, get(c0, c1).T, alpha=-2.0)     # (b, c) = d - |a|^2
+            lo, hi = max(r0, c0), min(r1, c1)
+            if lo < hi:                 # the block holds rows' own columns: a row is not its own neighbour
+                i = torch.arange(lo, hi, device=device)
+                e[i - r0, i - c0] = float("inf")
+            cand = torch.cat([best, e.topk(min(k, c1 - c0), dim=1, largest=False).values], dim=1)
             best = cand.topk(k, dim=1, largest=False).values
-        out[r0:r1] = best.max(dim=1).values
+        out[r0:r1] = (best.max(dim=1).values + norms[r0:r1]).clamp_min_(0.0)
     return out
 
 
-def prdc(real, fake, k: int = 5, real_ids=None, fake_ids=None, device="cpu", dtype=torch.float64) -> dict:
+def prdc(real, fake, k: int = 5, device="cpu", dtype=torch.float64, points: bool = False) -> dict:
     """Precision, recall, density, coverage of `fake` (N, D) against `real` (M, D), as prdc.compute_prdc defines them.
 
     Needs M > k. With N <= k recall is None (no fake radii); with N == 0 precision/density are None and
-    recall = coverage = 0 (nothing was generated there). `*_ids` are for the bootstrap (see knn_radii)."""
+    recall = coverage = 0 (nothing was generated there). points=True adds "points": the per-image indicators
+    (in_any (N,), in_count (N,), recalled (M,) or None, covered (M,)) that the metrics are means of."""
     m, n = len(real), len(fake)
     if m <= k:
         raise ValueError(f"prdc needs more than k={k} real samples, got {m}")
     out = {"n_real": m, "n_fake": n, "k": k}
     if n == 0:
         return {**out, "precision": None, "recall": 0.0, "density": None, "coverage": 0.0}
-    r_real = knn_radii(real, k, real_ids, device, dtype)                              # (M,)
-    r_fake = knn_radii(fake, k, fake_ids, device, dtype) if n > k else None           # (N,)
+    r_real = knn_radii(real, k, device=device, dtype=dtype)                           # (M,)
+    r_fake = knn_radii(fake, k, device=device, dtype=dtype) if n > k else None        # (N,)
     rt = _t(real, 0, m, device, dtype)                                                 # (M, D), held whole
     rt2 = (rt * rt).sum(1)
-    in_any = 0                                                      # fakes inside some real ball (precision)
-    in_count = torch.zeros((), dtype=torch.float64, device=device)  # (fake, real-ball) incidences (density)
+    in_any = np.zeros(n, bool)                                      # fake inside some real ball (precision)
+    in_count = np.zeros(n, np.int64)                                # real balls holding each fake (density)
     nearest = torch.full((m,), float("inf"), dtype=dtype, device=device)    # nearest fake to each real (coverage)
     recalled = torch.zeros(m, dtype=torch.bool, device=device)              # real inside some fake ball (recall)
     rb = _rows_per_block(m)
@@ -115,42 +128,43 @@ def prdc(real, fake, k: int = 5, real_ids=None, fake_ids=None, device="cpu", dty
         f = _t(fake, f0, f1, device, dtype)
         d = _sqdist(f, rt, (f * f).sum(1), rt2)                     # (b, M)
         inside = d < r_real[None, :]
-        in_any += int(inside.any(1).sum())
-        in_count += inside.sum(dtype=torch.float64)
+        in_any[f0:f1] = inside.any(1).cpu().numpy()
+        in_count[f0:f1] = inside.sum(1).cpu().numpy()
         nearest = torch.minimum(nearest, d.min(0).values)
         if r_fake is not None:
             recalled |= (d < r_fake[f0:f1, None]).any(0)
-    return {**out, "precision": in_any / n, "density": float(in_count) / (k * n),
-            "recall": float(recalled.double().mean()) if r_fake is not None else None,
-            "coverage": float((nearest < r_real).double().mean())}
+    covered = (nearest < r_real).cpu().numpy()
+    recalled = recalled.cpu().numpy() if r_fake is not None else None
+    out.update(precision=float(in_any.mean()), density=float(in_count.sum()) / (k * n),
+               recall=float(recalled.mean()) if recalled is not None else None, coverage=float(covered.mean()))
+    if points:
+        out["points"] = {"in_any": in_any, "in_count": in_count, "recalled": recalled, "covered": covered}
+    return out
 
 
 METRICS = ("precision", "recall", "density", "coverage")
 
 
-def prdc_bootstrap(real, fake, k: int = 5, replicates: int = 100, seed: int = 0, device="cpu",
-                   dtype=torch.float64, level: float = 0.95) -> dict:
-    """Percentile bootstrap intervals {metric: [lo, hi]} of prdc, resampling real and fake with replacement.
+def prdc_bootstrap(points: dict, k: int, replicates: int = 100, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap intervals {metric: [lo, hi]} from prdc(..., points=True)'s per-image indicators.
 
-    Copies of one original point are not each other's neighbours (ids), otherwise every duplicate would shrink the
-    k-NN radii to 0 and bias precision/coverage down. Replicates with <= k distinct real points are skipped."""
+    Conditional on the two k-NN manifolds (the radii of the full samples): precision and density are means over the
+    synthetic images, recall and coverage means over the reference images, and those images are resampled with
+    replacement. Recomputing the radii on each resample instead would bias every metric (a resample holds ~63%
+    distinct points, so the balls change size); the price is that the radii's own noise is not in the interval."""
     rng = np.random.default_rng(seed)
-    m, n = len(real), len(fake)
-    real_a, fake_a = np.asarray(real[0:m]), np.asarray(fake[0:n])
-    vals = {key: [] for key in METRICS}
-    for _ in range(replicates):
-        i, j = rng.integers(0, m, m), rng.integers(0, n, n)
-        if np.unique(i).size <= k:
-            continue
-        r = prdc(real_a[i], fake_a[j], k, real_ids=i, fake_ids=j, device=device, dtype=dtype)
-        if np.unique(j).size <= k:      # fewer distinct fakes than k: their radii would be infinite
-            r["recall"] = None
-        for key in METRICS:
-            if r[key] is not None:
-                vals[key].append(r[key])
+    per_fake = {"precision": points["in_any"], "density": points["in_count"] / k}
+    per_real = {"recall": points["recalled"], "coverage": points["covered"]}
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
-    return {key: ([float(x) for x in np.percentile(v, q)] if v else None) for key, v in vals.items()} | \
-        {"replicates": replicates, "level": level}
+    out: dict = {"replicates": replicates, "level": level, "conditional_on_radii": True}
+    for group in (per_fake, per_real):
+        for key, v in group.items():
+            if v is None or v.size == 0:
+                out[key] = None
+                continue
+            means = v[rng.integers(0, v.size, (replicates, v.size))].mean(1)      # (replicates,)
+            out[key] = [float(x) for x in np.percentile(means, q)]
+    return out
 
 
 def _poly(a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor:
@@ -212,11 +226,11 @@ def _group(real, fake, cfg: FidelityConfig, device, dtype) -> dict:
     if m <= cfg.k:
         return {**rec, **{key: None for key in METRICS}, "kid": None, "ci": None,
                 "note": f"{m} reference image(s): needs more than k={cfg.k}"}
-    rec.update({key: v for key, v in prdc(real, fake, cfg.k, device=device, dtype=dtype).items() if key in METRICS})
+    need_ci = 0 < n and cfg.bootstrap > 0 and min(m, n) < cfg.bootstrap_below
+    r = prdc(real, fake, cfg.k, device=device, dtype=dtype, points=need_ci)
+    rec.update({key: r[key] for key in METRICS})
     rec["kid"] = kid(real, fake, cfg.kid, cfg.seed, device, dtype)
-    rec["ci"] = None
-    if 0 < n and cfg.bootstrap and min(m, n) < cfg.bootstrap_below:
-        rec["ci"] = prdc_bootstrap(real, fake, cfg.k, cfg.bootstrap, cfg.seed, device, dtype)
+    rec["ci"] = prdc_bootstrap(r["points"], cfg.k, cfg.bootstrap, cfg.seed) if need_ci else None
     rec["note"] = ("no synthetic image in this class" if n == 0 else
                    f"{n} synthetic image(s): recall needs more than k={cfg.k}" if n <= cfg.k else None)
     return rec
