@@ -240,3 +240,33 @@ def test_end_to_end_shipped_dcgan_against_real_fashion_mnist(tmp_path, fmnist_av
         text = (out / f).read_text()
         assert "Fidelity" in text and "coverage" in text
     assert (out / "figures" / "dcgan-fidelity.png").is_file()
+
+
+def test_inception_space_is_computed_when_an_extractor_is_present(tmp_path):
+    """run_audit with (random-weight) pytorch-fid Inception: the Inception-space numbers are prdc of the Inception
+    features of exactly the scanned source and reference images, and flagged as not from the FID weights."""
+    from feddf.audit import fid as F
+    from feddf.audit.run import AuditConfig, run_audit
+    from feddf.data import get_dataset
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        inception = F.InceptionFeatures.random_for_tests(seed=0)
+        ref = get_dataset("synthetic:test[:4]")        # Inception on a CPU is ~0.3 s an image: 4 + 4, k = 2
+        data = make_cache(tmp_path / "s.h5", n=4, channels=3, res=32, seed=2)
+        clf = make_classifier(tmp_path / "lab.pt", num_classes=10, channels=3, res=32,
+                              names=list(ref.info.class_names))
+        cfg = AuditConfig(sources=[str(tmp_path / "s.h5")], labeler=str(clf), reference="synthetic:test[:4]",
+                          device="cpu", stats_dir=str(tmp_path / "stats"), batch_size=4, kid_subsets=2, bootstrap=0, k=2)
+        res = run_audit(cfg, progress=False, extractor=inception)
+        expected = FD.prdc(inception(ref.images), inception(torch.from_numpy(data["images"])), 2)
+    finally:
+        torch.set_num_threads(threads)
+    inc = res.report["sources"][0]["fidelity"]["inception"]
+    assert inc["is_fid"] is False and inc["dims"] == 2048 and "InceptionV3" in inc["space"]
+    for key in FD.METRICS:     # features stored as float32 on the way: equal up to that rounding
+        assert inc["overall"][key] == pytest.approx(expected[key], abs=1e-6) or expected[key] is None
+    assert res.report["fidelity"]["spaces"] == ["labeler", "inception"]
+    assert len(inc["per_class"]) == 10 and sum(r["n_real"] for r in inc["per_class"]) == 4
+    json.dumps(res.report)
