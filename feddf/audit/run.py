@@ -303,6 +303,8 @@ def _fidelity_setup(cfg: AuditConfig, classifier, ref: Reference | None, extract
                          f"{cfg.kid_subset_size}, bootstrap={cfg.bootstrap}): need k >= 1, subsets >= 1, size >= 2")
     if cfg.min_coverage is not None and not 0.0 <= cfg.min_coverage <= 1.0:
         raise FeddfError(f"--min-coverage {cfg.min_coverage} must be in [0, 1]")
+    if cfg.min_coverage is not None and cfg.fidelity is False:
+        raise FeddfError("--min-coverage needs the fidelity numbers: drop --no-fidelity")
     possible = classifier is not None and ref is not None and ref.kind != "stats"
     want = cfg.fidelity if cfg.fidelity is not None else possible or cfg.min_coverage is not None
     if not want:
