@@ -128,7 +128,10 @@ def test_per_class_split_on_a_hand_made_fixture():
     pred = np.repeat([0, 1, 3], [70, 30, 5])
     names = ["a", "b", "c", "d"]
     cfg = FD.FidelityConfig(k=5, kid=FD.KIDConfig(subsets=2, subset_size=20), bootstrap=0)
-    ev = FD.evaluate(real, real_labels, fake, pred, names, cfg)
+    real_pred = real_labels.copy()
+    real_pred[:15] = 2                       # the labeler mistakes 15 of the 60 class-0 reference images
+    ev = FD.evaluate(real, real_labels, fake, pred, names, cfg, real_pred=real_pred)
+    assert [r["labeler_accuracy"] for r in ev["per_class"]] == [0.75, 1.0, 1.0, None]
     rows = ev["per_class"]
     assert [(r["class"], r["name"], r["n_fake"], r["n_real"]) for r in rows] == \
         [(0, "a", 70, 60), (1, "b", 30, 50), (2, "c", 0, 40), (3, "d", 5, 0)]
@@ -163,6 +166,15 @@ def test_penultimate_hook_feeds_the_output_layer(arch):
 
 # ------------------------------------------------------------------------------------------------------- the CLI
 
+def _invoke(*args):
+    """The real click group in-process (a subprocess costs seconds of torch import on the shared machine)."""
+    from click.testing import CliRunner
+
+    from feddf.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
 def test_min_coverage_gate_exit_codes_through_the_cli(tmp_path):
     names = ["t0", "t1", "t2"]
     rng = np.random.default_rng(0)
@@ -178,8 +190,8 @@ def test_min_coverage_gate_exit_codes_through_the_cli(tmp_path):
     clf = make_classifier(tmp_path / "lab.pt", num_classes=3, names=names)
     common = ["--labeler", str(clf), "--reference", str(tmp_path / "ref.h5"), "--kid-subsets", "2",
               "--kid-subset-size", "50", "--bootstrap", "5", "-q"]
-    ok = run_cli("audit", str(tmp_path / "one.h5"), *common, "--min-coverage", "0", "--out", str(tmp_path / "a"))
-    assert ok.returncode == 0, ok.stderr
+    ok = _invoke("audit", str(tmp_path / "one.h5"), *common, "--min-coverage", "0", "--out", str(tmp_path / "a"))
+    assert ok.exit_code == 0, ok.output
     assert "Coverage gate (min coverage 0): passed" in ok.stdout
     bad = run_cli("audit", str(tmp_path / "one.h5"), *common, "--min-coverage", "0.5", "--out", str(tmp_path / "b"))
     assert bad.returncode == 1
@@ -192,16 +204,17 @@ def test_min_coverage_gate_exit_codes_through_the_cli(tmp_path):
     assert sum(r["n_real"] for r in fid["per_class"]) == 240 and sum(r["n_fake"] for r in fid["per_class"]) == 200
     assert rep["sources"][0]["fidelity"]["inception"]["available"] is False
     # the gate without a reference is a one-line user error
-    nore = run_cli("audit", str(tmp_path / "one.h5"), "--labeler", str(clf), "--min-coverage", "0.5", "--out",
+    nore = _invoke("audit", str(tmp_path / "one.h5"), "--labeler", str(clf), "--min-coverage", "0.5", "--out",
                    str(tmp_path / "c"))
-    assert nore.returncode == 1 and "--reference" in nore.stderr and not (tmp_path / "c").exists()
+    assert nore.exit_code == 1 and "--reference" in nore.output and not (tmp_path / "c").exists()
 
 
 def test_audit_help_lists_fidelity_options():
-    proc = run_cli("audit", "--help", check=True)
+    proc = _invoke("audit", "--help")
+    assert proc.exit_code == 0
     for opt in ("--fidelity / --no-fidelity", "--k", "--min-coverage", "--kid-subsets", "--kid-subset-size",
                 "--bootstrap"):
-        assert opt in proc.stdout
+        assert opt in proc.output
 
 
 @pytest.mark.slow
@@ -231,6 +244,7 @@ def test_end_to_end_shipped_dcgan_against_real_fashion_mnist(tmp_path, fmnist_av
         assert sum(r["n_fake"] for r in e["per_class"]) == e["overall"]["n_fake"]
         assert sum(r["n_real"] for r in e["per_class"]) == 1000
         assert all(r["ci"] is not None for r in e["per_class"] if r["n_fake"] > 0)   # small groups: intervals
+        assert all(0 <= r["labeler_accuracy"] <= 1 for r in e["per_class"])
     # the held-out real split looks like the reference, noise does not; the shipped DCGAN lies between
     for key in ("precision", "coverage"):
         assert ev["real"]["overall"][key] > ev["dcgan"]["overall"][key] > ev["noise"]["overall"][key], key

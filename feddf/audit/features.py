@@ -77,8 +77,9 @@ class FeatureStore:
 
 
 def reference_pass(ref, classifier, extractor, *, limit, seed, batch_size, progress=True):
-    """(labels (M,) int64 or None, class names or None, labeler features (M, D), Inception features (M, 2048) or
-    None) of a dataset-spec or cache reference; the same seeded subset as the FID reference statistics."""
+    """(labels (M,) int64 or None, class names or None, labeler features (M, D), labeler predictions (M,),
+    Inception features (M, 2048) or None) of a dataset-spec or cache reference; the same seeded subset as the FID
+    reference statistics."""
     from tqdm import tqdm
 
     from feddf.audit.sources import open_source, sample_indices
@@ -102,15 +103,17 @@ def reference_pass(ref, classifier, extractor, *, limit, seed, batch_size, progr
             labels = labels[idx] if labels is not None else None
         else:
             labels, names = ds.labels.numpy()[idx], list(ds.info.class_names)
-        lab, inc = [], []
+        lab, pred, inc = [], [], []
         for s in tqdm(range(0, idx.size, batch_size), desc=f"reference {ref.spec}", disable=not progress, leave=False):
             b = idx[s:s + batch_size]
             images = src.read(b) if src is not None else ds.images[b]
-            lab.append(embed(classifier, images)[0])
+            f, p = embed(classifier, images)
+            lab.append(f)
+            pred.append(p)
             if extractor is not None:
                 inc.append(extractor(images).astype(np.float32))
         return (labels, names, np.concatenate(lab) if lab else np.zeros((0, 1), np.float32),
-                np.concatenate(inc) if inc else None)
+                np.concatenate(pred) if pred else np.zeros(0, np.int64), np.concatenate(inc) if inc else None)
     finally:
         if src is not None:
             src.close()

@@ -237,9 +237,11 @@ def _group(real, fake, cfg: FidelityConfig, device, dtype) -> dict:
 
 
 def evaluate(real, real_labels, fake, fake_pred, names, cfg: FidelityConfig, device="cpu",
-             dtype=torch.float64) -> dict:
+             dtype=torch.float64, real_pred=None) -> dict:
     """Overall and per-class numbers: fake rows grouped by the labeler's prediction `fake_pred` (N,), real rows by
-    their labels `real_labels` (M,) (None: overall only). `real` is (M, D) in memory, `fake` any array-like."""
+    their labels `real_labels` (M,) (None: overall only). `real` is (M, D) in memory, `fake` any array-like.
+    `real_pred` (M,), the labeler's predictions on the reference, adds each class's labeler accuracy there: a class
+    the labeler cannot recognise on real images gets low coverage for every source, and that is the labeler's fault."""
     out = {"k": cfg.k, "dims": int(real.shape[1]), "overall": _group(real, fake, cfg, device, dtype), "per_class": None}
     if real_labels is None:
         out["per_class_unavailable"] = "the reference has no labels in the labeler's classes"
@@ -247,7 +249,10 @@ def evaluate(real, real_labels, fake, fake_pred, names, cfg: FidelityConfig, dev
     rows = []
     for c, name in enumerate(names):
         fi = np.flatnonzero(fake_pred == c)
-        rows.append({"class": c, "name": name, **_group(real[real_labels == c], Take(fake, fi), cfg, device, dtype)})
+        mask = real_labels == c
+        acc = float((real_pred[mask] == c).mean()) if real_pred is not None and mask.any() else None
+        rows.append({"class": c, "name": name, **_group(real[mask], Take(fake, fi), cfg, device, dtype),
+                     "labeler_accuracy": acc})
     out["per_class"] = rows
     return out
 
@@ -300,7 +305,7 @@ class FidelityAudit:
     def finish(self, col: "SourceFeatures", pred: np.ndarray) -> dict:
         """{"labeler": evaluate(...), "inception": evaluate(...) | {"available": False, "reason"}} of one source."""
         try:
-            labels, ref_names, lab, inc = self.real()
+            labels, ref_names, lab, ref_pred, inc = self.real()
             names = list(self.classifier.class_names)
             if labels is not None and ref_names is not None and list(ref_names) != names:
                 labels = None       # a reference of another task: overall numbers only
@@ -308,11 +313,13 @@ class FidelityAudit:
             if col.n == 0:
                 return {**out, "labeler": None, "inception": None, "reason": "no committed images"}
             out["labeler"] = {"space": f"labeler penultimate layer ({lab.shape[1]}-d)",
-                              **evaluate(lab, labels, col.labeler.array, pred, names, self.cfg, self.device)}
+                              **evaluate(lab, labels, col.labeler.array, pred, names, self.cfg, self.device,
+                                         real_pred=ref_pred)}
             if inc is not None and col.inception is not None:
                 ex = self.extractor.describe()
                 out["inception"] = {"space": ex["feature_extractor"], "weights": ex["weights"], "is_fid": ex["is_fid"],
-                                    **evaluate(inc, labels, col.inception.array, pred, names, self.cfg, self.device)}
+                                    **evaluate(inc, labels, col.inception.array, pred, names, self.cfg, self.device,
+                                               real_pred=ref_pred)}
             else:
                 out["inception"] = {"available": False, "reason": "no pytorch-fid Inception weights (see FID)"}
             return out

@@ -94,7 +94,7 @@ def audit_rows(report: dict) -> list[list[str]]:
 FIDELITY_HEADER = ["source", "space", "images", "reference", "precision", "recall", "density", "coverage",
                    "KID", "min class coverage"]
 CLASS_HEADER = ["class", "name", "synthetic", "reference", "precision", "recall", "density", "coverage", "KID",
-                "note"]
+                "labeler acc. (ref.)", "note"]
 
 
 def _ci(rec: dict, key: str) -> str:
@@ -128,7 +128,8 @@ def fidelity_rows(report: dict) -> list[list[str]]:
 
 def fidelity_class_rows(ev: dict) -> list[list[str]]:
     return [[str(r["class"]), fmt(r["name"]), str(r["n_fake"]), str(r["n_real"]), _ci(r, "precision"),
-             _ci(r, "recall"), _ci(r, "density"), _ci(r, "coverage"), _kid_cell(r["kid"]), r.get("note") or ""]
+             _ci(r, "recall"), _ci(r, "density"), _ci(r, "coverage"), _kid_cell(r["kid"]),
+             fmt(r.get("labeler_accuracy")), r.get("note") or ""]
             for r in ev.get("per_class") or []]
 
 
