@@ -3,7 +3,7 @@ accuracy gain the source gives over FedAvg (Fashion-MNIST, alpha = 0.1) — a sm
 
     .venv/bin/python benchmarks/experiment_fidelity.py --out runs/exp-fidelity      # ~30 min on 2 shared cores
 
-Sources (all 28 px gray caches): Gaussian-free uniform noise; a randomly initialised DCGAN (the shipped architecture,
+Sources (all 28 px gray caches): uniform pixel noise; a randomly initialised DCGAN (the shipped architecture,
 variance-preserving random weights); an early DCGAN (`feddf gan-train --epochs 1` on test[:5000]); the shipped
 DCGAN; the real public split test[:5000] (`feddf cache import`). Each source is distilled from by one
 `feddf train --aggregator feddf` run; one FedAvg run is the baseline (same seed, same partition). A labeler
