@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,8 @@ class FeatureStore:
         self.n = n
         self.array = None
         self._dir = Path(tempfile.mkdtemp(prefix="feddf-features-", dir=tmp_dir))
+        # removed at close(), or when the store is collected / the interpreter exits after an error
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
 
     def write(self, pos: int, feats: np.ndarray) -> None:
         if self.array is None:
@@ -73,7 +76,7 @@ class FeatureStore:
 
     def close(self) -> None:
         self.array = None
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._cleanup()
 
 
 def reference_pass(ref, classifier, extractor, *, limit, seed, batch_size, progress=True):
