@@ -1,7 +1,7 @@
 """Does fidelity predict usefulness? Audit distillation sources of graded quality and relate each metric to the FedDF
 accuracy gain the source gives over FedAvg (Fashion-MNIST, alpha = 0.1) — a small, single-seed version.
 
-    .venv/bin/python benchmarks/experiment_fidelity.py --out runs/exp-fidelity      # ~30 min on 2 shared cores
+    .venv/bin/python benchmarks/experiment_fidelity.py --out runs/exp-fidelity      # ~35 min on 2 heavily shared cores
 
 Sources (all 28 px gray caches): uniform pixel noise; a randomly initialised DCGAN (the shipped architecture,
 variance-preserving random weights); an early DCGAN (`feddf gan-train --epochs 1` on test[:5000]); the shipped
@@ -81,7 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/exp-fidelity")
     ap.add_argument("--n", type=int, default=5000, help="images per generated source")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1, help="1 fits a shared 2-core machine; more rounds, more signal")
     ap.add_argument("--local-epochs", type=int, default=2)
     ap.add_argument("--distill-steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
