@@ -245,9 +245,10 @@ def test_end_to_end_shipped_dcgan_against_real_fashion_mnist(tmp_path, fmnist_av
         assert sum(r["n_real"] for r in e["per_class"]) == 1000
         assert all(r["ci"] is not None for r in e["per_class"] if r["n_fake"] > 0)   # small groups: intervals
         assert all(0 <= r["labeler_accuracy"] <= 1 for r in e["per_class"])
-    # the held-out real split looks like the reference, noise does not; the shipped DCGAN lies between
-    for key in ("precision", "coverage"):
-        assert ev["real"]["overall"][key] > ev["dcgan"]["overall"][key] > ev["noise"]["overall"][key], key
+    # the held-out real split covers the reference, noise does not; the shipped DCGAN lies between (precision is
+    # left out on purpose: collapsed or odd images can score high on it, see docs/audit.md)
+    assert ev["real"]["overall"]["coverage"] > ev["dcgan"]["overall"]["coverage"] > ev["noise"]["overall"]["coverage"]
+    assert ev["real"]["overall"]["recall"] > ev["dcgan"]["overall"]["recall"]
     assert ev["real"]["overall"]["coverage"] > 0.8 and ev["noise"]["overall"]["coverage"] < 0.1
     assert ev["real"]["overall"]["kid"]["value"] < ev["dcgan"]["overall"]["kid"]["value"]
     for f in ("report.md", "report.html"):
