@@ -138,3 +138,31 @@ def accuracy_curves(series: Sequence[dict], target: float | None = None, title: 
     if title:
         fig.suptitle(title, fontsize=11)
     return png_bytes(fig)
+
+
+def fidelity_bars(per_class: Sequence[dict], title: str = "") -> bytes:
+    """Grouped bars per class of precision, recall, density, coverage (rows of feddf.audit.fidelity.evaluate), with
+    bootstrap intervals as error bars where the report has them; None (undefined) is drawn as a gap."""
+    plt = _plt()
+    keys = ("precision", "recall", "density", "coverage")
+    k = len(per_class)
+    fig, ax = plt.subplots(figsize=(min(16, 4 + 0.6 * k) if k <= _MAX_TICK_LABELS else 14, 3.4))
+    w = 0.2
+    x = np.arange(k)
+    top = 1.0
+    for i, key in enumerate(keys):
+        v = np.array([np.nan if r[key] is None else r[key] for r in per_class], dtype=np.float64)
+        lo_hi = [((r.get("ci") or {}).get(key)) for r in per_class]
+        err = np.array([[0, 0] if (c is None or np.isnan(val)) else [val - c[0], c[1] - val]
+                        for c, val in zip(lo_hi, v)], dtype=np.float64).T.clip(min=0)
+        ax.bar(x + (i - 1.5) * w, np.nan_to_num(v), w, yerr=err if err.size else None, capsize=2, label=key,
+               color=f"C{i}", error_kw={"lw": 0.8})
+        top = max(top, float(np.nanmax(v)) if np.isfinite(v).any() else 0)
+    ax.set_ylim(0, min(top * 1.08, 3.0))
+    if k <= _MAX_TICK_LABELS:
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(r["name"])[:18] for r in per_class], rotation=60, ha="right", fontsize=7)
+    ax.axhline(1.0, color="gray", lw=0.6, ls=":")
+    ax.legend(fontsize=7, ncol=4, loc="upper right")
+    ax.set_title(title, fontsize=10)
+    return png_bytes(fig)

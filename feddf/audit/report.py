@@ -91,9 +91,63 @@ def audit_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+FIDELITY_HEADER = ["source", "space", "images", "reference", "precision", "recall", "density", "coverage",
+                   "KID", "min class coverage"]
+CLASS_HEADER = ["class", "name", "synthetic", "reference", "precision", "recall", "density", "coverage", "KID",
+                "labeler acc. (ref.)", "note"]
+
+
+def _ci(rec: dict, key: str) -> str:
+    """`0.812 [0.77, 0.85]` when the group has a bootstrap interval, else the value."""
+    ci = (rec.get("ci") or {}).get(key)
+    return fmt(rec[key]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def _kid_cell(kid: dict | None) -> str:
+    return "-" if not kid else f"{kid['value']:.4f} ± {kid['std']:.4f}"
+
+
+def fidelity_rows(report: dict) -> list[list[str]]:
+    """One row per (source, feature space) with the set-level numbers and the worst class coverage."""
+    rows = []
+    for s in report["sources"]:
+        fid = s.get("fidelity") or {}
+        for space in ("labeler", "inception"):
+            ev = fid.get(space)
+            if not ev or "overall" not in ev:
+                continue
+            o = ev["overall"]
+            covs = [(r["coverage"], r["name"]) for r in ev.get("per_class") or [] if r["coverage"] is not None]
+            worst = min(covs) if covs else None
+            label = space + ("" if space == "labeler" or ev.get("is_fid") else " (random weights)")
+            rows.append([s["name"], label, str(o["n_fake"]), str(o["n_real"]), _ci(o, "precision"),
+                         _ci(o, "recall"), _ci(o, "density"), _ci(o, "coverage"), _kid_cell(o["kid"]),
+                         f"{worst[0]:.3f} ({worst[1]})" if worst else "-"])
+    return rows
+
+
+def fidelity_class_rows(ev: dict) -> list[list[str]]:
+    return [[str(r["class"]), fmt(r["name"]), str(r["n_fake"]), str(r["n_real"]), _ci(r, "precision"),
+             _ci(r, "recall"), _ci(r, "density"), _ci(r, "coverage"), _kid_cell(r["kid"]),
+             fmt(r.get("labeler_accuracy")), r.get("note") or ""]
+            for r in ev.get("per_class") or []]
+
+
+def _coverage_gate_line(report: dict, bold: str = "") -> list[str]:
+    g = report.get("fidelity_gate")
+    if not g:
+        return []
+    return [f"Coverage gate (min coverage {g['min_coverage']:g}): "
+            + ("passed" if g["passed"] else f"{bold}FAILED{bold} - " + "; ".join(g["failures"]))]
+
+
 def audit_summary(report: dict) -> str:
     """The stdout summary: the table, the FID status line, and the gate verdict."""
     lines = [text_table(AUDIT_HEADER, audit_rows(report))]
+    if fidelity_rows(report):
+        lines += ["", f"fidelity (k={report['fidelity']['k']}; [95% bootstrap interval] for small groups):",
+                  text_table(FIDELITY_HEADER, fidelity_rows(report))]
+        lines += _coverage_gate_line(report)
     fid = report["fid"]
     if fid.get("requested") and not fid.get("available"):
         lines.append(f"FID unavailable: {fid['reason']}")
@@ -128,6 +182,10 @@ def audit_markdown(report: dict) -> str:
     if gate:
         out += [f"Coverage gate (min effective classes {gate['min_effective_classes']:g}): "
                 + ("passed" if gate["passed"] else "**FAILED** - " + "; ".join(gate["failures"])), ""]
+    if fidelity_rows(report):
+        out += [f"Fidelity and diversity against `{report['reference']['spec']}` (k = {report['fidelity']['k']}; "
+                "see docs/audit.md):", "", md_table(FIDELITY_HEADER, fidelity_rows(report)), ""]
+        out += _coverage_gate_line(report, "**") + [""]
     for s in report["sources"]:
         out += [f"## {s['name']}", "", f"`{s['path']}`: {s['n']} images, {s['channels']}x{s['resolution']}x"
                 f"{s['resolution']}, {s['n_scanned']} scanned by labeler/FID.", ""]
@@ -159,12 +217,33 @@ def audit_markdown(report: dict) -> str:
         for key in ("confidence", "mean_confidence", "grid_labeler", "grid_conditioning"):
             if key in s["figures"]:
                 out += [f"![{key}]({s['figures'][key]})", ""]
+        out += _fidelity_markdown(s)
         f = s.get("fid")
         if f:
             out += ["### FID", "", (f"FID {fmt(f['value'], 3)} ({f['n']} images vs {f['n_reference']} reference)"
                                     + (f" - {f['warning']}" if f.get("warning") else "")
                                     if f["available"] else f"FID unavailable: {f['reason']}"), ""]
     return "\n".join(out)
+
+
+def _fidelity_markdown(s: dict) -> list[str]:
+    fid = s.get("fidelity") or {}
+    out = []
+    for space in ("labeler", "inception"):
+        ev = fid.get(space)
+        if not ev:
+            continue
+        if "overall" not in ev:
+            out += [f"### Fidelity ({space} features)", "", f"Unavailable: {ev.get('reason')}", ""]
+            continue
+        out += [f"### Fidelity ({ev['space']})", ""]
+        if ev.get("per_class") is None:
+            out += [f"Per-class numbers unavailable: {ev.get('per_class_unavailable')}.", ""]
+        else:
+            out += [md_table(CLASS_HEADER, fidelity_class_rows(ev)), ""]
+        if space == "labeler" and s["figures"].get("fidelity"):
+            out += [f"![per-class fidelity]({s['figures']['fidelity']})", ""]
+    return out
 
 
 def audit_html(report: dict, figures: dict[str, bytes]) -> str:
@@ -174,8 +253,13 @@ def audit_html(report: dict, figures: dict[str, bytes]) -> str:
         for key in ("conditioning", "targets", "labeler", "recorded_labeler"):
             if s.get(key):
                 class_rows[(s["name"], key)] = _class_rows(s[key])
+    fid_class = {(s["name"], sp): fidelity_class_rows(s["fidelity"][sp]) for s in report["sources"]
+                 for sp in ("labeler", "inception") if (s.get("fidelity") or {}).get(sp)
+                 and "overall" in s["fidelity"][sp]}
     return render_html("audit.html.j2", report=report, header=AUDIT_HEADER, rows=audit_rows(report), uris=uris,
-                       class_rows=class_rows, json_dump=lambda o: json.dumps(o, indent=2, sort_keys=True))
+                       class_rows=class_rows, json_dump=lambda o: json.dumps(o, indent=2, sort_keys=True),
+                       fid_header=FIDELITY_HEADER, fid_rows=fidelity_rows(report), class_header=CLASS_HEADER,
+                       fid_class=fid_class, coverage_gate=_coverage_gate_line(report))
 
 
 # --------------------------------------------------------------------------------------------------------- compare

@@ -15,6 +15,7 @@ import numpy as np
 
 from feddf.audit import coverage as cov
 from feddf.audit import fid as F
+from feddf.audit import fidelity as FD
 from feddf.audit import labeler as lab
 from feddf.audit import plots
 from feddf.audit.reference import Reference, reference_stats, resolve_reference
@@ -40,6 +41,13 @@ class AuditConfig:
     stats_dir: str | None = None         # reference statistics cache; default $FEDDF_DATA_ROOT/fid-stats
     grid_classes: int = 10
     grid_per_class: int = 8
+    # fidelity (precision/recall/density/coverage/KID; feddf/audit/fidelity.py)
+    fidelity: bool | None = None         # None: when --labeler and an image --reference (dataset or cache) are given
+    k: int = 5
+    min_coverage: float | None = None
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    bootstrap: int = 100
 
 
 @dataclass
@@ -51,6 +59,10 @@ class AuditResult:
     @property
     def gate_failed(self) -> bool:
         return bool(self.report.get("gate") and not self.report["gate"]["passed"])
+
+    @property
+    def coverage_gate_failed(self) -> bool:
+        return bool(self.report.get("fidelity_gate") and not self.report["fidelity_gate"]["passed"])
 
 
 def _check(cfg: AuditConfig) -> None:
@@ -95,6 +107,7 @@ def run_audit(cfg: AuditConfig, progress: bool = True, extractor: F.InceptionFea
                 fid_unavailable = str(e)
         if not want_fid:
             extractor = None
+        fa = _fidelity_setup(cfg, classifier, ref, extractor, device, progress)
 
         result = AuditResult(report={
             "command": "audit", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -103,10 +116,10 @@ def run_audit(cfg: AuditConfig, progress: bool = True, extractor: F.InceptionFea
             "reference": {"spec": ref.spec, "kind": ref.kind} if ref else None,
             "fid": ({"requested": True, "available": extractor is not None, "reason": fid_unavailable,
                      **(extractor.describe() if extractor else {})} if want_fid else {"requested": False}),
-            "sources": []})
+            "sources": [], "fidelity": _fidelity_header(cfg, fa)})
         per_source_feats = {}
         for src in sources:
-            entry, acc = _audit_source(src, cfg, classifier, extractor, result, progress)
+            entry, acc = _audit_source(src, cfg, classifier, extractor, result, progress, fa)
             result.report["sources"].append(entry)
             if acc is not None:
                 per_source_feats[src.name] = acc
@@ -116,13 +129,15 @@ def run_audit(cfg: AuditConfig, progress: bool = True, extractor: F.InceptionFea
             for entry in result.report["sources"]:
                 entry["fid"] = ({"available": False, "reason": fid_unavailable} if want_fid else None)
         result.report["gate"] = _gate(cfg, result.report["sources"])
+        result.report["fidelity_gate"] = FD.gate(cfg.min_coverage, result.report["sources"])
         return result
     finally:
         for s in sources:
             s.close()
 
 
-def _audit_source(src: Source, cfg: AuditConfig, classifier, extractor, result: AuditResult, progress: bool):
+def _audit_source(src: Source, cfg: AuditConfig, classifier, extractor, result: AuditResult, progress: bool,
+                  fa: FD.FidelityAudit | None = None):
     from tqdm import tqdm
 
     entry = {"name": src.name, "path": str(src.path), "n": src.n, "channels": src.channels,
@@ -150,6 +165,7 @@ def _audit_source(src: Source, cfg: AuditConfig, classifier, extractor, result: 
     pred = np.empty(idx.size, np.int64)
     conf = np.empty(idx.size, np.float64)
     acc = F.StatsAccumulator() if extractor is not None else None
+    col = fa.collector(idx.size) if fa is not None else None     # hooks the labeler's penultimate layer
     if classifier is not None or acc is not None:
         pos = 0
         for _, images in tqdm(src.batches(idx, cfg.batch_size), total=-(-idx.size // cfg.batch_size),
@@ -157,9 +173,19 @@ def _audit_source(src: Source, cfg: AuditConfig, classifier, extractor, result: 
             b = images.shape[0]
             if classifier is not None:
                 pred[pos:pos + b], conf[pos:pos + b] = lab.predict(classifier, images)
+            inception = extractor(images) if acc is not None else None
             if acc is not None:
-                acc.update(extractor(images))
+                acc.update(inception)
+            if col is not None:
+                col.add(pos, inception)
             pos += b
+    entry["fidelity"] = None
+    if col is not None:
+        entry["fidelity"] = fa.finish(col, pred)
+        if (entry["fidelity"].get("labeler") or {}).get("per_class"):
+            _fig(result, entry, "fidelity", plots.fidelity_bars(
+                entry["fidelity"]["labeler"]["per_class"], f"{src.name}: per-class fidelity (labeler features, "
+                f"k={cfg.k})"))
 
     entry["labeler"] = None
     if classifier is not None:
@@ -274,3 +300,34 @@ def _gate(cfg: AuditConfig, entries: list[dict]) -> dict | None:
             failures.append(f"{e['name']}: {value:.2f} effective {metric} classes")
     return {"min_effective_classes": cfg.min_effective_classes, "passed": not failures, "sources": rows,
             "failures": failures}
+
+
+def _fidelity_setup(cfg: AuditConfig, classifier, ref: Reference | None, extractor, device,
+                    progress: bool) -> FD.FidelityAudit | None:
+    """The fidelity state when requested (--fidelity) or possible (labeler + a reference with images), else None."""
+    if cfg.k < 1 or cfg.kid_subsets < 1 or cfg.kid_subset_size < 2 or cfg.bootstrap < 0:
+        raise FeddfError(f"bad fidelity settings (k={cfg.k}, kid subsets={cfg.kid_subsets}, subset size="
+                         f"{cfg.kid_subset_size}, bootstrap={cfg.bootstrap}): need k >= 1, subsets >= 1, size >= 2")
+    if cfg.min_coverage is not None and not 0.0 <= cfg.min_coverage <= 1.0:
+        raise FeddfError(f"--min-coverage {cfg.min_coverage} must be in [0, 1]")
+    if cfg.min_coverage is not None and cfg.fidelity is False:
+        raise FeddfError("--min-coverage needs the fidelity numbers: drop --no-fidelity")
+    possible = classifier is not None and ref is not None and ref.kind != "stats"
+    want = cfg.fidelity if cfg.fidelity is not None else possible or cfg.min_coverage is not None
+    if not want:
+        return None
+    if not possible:
+        raise FeddfError("precision/recall/density/coverage (--fidelity, --min-coverage) need --labeler RUN_DIR and "
+                         "--reference DATASET|CACHE with images (e.g. fashion-mnist:test), not statistics")
+    fcfg = FD.FidelityConfig(k=cfg.k, kid=FD.KIDConfig(cfg.kid_subsets, cfg.kid_subset_size),
+                             bootstrap=cfg.bootstrap, seed=cfg.seed)
+    return FD.FidelityAudit(fcfg, ref, classifier, extractor, device, limit=cfg.limit, seed=cfg.seed,
+                            batch_size=cfg.batch_size, progress=progress)
+
+
+def _fidelity_header(cfg: AuditConfig, fa: FD.FidelityAudit | None) -> dict:
+    if fa is None:
+        return {"requested": False}
+    return {"requested": True, "k": cfg.k, "kid_subsets": cfg.kid_subsets, "kid_subset_size": cfg.kid_subset_size,
+            "bootstrap": cfg.bootstrap, "bootstrap_below": fa.cfg.bootstrap_below,
+            "spaces": ["labeler"] + (["inception"] if fa.extractor is not None else [])}
