@@ -42,12 +42,15 @@ def make_transform(info, augment: str = "none", channels: int | None = None, siz
 
 def local_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: LocalSpec,
                 transform: Callable, gen: torch.Generator, device: torch.device | str = "cpu",
-                progress: Callable[[int, int], None] | None = None) -> dict:
+                progress: Callable[[int, int], None] | None = None, hooks=None) -> dict:
     """Train `model` in place on one client's uint8 images (n, C, H, W) + labels (n,). Returns {"loss", "steps"}.
 
     `transform(u8, generator)` converts + augments a batch (make_transform(info, spec.augment)). All randomness
-    (shuffling, augmentation) comes from `gen`, so a client's update is a function of its seed.
+    (shuffling, augmentation) comes from `gen`, so a client's update is a function of its seed. `hooks`
+    (feddf.federated.precision.QuantizedTraining) trains at a lower precision: autocast + requantise after each step.
     """
+    import contextlib
+
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if spec.prox_mu > 0 else None
@@ -62,15 +65,22 @@ def local_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sp
             if len(idx) < 2 and n >= 2:  # BatchNorm in train mode needs >= 2 samples
                 continue
             x, y = transform(images[idx], gen).to(device), labels[idx].to(device)
-            loss = F.cross_entropy(model(x), y)
+            with hooks.autocast() if hooks is not None else contextlib.nullcontext():
+                loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if anchor is not None:
-                with torch.no_grad():
-                    for p, p0 in zip(model.parameters(), anchor):
-                        if p.grad is not None:
-                            p.grad.add_(p.detach() - p0, alpha=spec.prox_mu)
-            opt.step()
+
+            def prox():
+                if anchor is not None:
+                    with torch.no_grad():
+                        for p, p0 in zip(model.parameters(), anchor):
+                            if p.grad is not None:
+                                p.grad.add_(p.detach() - p0, alpha=spec.prox_mu)
+            if hooks is not None:
+                hooks.backward_step(loss, opt, prox)
+            else:
+                loss.backward()
+                prox()
+                opt.step()
             loss_sum += float(loss.detach())
             if progress is not None:
                 progress(done, total)
