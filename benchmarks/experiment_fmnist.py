@@ -90,13 +90,7 @@ def main() -> None:
                 tag = f"a{alpha}-{name.split()[0].lower()}{'-' + name.split()[-1].lower() if '+' in name else ''}-s{seed}"
                 tag = tag.replace(":", "").replace("[", "").replace("]", "")
                 run = out / tag
-                if not (run / "metrics.jsonl").exists() or \
-                        len((run / "metrics.jsonl").read_text().splitlines()) < args.rounds:
-                    sh(["train", "--dataset", "fashion-mnist", "--arch", "cnn", "--clients", "20", "--fraction", "0.4",
-                        "--alpha", str(alpha), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
-                        "--augment", "none", "--distill-steps", str(args.distill_steps), "--eval-every",
-                        str(args.eval_every), "--patience", str(args.patience), "--seed", str(seed), "--quiet",
-                        "--out", str(run), "--resume", *extra])
+                train_run(run, alpha, seed, args, extra)
                 results.setdefault(f"{alpha}|{name}", []).append(summarise(run, args.target_acc))
     lines = [f"| α | method | final acc | best acc | rounds to {args.target_acc:.0%} | distill steps/round | "
              "local s/round | server s/round |", "|---|---|---|---|---|---|---|---|"]
@@ -115,11 +109,27 @@ def main() -> None:
               f"≤{args.distill_steps} distillation steps (patience {args.patience}), seeds {args.seeds}; "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
               f"total wall {time.time() - t0:.0f} s")
+    finish(header, lines, args, {"experiment": "fmnist", "args": vars(args), "results": figures})
+
+
+def train_run(run: Path, alpha: float, seed: int, args, extra: list[str]) -> None:
+    """One `feddf train` of a grid with the script's settings (resumed; skipped once it has args.rounds rounds)."""
+    if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= args.rounds:
+        return
+    sh(["train", "--dataset", "fashion-mnist", "--arch", "cnn", "--clients", "20", "--fraction", "0.4",
+        "--alpha", str(alpha), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
+        "--augment", "none", "--distill-steps", str(args.distill_steps), "--eval-every",
+        str(args.eval_every), "--patience", str(args.patience), "--seed", str(seed), "--quiet",
+        "--out", str(run), "--resume", *extra])
+
+
+def finish(header: str, lines: list[str], args, figures: dict) -> None:
+    """Print the markdown table (and write it to args.md), then the one JSON line of all figures."""
     table = header + "\n\n" + "\n".join(lines) + "\n"
     print(table)
     if args.md:
         (ROOT / args.md).write_text(table)
-    print(json.dumps({"experiment": "fmnist", "args": vars(args), "results": figures}))
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

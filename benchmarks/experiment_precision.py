@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from experiment_fmnist import ROOT, mean_std, sh, summarise  # noqa: E402  (same runner, same summary)
+from experiment_fmnist import ROOT, finish, mean_std, sh, summarise, train_run  # noqa: E402  (same runner/summary)
 
 
 def upload_mb(run: Path) -> float:
@@ -74,13 +74,7 @@ def main() -> None:
             name, extra = methods[key]
             for seed in [int(s) for s in args.seeds.split(",")]:
                 run = out / f"a{alpha}-{key}-s{seed}"
-                if not (run / "metrics.jsonl").exists() or \
-                        len((run / "metrics.jsonl").read_text().splitlines()) < args.rounds:
-                    sh(["train", "--dataset", "fashion-mnist", "--arch", "cnn", "--clients", "20", "--fraction", "0.4",
-                        "--alpha", str(alpha), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
-                        "--augment", "none", "--distill-steps", str(args.distill_steps), "--eval-every",
-                        str(args.eval_every), "--patience", str(args.patience), "--seed", str(seed), "--quiet",
-                        "--out", str(run), "--resume", *limit, *extra])
+                train_run(run, alpha, seed, args, [*limit, *extra])
                 res = summarise(run, 0.8)
                 res["upload_mb"] = upload_mb(run)
                 results.setdefault(f"{alpha}|{name}", []).append(res)
@@ -93,14 +87,10 @@ def main() -> None:
                      f"{statistics.mean(r['local_s'] for r in runs):.1f} | "
                      f"{statistics.mean(r['distill_s'] for r in runs):.1f} |")
     header = (f"Fashion-MNIST, 20 clients, C=0.4, cnn, {args.rounds} rounds x {args.local_epochs} local epochs, "
-              f"train-limit {args.train_limit or 'none'}, test-limit {args.test_limit or 'none'}, ≤{args.distill_steps} distillation steps (patience "
-              f"{args.patience}), seeds {args.seeds}; {platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} cores; total wall {time.time() - t0:.0f} s")
-    table = header + "\n\n" + "\n".join(lines) + "\n"
-    print(table)
-    if args.md:
-        (ROOT / args.md).write_text(table)
-    print(json.dumps({"experiment": "precision", "args": vars(args), "results": results}))
+              f"train-limit {args.train_limit or 'none'}, test-limit {args.test_limit or 'none'}, "
+              f"≤{args.distill_steps} distillation steps (patience {args.patience}), seeds {args.seeds}; "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; total wall {time.time() - t0:.0f} s")
+    finish(header, lines, args, {"experiment": "precision", "args": vars(args), "results": results})
 
 
 if __name__ == "__main__":
