@@ -56,9 +56,10 @@ def summarise(run: Path, target: float) -> dict:
             "distill_s": statistics.mean(r["distill_seconds"] for r in rows)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/exp-fmnist")
+def grid_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The grid options every Fashion-MNIST experiment script shares (the settings of this script's table)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default=out)
     ap.add_argument("--alphas", default="1.0,0.1")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--rounds", type=int, default=12)
@@ -67,8 +68,13 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--gan-n", type=int, default=20000)
-    ap.add_argument("--target-acc", type=float, default=0.80)
     ap.add_argument("--md", default=None, help="Write the markdown table here.")
+    return ap
+
+
+def main() -> None:
+    ap = grid_parser(__doc__.split("\n\n")[0], "runs/exp-fmnist")
+    ap.add_argument("--target-acc", type=float, default=0.80)
     args = ap.parse_args()
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)

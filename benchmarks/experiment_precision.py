@@ -11,7 +11,6 @@ the encoded payloads of the round's clients, metrics.jsonl `upload_bytes`). Ends
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from experiment_fmnist import ROOT, finish, mean_std, sh, summarise, train_run  # noqa: E402  (same runner/summary)
+from experiment_fmnist import ROOT, finish, grid_parser, mean_std, sh, summarise, train_run  # noqa: E402
 
 
 def upload_mb(run: Path) -> float:
@@ -30,20 +29,10 @@ def upload_mb(run: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/exp-precision")
-    ap.add_argument("--alphas", default="1.0,0.1")
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--rounds", type=int, default=12)
-    ap.add_argument("--local-epochs", type=int, default=2)
+    ap = grid_parser(__doc__.split("\n\n")[0], "runs/exp-precision")
     ap.add_argument("--train-limit", type=int, default=None, help="Reduced grid: a seeded subset of the train split.")
     ap.add_argument("--test-limit", type=int, default=None, help="Reduced grid: the first N images of test[5000:].")
-    ap.add_argument("--distill-steps", type=int, default=500)
-    ap.add_argument("--patience", type=int, default=200)
-    ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--gan-n", type=int, default=20000)
     ap.add_argument("--methods", default=None, help="Comma list of method keys to run (default: all).")
-    ap.add_argument("--md", default=None, help="Write the markdown table here.")
     args = ap.parse_args()
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
