@@ -169,3 +169,15 @@ def test_bad_client_precision_is_one_line(tmp_path, monkeypatch, extra, message)
 def test_help_lists_client_precision():
     res = CliRunner().invoke(main, ["train", "--help"])
     assert res.exit_code == 0 and "--client-precision" in res.output and "binary" in res.output
+
+
+def test_a_run_folder_recorded_before_client_precision_still_resumes():
+    import dataclasses
+
+    from feddf.federated.config import TrainConfig
+    from feddf.federated.setup import same_run
+
+    now = dataclasses.asdict(TrainConfig(out="r").resolved())
+    before = {k: v for k, v in now.items() if k != "client_precision"}
+    assert same_run(before, now) == ""
+    assert "client_precision" in same_run(before, {**now, "client_precision": "binary"})

@@ -28,7 +28,10 @@ RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache
 
 
 def same_run(saved: dict, now: dict) -> str:
-    """'' when two resolved configs describe the same run, else the first differing keys."""
+    """'' when two resolved configs describe the same run, else the first differing keys. A key a run folder's
+    config predates (e.g. client_precision) counts as its default."""
+    defaults = dataclasses.asdict(TrainConfig())
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     diff = [k for k in sorted(set(saved) | set(now)) if k not in RESUMABLE and saved.get(k) != now.get(k)]
     return ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:3])
 
