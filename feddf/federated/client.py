@@ -13,6 +13,7 @@ FedProx adds mu * (w - w_global) to each gradient: the gradient of mu/2 ||w - w_
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,14 +50,20 @@ def local_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sp
     (shuffling, augmentation) comes from `gen`, so a client's update is a function of its seed. `hooks`
     (feddf.federated.precision.QuantizedTraining) trains at a lower precision: autocast + requantise after each step.
     """
-    import contextlib
-
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if spec.prox_mu > 0 else None
     n = len(labels)
     per_epoch = (n + spec.batch_size - 1) // spec.batch_size
     total, done, loss_sum = spec.epochs * per_epoch, 0, 0.0
+
+    def prox():  # the FedProx gradient term, added between backward and the optimizer step
+        if anchor is not None:
+            with torch.no_grad():
+                for p, p0 in zip(model.parameters(), anchor):
+                    if p.grad is not None:
+                        p.grad.add_(p.detach() - p0, alpha=spec.prox_mu)
+
     for _ in range(spec.epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, spec.batch_size):
@@ -68,13 +75,6 @@ def local_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sp
             with hooks.autocast() if hooks is not None else contextlib.nullcontext():
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
-
-            def prox():
-                if anchor is not None:
-                    with torch.no_grad():
-                        for p, p0 in zip(model.parameters(), anchor):
-                            if p.grad is not None:
-                                p.grad.add_(p.detach() - p0, alpha=spec.prox_mu)
             if hooks is not None:
                 hooks.backward_step(loss, opt, prox)
             else:
