@@ -39,8 +39,9 @@ def mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
-def summarise(run: Path, target: float) -> dict:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def summarise(run: Path, target: float, upto: int | None = None) -> dict:
+    """Final/best accuracy, rounds to target, steps and seconds of a run's first `upto` rounds (all when None)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][:upto]
     arch = next(iter(rows[-1]["acc"]))
 
     def acc(r):  # the server model's test accuracy after this round (distilled where distillation ran)

@@ -7,7 +7,9 @@ FedDF fp32+binary (half the clients each, client i gets [fp32, binary][i * 2 // 
 benchmarks/experiment_fmnist.py (20 clients, C = 0.4, `cnn`, no augmentation, evaluation on test[5000:]) unless
 overridden (--rounds, --local-epochs, --train-limit for a reduced grid). Every run is a real resumable `feddf train`
 subprocess. Reports mean ± std over seeds of final / best test accuracy and the mean upload MB per round (the sum of
-the encoded payloads of the round's clients, metrics.jsonl `upload_bytes`). Ends with one JSON line of all figures.
+the encoded payloads of the round's clients, metrics.jsonl `upload_bytes`) over the first --rounds rounds: every
+choice of round r is seeded from (seed, r), so a longer run's first R rounds are exactly an R-round run (a grid cut
+short can be tabulated at a smaller --rounds). Ends with one JSON line of all figures.
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from experiment_fmnist import ROOT, finish, grid_parser, mean_std, sh, summarise, train_run  # noqa: E402
 
 
-def upload_mb(run: Path) -> float:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def upload_mb(run: Path, upto: int) -> float:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][:upto]
     return statistics.mean(sum(r.get("upload_bytes", {}).values()) / 1e6 for r in rows)
 
 
@@ -64,8 +66,8 @@ def main() -> None:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 run = out / f"a{alpha}-{key}-s{seed}"
                 train_run(run, alpha, seed, args, [*limit, *extra])
-                res = summarise(run, 0.8)
-                res["upload_mb"] = upload_mb(run)
+                res = summarise(run, 0.8, args.rounds)  # a longer run's first --rounds rounds: the same numbers
+                res["upload_mb"] = upload_mb(run, args.rounds)
                 results.setdefault(f"{alpha}|{name}", []).append(res)
     lines = ["| α | method | final acc | best acc | upload MB/round | local s/round | server s/round |",
              "|---|---|---|---|---|---|---|"]
