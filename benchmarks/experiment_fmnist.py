@@ -39,8 +39,9 @@ def mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
-def summarise(run: Path, target: float) -> dict:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def summarise(run: Path, target: float, upto: int | None = None) -> dict:
+    """Final/best accuracy, rounds to target, steps and seconds of a run's first `upto` rounds (all when None)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][:upto]
     arch = next(iter(rows[-1]["acc"]))
 
     def acc(r):  # the server model's test accuracy after this round (distilled where distillation ran)
@@ -56,9 +57,10 @@ def summarise(run: Path, target: float) -> dict:
             "distill_s": statistics.mean(r["distill_seconds"] for r in rows)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/exp-fmnist")
+def grid_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The grid options every Fashion-MNIST experiment script shares (the settings of this script's table)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default=out)
     ap.add_argument("--alphas", default="1.0,0.1")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--rounds", type=int, default=12)
@@ -67,8 +69,13 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=200)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--gan-n", type=int, default=20000)
-    ap.add_argument("--target-acc", type=float, default=0.80)
     ap.add_argument("--md", default=None, help="Write the markdown table here.")
+    return ap
+
+
+def main() -> None:
+    ap = grid_parser(__doc__.split("\n\n")[0], "runs/exp-fmnist")
+    ap.add_argument("--target-acc", type=float, default=0.80)
     args = ap.parse_args()
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -90,13 +97,7 @@ def main() -> None:
                 tag = f"a{alpha}-{name.split()[0].lower()}{'-' + name.split()[-1].lower() if '+' in name else ''}-s{seed}"
                 tag = tag.replace(":", "").replace("[", "").replace("]", "")
                 run = out / tag
-                if not (run / "metrics.jsonl").exists() or \
-                        len((run / "metrics.jsonl").read_text().splitlines()) < args.rounds:
-                    sh(["train", "--dataset", "fashion-mnist", "--arch", "cnn", "--clients", "20", "--fraction", "0.4",
-                        "--alpha", str(alpha), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
-                        "--augment", "none", "--distill-steps", str(args.distill_steps), "--eval-every",
-                        str(args.eval_every), "--patience", str(args.patience), "--seed", str(seed), "--quiet",
-                        "--out", str(run), "--resume", *extra])
+                train_run(run, alpha, seed, args, extra)
                 results.setdefault(f"{alpha}|{name}", []).append(summarise(run, args.target_acc))
     lines = [f"| α | method | final acc | best acc | rounds to {args.target_acc:.0%} | distill steps/round | "
              "local s/round | server s/round |", "|---|---|---|---|---|---|---|---|"]
@@ -115,11 +116,27 @@ def main() -> None:
               f"≤{args.distill_steps} distillation steps (patience {args.patience}), seeds {args.seeds}; "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
               f"total wall {time.time() - t0:.0f} s")
+    finish(header, lines, args, {"experiment": "fmnist", "args": vars(args), "results": figures})
+
+
+def train_run(run: Path, alpha: float, seed: int, args, extra: list[str]) -> None:
+    """One `feddf train` of a grid with the script's settings (resumed; skipped once it has args.rounds rounds)."""
+    if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= args.rounds:
+        return
+    sh(["train", "--dataset", "fashion-mnist", "--arch", "cnn", "--clients", "20", "--fraction", "0.4",
+        "--alpha", str(alpha), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
+        "--augment", "none", "--distill-steps", str(args.distill_steps), "--eval-every",
+        str(args.eval_every), "--patience", str(args.patience), "--seed", str(seed), "--quiet",
+        "--out", str(run), "--resume", *extra])
+
+
+def finish(header: str, lines: list[str], args, figures: dict) -> None:
+    """Print the markdown table (and write it to args.md), then the one JSON line of all figures."""
     table = header + "\n\n" + "\n".join(lines) + "\n"
     print(table)
     if args.md:
         (ROOT / args.md).write_text(table)
-    print(json.dumps({"experiment": "fmnist", "args": vars(args), "results": figures}))
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Compare `feddf train` runs: accuracy-vs-round curves, best/final accuracy, rounds to a target accuracy (the FedDF
-paper's Table 1 metric), distillation steps and wall time.
+paper's Table 1 metric), distillation steps, wall time, client precision and the MB uploaded per round.
 
     feddf compare runs/fedavg runs/feddf-gan --target-acc 0.8 --out reports/fedavg-vs-feddf
 
@@ -132,6 +132,13 @@ def series(run: Run, arch: str) -> dict:
     return {"rounds": rounds, "acc": acc, "fedavg": fedavg, "distill_steps": steps, "seconds": secs}
 
 
+def mb_per_round(run: Run, key: str) -> float | None:
+    """Mean over rounds of the bytes all clients uploaded (key upload_bytes) or downloaded, in MB (10^6 bytes);
+    None for runs recorded before metrics.jsonl had byte counts."""
+    per = [sum((r.get(key) or {}).values()) / 1e6 for r in run.records if key in r]
+    return sum(per) / len(per) if per else None
+
+
 def summarize(runs: list[Run], target: float | None) -> list[dict]:
     """One table row per (run, architecture)."""
     rows = []
@@ -150,6 +157,9 @@ def summarize(runs: list[Run], target: float | None) -> list[dict]:
                 "final_round": s["rounds"][-1],
                 "rounds_to_target": rounds_to_target(s["rounds"], s["acc"], target) if target is not None else None,
                 "distill_steps": s["distill_steps"], "wall_seconds": s["seconds"],
+                "client_precision": run.config.get("client_precision", "fp32"),
+                "upload_mb_per_round": mb_per_round(run, "upload_bytes"),
+                "download_mb_per_round": mb_per_round(run, "download_bytes"),
                 "best_ensemble_acc": max(ens) if ens else None, "incomplete_lines_skipped": run.skipped_lines})
     return rows
 

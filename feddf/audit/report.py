@@ -265,7 +265,7 @@ def audit_html(report: dict, figures: dict[str, bytes]) -> str:
 # --------------------------------------------------------------------------------------------------------- compare
 
 COMPARE_HEADER = ["run", "arch", "aggregator", "source", "rounds", "best acc", "best round", "final acc",
-                  "rounds to target", "distill steps", "wall time"]
+                  "rounds to target", "distill steps", "wall time", "precision", "upload MB/round"]
 
 
 def _duration(seconds: float | None) -> str:
@@ -282,7 +282,8 @@ def compare_rows(report: dict) -> list[list[str]]:
              fmt(r["best_acc"], 4), str(r["best_round"]), fmt(r["final_acc"], 4),
              ("-" if target is None else (str(r["rounds_to_target"]) if r["rounds_to_target"] is not None
                                           else "not reached")),
-             str(r["distill_steps"]), _duration(r["wall_seconds"])] for r in report["rows"]]
+             str(r["distill_steps"]), _duration(r["wall_seconds"]), r.get("client_precision", "fp32"),
+             fmt(r.get("upload_mb_per_round"), 3)] for r in report["rows"]]
 
 
 def compare_summary(report: dict) -> str:

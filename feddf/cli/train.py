@@ -63,6 +63,8 @@ OPTIONS = [
     _opt("--batch-size", int, "Client batch size."),
     _opt("--augment", str, "Client augmentation: crop-flip, flip, none."),
     _opt("--prox-mu", float, "FedProx proximal weight mu (0.01 for fedprox when omitted, else 0).", metavar="M"),
+    _opt("--client-precision", str, "What clients train and upload in: fp32, bf16, fp16 or binary (1-bit weights, "
+         "per-filter scale); a comma list is assigned like --archs (client i gets p[i*P//n]).", metavar="P[,P..]"),
     _opt("--server-momentum", float, "FedAvgM server momentum (0.9 for fedavgm when omitted).", metavar="B"),
     _opt("--distill-source", str, "gan (= --cache or the newest generated cache), noise, cifar100, stl10, "
          "imagenet32, fashion-mnist, or a PATH.h5 cache."),

@@ -13,6 +13,7 @@ FedProx adds mu * (w - w_global) to each gradient: the gradient of mu/2 ||w - w_
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,11 +43,12 @@ def make_transform(info, augment: str = "none", channels: int | None = None, siz
 
 def local_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: LocalSpec,
                 transform: Callable, gen: torch.Generator, device: torch.device | str = "cpu",
-                progress: Callable[[int, int], None] | None = None) -> dict:
+                progress: Callable[[int, int], None] | None = None, hooks=None) -> dict:
     """Train `model` in place on one client's uint8 images (n, C, H, W) + labels (n,). Returns {"loss", "steps"}.
 
     `transform(u8, generator)` converts + augments a batch (make_transform(info, spec.augment)). All randomness
-    (shuffling, augmentation) comes from `gen`, so a client's update is a function of its seed.
+    (shuffling, augmentation) comes from `gen`, so a client's update is a function of its seed. `hooks`
+    (feddf.federated.precision.QuantizedTraining) trains at a lower precision: autocast + requantise after each step.
     """
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
@@ -54,6 +56,14 @@ def local_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sp
     n = len(labels)
     per_epoch = (n + spec.batch_size - 1) // spec.batch_size
     total, done, loss_sum = spec.epochs * per_epoch, 0, 0.0
+
+    def prox():  # the FedProx gradient term, added between backward and the optimizer step
+        if anchor is not None:
+            with torch.no_grad():
+                for p, p0 in zip(model.parameters(), anchor):
+                    if p.grad is not None:
+                        p.grad.add_(p.detach() - p0, alpha=spec.prox_mu)
+
     for _ in range(spec.epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, spec.batch_size):
@@ -62,15 +72,15 @@ def local_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sp
             if len(idx) < 2 and n >= 2:  # BatchNorm in train mode needs >= 2 samples
                 continue
             x, y = transform(images[idx], gen).to(device), labels[idx].to(device)
-            loss = F.cross_entropy(model(x), y)
+            with hooks.autocast() if hooks is not None else contextlib.nullcontext():
+                loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if anchor is not None:
-                with torch.no_grad():
-                    for p, p0 in zip(model.parameters(), anchor):
-                        if p.grad is not None:
-                            p.grad.add_(p.detach() - p0, alpha=spec.prox_mu)
-            opt.step()
+            if hooks is not None:
+                hooks.backward_step(loss, opt, prox)
+            else:
+                loss.backward()
+                prox()
+                opt.step()
             loss_sum += float(loss.detach())
             if progress is not None:
                 progress(done, total)

@@ -51,6 +51,7 @@ class TrainConfig:
     batch_size: int = 64                  # paper: --batch_size 64
     augment: str = "crop-flip"            # paper code's CIFAR train transform (random crop 4 px + flip)
     prox_mu: float | None = None          # FedProx mu; None -> 0.01 for fedprox, 0 otherwise
+    client_precision: str = "fp32"        # fp32|bf16|fp16|binary, or a comma list: client i gets p[i * P // n]
     server_momentum: float | None = None  # FedAvgM beta; None -> 0.9 for fedavgm
     # FedDF distillation
     distill_source: str = "gan"
@@ -84,12 +85,15 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A validated copy with every None default filled in (what config.json records)."""
+        from feddf.federated.precision import parse_precisions
+
         c = dataclasses.replace(self)
         c.check_values()  # first: a mistyped value must not reach the registry look-ups
         c.validate()
         if c.archs:
             c.arch = c.archs[0]
         c.archs = c.arch_list()
+        c.client_precision = ",".join(parse_precisions(c.client_precision))
         if c.test_split is None:
             c.test_split = "test[5000:]" if c.dataset == "fashion-mnist" else "test"
         if c.prox_mu is None:
@@ -99,7 +103,8 @@ class TrainConfig:
         if c.out is None:
             src = f"-{Path(c.distill_source).stem}" if c.aggregator == "feddf" else ""
             archs = "+".join(map(_slug, c.archs))
-            c.out = f"runs/{_slug(c.dataset)}-{archs}-{c.aggregator}{src}-a{c.alpha:g}-s{c.seed}"
+            prec = "" if c.client_precision == "fp32" else "-" + c.client_precision.replace(",", "+")
+            c.out = f"runs/{_slug(c.dataset)}-{archs}{prec}-{c.aggregator}{src}-a{c.alpha:g}-s{c.seed}"
         return c
 
     def validate(self) -> None:
@@ -164,6 +169,12 @@ class TrainConfig:
             check_range("--prox-mu", self.prox_mu, lo=0, fix="e.g. 0.01")
         if self.server_momentum is not None:
             check_range("--server-momentum", self.server_momentum, lo=0, hi=1, hi_open=True, fix="e.g. 0.9")
+        from feddf.federated.precision import parse_precisions
+
+        precisions = parse_precisions(self.client_precision)
+        if isinstance(self.clients, int) and len(precisions) > self.clients:
+            bad("client-precision", self.client_precision, f"{len(precisions)} values for {self.clients} clients; "
+                f"give one value for all, or at most one per client (client i gets p[i * P // n])")
         if self.prefetch < 0 or self.source_memory_mb < 0:
             bad("prefetch/source-memory-mb", f"{self.prefetch}/{self.source_memory_mb}", "must be >= 0")
         check_seed("--seed", self.seed)
@@ -202,6 +213,8 @@ def load_toml(path: str | Path) -> dict:
         if key not in FIELDS:
             raise FeddfError(f"--config {p}: unknown key {k!r}; valid keys are the `feddf train` options")
         out[key] = v
+    if isinstance(out.get("client_precision"), list):
+        out["client_precision"] = ",".join(str(v) for v in out["client_precision"])
     if isinstance(out.get("archs"), str):
         out["archs"] = [a.strip() for a in out["archs"].split(",") if a.strip()]
     return out

@@ -10,7 +10,8 @@ architecture's average and keep the best-on-validation student. Every random cho
 (partition) id — the order fixes the float summation order of the average, so callers sort — and returns the new
 server states plus the metrics fields of the round (docs/CONTRACTS.md, metrics.jsonl): `acc`, `ensemble_acc`,
 `distill_steps`, `best_step`, `dropped`, `teachers`, and with distillation `val_acc`, `val_history`,
-`stopped_early`, `target_cache`. Steps, as in the paper code:
+`stopped_early`, `target_cache`, and `upload_bytes` / `download_bytes` {client id: bytes} (the encoded payloads,
+precision.py). Steps, as in the paper code:
   1. optional --drop-worst: clients whose validation accuracy is an outlier are left out of the average/teachers;
   2. FedAvg (or FedAvgM, ...) per architecture over the kept clients of that architecture, through `agg`;
   3. FedDF: every kept client model is a teacher; every architecture's average is a student (distill.py), trained on
@@ -39,11 +40,15 @@ def seed_of(*parts: int) -> int:
 
 @dataclasses.dataclass
 class ClientUpdate:
-    """One client's reply in a round: its id (partition id), architecture, trained model and training-set size."""
+    """One client's reply in a round: its id (partition id), architecture, trained model (as the server decoded it
+    from the upload) and training-set size; its precision and the bytes it downloaded / uploaded (precision.py)."""
     cid: int
     arch: str
     model: nn.Module
     n: int
+    precision: str = "fp32"
+    upload_bytes: int = 0
+    download_bytes: int = 0
 
 
 def sample_clients(cfg: TrainConfig, r: int) -> list[int]:
@@ -55,19 +60,25 @@ def sample_clients(cfg: TrainConfig, r: int) -> list[int]:
 
 def client_step(cfg: TrainConfig, task, r: int, k: int, state: dict, device,
                 progress: Callable[[int, int], None] | None = None) -> ClientUpdate:
-    """Client k's local training in round r, starting from its architecture's server `state` (not modified)."""
+    """Client k's local training in round r, starting from its architecture's server `state` (not modified), at the
+    client's precision; the returned model is what the server decodes from the client's encoded upload."""
+    from feddf.federated import precision as prec
     from feddf.federated.client import LocalSpec, local_train, make_transform
 
     torch.manual_seed(seed_of(cfg.seed, r, 0, k))  # anything that draws from the global RNG: per client, per round
     arch = task.client_arch[k]
     model = task.new_model(arch, state).to(device)
+    p = task.client_precision[k]
+    hooks = prec.QuantizedTraining(model, p, device) if p != "fp32" else None  # the client quantises it itself
     idx = task.client_indices[k]
     spec = LocalSpec(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.local_momentum, cfg.weight_decay,
                      cfg.prox_mu, cfg.augment)
     gen = torch.Generator().manual_seed(seed_of(cfg.seed, r, 2, k))
     local_train(model, task.train_images[idx], task.train_labels[idx], spec, make_transform(task.info, cfg.augment),
-                gen, device, progress=progress)
-    return ClientUpdate(k, arch, model, len(idx))
+                gen, device, progress=progress, hooks=hooks)
+    upload = prec.encode(model.state_dict(), p, hooks.codes if hooks is not None else None)
+    received = task.new_model(arch, prec.decode(upload)[1]).to(device)
+    return ClientUpdate(k, arch, received, len(idx), p, len(upload), len(prec.encode(state, "fp32")))
 
 
 @dataclasses.dataclass
@@ -132,5 +143,7 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
             extra["target_cache"] = {"hits": cache.hits, "misses": cache.misses}
     new_server = {a: {k: v.detach().cpu().clone() for k, v in new_states[a].items()} for a in cfg.archs}
     metrics = {"acc": acc, "ensemble_acc": ensemble_acc, "distill_steps": steps, "best_step": best,
-               "dropped": dropped, "teachers": len(teachers), **extra}
+               "dropped": dropped, "teachers": len(teachers), **extra,
+               "upload_bytes": {str(c.cid): c.upload_bytes for c in clients},
+               "download_bytes": {str(c.cid): c.download_bytes for c in clients}}
     return FusionResult(server=new_server, metrics=metrics)

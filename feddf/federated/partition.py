@@ -167,11 +167,16 @@ def split_validation(labels, fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.flatnonzero(mask).astype(np.int64), v
 
 
+def assign_blocks(n_clients: int, values: list[str]) -> list[str]:
+    """Client i gets values[i * V // n]: contiguous near-equal blocks, the paper code's `num_clients_per_model` rule
+    (which requires n divisible by V; this version also allows uneven blocks). Used for --archs and
+    --client-precision; needs n >= V so every value has a client."""
+    return [values[i * len(values) // n_clients] for i in range(n_clients)]
+
+
 def assign_archs(n_clients: int, archs: list[str]) -> list[str]:
-    """Client i trains archs[i * A // n]: contiguous near-equal blocks, the paper code's `num_clients_per_model` rule
-    (which requires n divisible by A; this version also allows uneven blocks). Needs n >= A so every arch has clients.
-    """
+    """Client i trains archs[i * A // n] (assign_blocks). Needs n >= A so every arch has clients."""
     if n_clients < len(archs):
         raise FeddfError(f"--clients {n_clients} is fewer than the {len(archs)} --archs: every architecture needs a "
                          f"client")
-    return [archs[i * len(archs) // n_clients] for i in range(n_clients)]
+    return assign_blocks(n_clients, archs)

@@ -6,7 +6,8 @@ t = load_task(TrainConfig(train_limit=600, clients=4, arch='cnn', distill_source
 print(t.hist)"
 
 Order of operations (all seeded by --seed): optional --train-limit subset of the training split -> class-stratified
---val-fraction kept by the server -> the rest partitioned among --clients -> client i trains archs[i * A // n].
+--val-fraction kept by the server -> the rest partitioned among --clients -> client i trains archs[i * A // n] at
+precision precisions[i * P // n] (--client-precision).
 """
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache
 
 
 def same_run(saved: dict, now: dict) -> str:
-    """'' when two resolved configs describe the same run, else the first differing keys."""
+    """'' when two resolved configs describe the same run, else the first differing keys. A key a run folder's
+    config predates (e.g. client_precision) counts as its default."""
+    defaults = dataclasses.asdict(TrainConfig())
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     diff = [k for k in sorted(set(saved) | set(now)) if k not in RESUMABLE and saved.get(k) != now.get(k)]
     return ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:3])
 
@@ -48,12 +52,15 @@ class Task:
     data_files: list
     source: object | None
     param_names: dict
+    client_precision: list | None = None  # per client: fp32, bf16, fp16, binary (feddf.federated.precision)
 
     def __post_init__(self):
         self.eval_tf = make_transform(self.info, "none")
         self.val_images = self.train_images[self.val_idx]
         self.val_labels = self.train_labels[self.val_idx]
         self._init = {}
+        if self.client_precision is None:
+            self.client_precision = ["fp32"] * len(self.client_indices)
 
     # ---- models ----------------------------------------------------------------------------------------------
     def initial_state(self, arch: str) -> dict:
@@ -113,7 +120,8 @@ class Task:
         val_hist = np.bincount(self.train_labels[self.val_idx].numpy(), minlength=self.info.num_classes)
         return {"partition": self.cfg.partition, "alpha": self.cfg.alpha, "seed": self.cfg.seed,
                 "class_names": list(self.info.class_names), "n_train": int(len(self.train_labels)),
-                "clients": [{"id": k, "arch": self.client_arch[k], "n": int(len(ix)),
+                "clients": [{"id": k, "arch": self.client_arch[k], "precision": self.client_precision[k],
+                             "n": int(len(ix)),
                              "histogram": [int(v) for v in self.hist[k]]}
                             for k, ix in enumerate(self.client_indices)],
                 "server_val": {"n": int(len(self.val_idx)), "histogram": [int(v) for v in val_hist]},
@@ -167,6 +175,9 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool
     parts = part.partition(cfg.partition, labels.numpy()[pool], cfg.clients, cfg.alpha, cfg.seed)
     client_indices = [pool[p] for p in parts]
     client_arch = part.assign_archs(cfg.clients, cfg.archs)
+    from feddf.federated.precision import parse_precisions
+
+    client_precision = part.assign_blocks(cfg.clients, parse_precisions(cfg.client_precision))
     hist = part.class_histograms(client_indices, labels.numpy(), info.num_classes)
     from feddf.models import check_output, get_model
 
@@ -178,19 +189,22 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool
     return Task(cfg=cfg, info=info, train_images=images, train_labels=labels, val_idx=val_idx,
                 client_indices=client_indices, client_arch=client_arch, hist=hist, test_images=test_images,
                 test_labels=test_labels, test_spec=test.spec, data_files=list(train.source_files) +
-                list(test.source_files), source=source, param_names=param_names)
+                list(test.source_files), source=source, param_names=param_names,
+                client_precision=client_precision)
 
 
 def print_partition(task: Task, log: Callable[[str], None]) -> None:
     """Client class histograms as a table (one row per client, one column per class)."""
     k = task.info.num_classes
     cols = range(k) if k <= 20 else []
-    head = f"{'client':>6} {'arch':>12} {'n':>6} " + " ".join(f"{c:>5}" for c in cols)
+    mixed = set(task.client_precision) != {"fp32"}  # a precision column only when some client is not fp32
+    head = f"{'client':>6} {'arch':>12} {'n':>6} " + " ".join(f"{c:>5}" for c in cols) + (" precision" if mixed else "")
     log(f"partition {task.cfg.partition} alpha={task.cfg.alpha:g}: {len(task.client_indices)} clients, server "
         f"validation {len(task.val_idx)}, test {task.test_spec} ({len(task.test_labels)})")
     log(head)
     for i, ix in enumerate(task.client_indices):
-        log(f"{i:>6} {task.client_arch[i]:>12} {len(ix):>6} " + " ".join(f"{task.hist[i][c]:>5}" for c in cols))
+        prec = f" {task.client_precision[i]}" if mixed else ""
+        log(f"{i:>6} {task.client_arch[i]:>12} {len(ix):>6} " + " ".join(f"{task.hist[i][c]:>5}" for c in cols) + prec)
 
 
 def print_summary(rows: list[dict], archs: list[str], log: Callable[[str], None]) -> None:
