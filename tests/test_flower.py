@@ -4,7 +4,8 @@ killed mid-run is recorded and the run goes on, a failing ServerApp or a bad set
 
 Equality is exact (==), not within 1e-6: both engines call the same fusion.client_step / fusion.fuse with the same
 seeds, the replies are sorted by partition id before averaging (the same float summation order as `feddf train`),
-and fp32 ArrayRecords carry fp32 weights (and integer buffers below 2**24) without rounding.
+the server sends fp32 ArrayRecords (exact for fp32 weights and integer buffers below 2**24), and each node replies
+with its encoded upload (feddf.federated.precision: fp32, half, or 1-bit + scales) byte for byte.
 """
 import json
 import os
@@ -99,7 +100,9 @@ def test_node_checks_are_one_line():
 def test_deployment_feddf_from_dcgan_cache_equals_feddf_train_and_compare_and_audit_read_it(tmp_path, dcgan_cache):
     from feddf.models import load_classifier
 
-    args = [*TINY, "--archs", "cnn,resnet8", "--rounds", "2", "--distill-source", str(dcgan_cache)]
+    # mixed precision too: clients 0, 1 fp32, client 2 binary (p[i * P // n]); the wire carries the packed payloads
+    args = [*TINY, "--archs", "cnn,resnet8", "--rounds", "2", "--distill-source", str(dcgan_cache),
+            "--client-precision", "fp32,binary"]
     fl, tr, state = tmp_path / "flower", tmp_path / "train", tmp_path / "state"
     p = run_cli("flower", "local", "--nodes", "3", *args, "--out", str(fl), "--state-dir", str(state), "--json",
                 env=ENV, timeout=400)
@@ -111,6 +114,10 @@ def test_deployment_feddf_from_dcgan_cache_equals_feddf_train_and_compare_and_au
     assert accs(rows) == accs(ref)  # exact: same functions, seeds and summation order
     assert all(r["replied"] == [0, 1, 2] and r["missing"] == [] and r["teachers"] == 3 for r in rows)
     assert all(r["acc"][a]["distilled"] is not None for r in rows for a in ("cnn", "resnet8"))
+    assert [r["upload_bytes"] for r in rows] == [r["upload_bytes"] for r in ref]  # the same encoded payloads
+    assert [r["download_bytes"] for r in rows] == [r["download_bytes"] for r in ref]
+    up = rows[0]["upload_bytes"]
+    assert 0 < up["2"] * 10 < up["0"]  # the binarised resnet8 sends ~1/20 of what the fp32 cnn sends
     cfg = json.loads((fl / "config.json").read_text())
     assert cfg["engine"]["name"] == "flower-deployment" and set(cfg["engine"]["nodes"]) == {"0", "1", "2"}
     assert cfg["hashes"]["source"] == json.loads((tr / "config.json").read_text())["hashes"]["source"]

@@ -49,6 +49,7 @@ class ClientUpdate:
     precision: str = "fp32"
     upload_bytes: int = 0
     download_bytes: int = 0
+    payload: bytes | None = None    # the encoded upload (precision.encode); what a Flower node puts on the wire
 
 
 def sample_clients(cfg: TrainConfig, r: int) -> list[int]:
@@ -78,7 +79,7 @@ def client_step(cfg: TrainConfig, task, r: int, k: int, state: dict, device,
                 gen, device, progress=progress, hooks=hooks)
     upload = prec.encode(model.state_dict(), p, hooks.codes if hooks is not None else None)
     received = task.new_model(arch, prec.decode(upload)[1]).to(device)
-    return ClientUpdate(k, arch, received, len(idx), p, len(upload), len(prec.encode(state, "fp32")))
+    return ClientUpdate(k, arch, received, len(idx), p, len(upload), len(prec.encode(state, "fp32")), upload)
 
 
 @dataclasses.dataclass

@@ -52,7 +52,7 @@ def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     from feddf.errors import FeddfError
     from feddf.federated.fusion import client_step
-    from feddf.flower.wire import CONFIG_KEY, config_from_json, from_record, to_record
+    from feddf.flower.wire import CONFIG_KEY, config_from_json, from_record, payload_to_record
     from feddf.utils import resolve_device
 
     conf = msg.content["config"]
@@ -77,4 +77,5 @@ def train(msg: Message, context: Context) -> Message:
     t2 = time.perf_counter()
     metrics = MetricRecord({"num-examples": upd.n, "partition-id": k, "process-seconds": _process_age(t0),
                             "load-seconds": t1 - t0, "train-seconds": t2 - t1})
-    return Message(RecordDict({"arrays": to_record(upd.model.state_dict()), "metrics": metrics}), reply_to=msg)
+    # the upload is the client's encoded model at its precision (1-bit + scales, half, or fp32), byte for byte
+    return Message(RecordDict({"arrays": payload_to_record(upd.payload), "metrics": metrics}), reply_to=msg)

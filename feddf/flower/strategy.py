@@ -63,6 +63,7 @@ class FedDF(FedAvg):
     # ---- train -----------------------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> list[Message]:
         from feddf.federated.fusion import sample_clients
+        from feddf.federated.precision import encode
         from feddf.flower.wire import to_record
 
         selected = sample_clients(self.cfg, server_round)
@@ -70,6 +71,8 @@ class FedDF(FedAvg):
         sent = [k for k in selected if self.nodes.get(k) in alive]
         self._round = {"selected": selected, "sent": sent, "t0": time.perf_counter()}
         records = {a: to_record(self.server[a]) for a in {self.task.client_arch[k] for k in sent}}
+        # what a node downloads: its architecture's fp32 state, counted as `feddf train` counts it
+        self._download_bytes = {a: len(encode(self.server[a], "fp32")) for a in records}
         msgs = []
         for k in sent:
             arch = self.task.client_arch[k]
@@ -81,7 +84,8 @@ class FedDF(FedAvg):
 
     def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
         from feddf.federated.fusion import ClientUpdate, fuse
-        from feddf.flower.wire import from_record
+        from feddf.federated.precision import decode
+        from feddf.flower.wire import payload_from_record
 
         valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         client_seconds = time.perf_counter() - self._round["t0"]
@@ -100,9 +104,12 @@ class FedDF(FedAvg):
         updates = []
         for k in sorted(got):  # partition order = feddf train's client order (fixes the summation order)
             arch = self.task.client_arch[k]
-            state = from_record(got[k].content[self.arrayrecord_key], self.server[arch])
+            blob = payload_from_record(got[k].content[self.arrayrecord_key])
+            precision, state = decode(blob)  # exact: a binarised teacher computes with the client's own weights
+            state = {name: v.to(self.server[arch][name].dtype) for name, v in state.items()}
             n = int(got[k].content["metrics"]["num-examples"])
-            updates.append(ClientUpdate(k, arch, self.task.new_model(arch, state).to(self.device), n))
+            updates.append(ClientUpdate(k, arch, self.task.new_model(arch, state).to(self.device), n, precision,
+                                        len(blob), self._download_bytes[arch]))
         t1 = time.perf_counter()
         fused = fuse(server_round, self.cfg, self.task, self.agg, self.server, updates, self.device, phase=self.phase)
         self.server.update(fused.server)
