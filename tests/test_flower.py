@@ -208,3 +208,18 @@ def test_a_foreign_out_folder_is_refused_and_untouched_before_anything_starts(tm
     assert p.returncode == 1 and "is not a feddf flower run" in p.stderr and "Traceback" not in p.stderr
     assert sorted((q.relative_to(out), q.read_bytes()) for q in out.rglob("*") if q.is_file()) == before
     assert not (tmp_path / "state").exists()
+
+
+def test_encoded_uploads_cross_the_wire_byte_for_byte():
+    from feddf.federated.precision import decode, encode
+    from feddf.flower.wire import payload_from_record, payload_to_record, to_record
+    from feddf.models import get_model
+
+    torch.manual_seed(0)
+    state = get_model("resnet8", 10, 1).state_dict()
+    for precision in ("fp32", "bf16", "binary"):
+        blob = encode(state, precision)
+        assert payload_from_record(payload_to_record(blob)) == blob
+        assert decode(payload_from_record(payload_to_record(blob)))[0] == precision
+    with pytest.raises(Exception, match="instead of an encoded payload"):
+        payload_from_record(to_record(state))

@@ -46,20 +46,20 @@ def from_record(record, template: dict) -> dict:
 def payload_to_record(blob: bytes):
     """A client's encoded upload (feddf.federated.precision.encode: packed bits + scales, half or fp32 tensors) as a
     one-array uint8 ArrayRecord, so the wire carries exactly the bytes `feddf train` counts as the upload."""
-    import numpy as np
+    import torch
     from flwr.app import ArrayRecord
 
-    return ArrayRecord({"payload": np.frombuffer(blob, dtype=np.uint8).copy()})
+    return ArrayRecord({"payload": torch.frombuffer(bytearray(blob), dtype=torch.uint8)})
 
 
 def payload_from_record(record) -> bytes:
     from feddf.errors import FeddfError
 
-    arrays = record.to_numpy_ndarrays()
-    if list(record.keys()) != ["payload"] or len(arrays) != 1:
+    state = record.to_torch_state_dict()
+    if list(state) != ["payload"]:
         raise FeddfError("a node replied with a model state instead of an encoded payload: every node must run the "
                          "same feddf version")
-    return arrays[0].tobytes()
+    return state["payload"].numpy().tobytes()
 
 
 def config_to_json(cfg) -> str:
