@@ -67,6 +67,9 @@ class TrainConfig:
     patience: int = 1000                  # paper: early_stopping_server_batches=1000
     drop_worst: bool = False              # paper: server_teaching_scheme=drop_worst
     distill_augment: str = "none"         # see docs/training.md: "none" lets targets of a finite source be reused
+    distill_mixup: float = 0.0            # Beta(a, a) mixup of transfer batches, teachers see the mix; 0 = off
+    distill_select: str = "none"          # per-round selection by the ensemble: none | low-entropy | hard
+    select_fraction: float = 0.5          # share of the transfer samples kept by --distill-select
     teacher_precision: str = "auto"       # bf16 where native (AVX512-BF16/AMX CPUs, sm80+ GPUs), else fp32
     compile_teachers: bool = False
     prefetch: int = 2                     # batches whose teacher targets are computed ahead, in a thread
@@ -149,6 +152,14 @@ class TrainConfig:
                         ("temperature", self.temperature)):
             if not v > 0:
                 bad(flag, v, "must be > 0")
+        from feddf.federated.transfer import SELECTIONS
+
+        if self.distill_select not in SELECTIONS:
+            bad("distill-select", repr(self.distill_select), f"choose one of {', '.join(SELECTIONS)}")
+        if not 0 < self.select_fraction <= 1:
+            bad("select-fraction", self.select_fraction, "the kept share must be in (0, 1] (e.g. 0.5)")
+        if not (self.distill_mixup >= 0 and math.isfinite(self.distill_mixup)):
+            bad("distill-mixup", self.distill_mixup, "the Beta(a, a) parameter must be >= 0 (0 = off; e.g. 1.0)")
         if self.prox_mu is not None and self.prox_mu < 0:
             bad("prox-mu", self.prox_mu, "must be >= 0 (e.g. 0.01)")
         if self.server_momentum is not None and not 0 <= self.server_momentum < 1:

@@ -48,6 +48,9 @@ class GenConfig:
     dtype: str = "fp32"
     chunk_images: int | None = None     # images per chunk/commit; default about 1 MiB
     z_dim: int | None = None            # torchscript only
+    min_confidence: float | None = None  # keep only draws the labeler predicts with at least this confidence
+    balance: bool = False               # cap every labeler class at ceil(n / K) images
+    oversample: float = 4.0             # with a filter: draw at most ceil(oversample * n) candidates
 
 
 def validate(cfg: GenConfig) -> None:
@@ -70,6 +73,12 @@ def validate(cfg: GenConfig) -> None:
         raise FeddfError(f"--dtype {cfg.dtype!r}: use one of {', '.join(DTYPES)}")
     if cfg.seed < 0:
         raise FeddfError(f"--seed {cfg.seed} must be >= 0")
+    if (cfg.min_confidence is not None or cfg.balance) and not cfg.labeler:
+        raise FeddfError("--min-confidence/--balance filter by a classifier's predictions: pass --labeler RUN")
+    if cfg.min_confidence is not None and not 0.0 <= cfg.min_confidence < 1.0:
+        raise FeddfError(f"--min-confidence {cfg.min_confidence} must be in [0, 1) (e.g. 0.8)")
+    if not cfg.oversample >= 1.0:
+        raise FeddfError(f"--oversample {cfg.oversample} must be >= 1 (draws per kept image, at most)")
 
 
 def default_out(generator: str, resolution: int, n: int) -> str:
@@ -197,6 +206,12 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
                     "classes": plan.describe() if plan else None, "noise": NOISE_SCHEME, "device_type": device.type,
                     "dtype": cfg.dtype, "forward_group": group, "compression": cfg.compression,
                     "labeler": labeler[3] if labeler else None}
+        filtering = cfg.min_confidence is not None or cfg.balance
+        if filtering:
+            from feddf.generators.select import RULE
+
+            identity["filter"] = {"rule": RULE, "min_confidence": cfg.min_confidence, "balance": cfg.balance,
+                                  "oversample": cfg.oversample}
         attrs = {"kind": "generated", "generator": cfg.generator, "weights_hash": gen.weights_hash,
                  "random_weights": gen.random_weights, "truncation": trunc, "seed": cfg.seed,
                  "classes": plan.spec if plan else "none", "class_ids": list(plan.ids) if plan else None,
@@ -217,15 +232,34 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
             path = shard_path(out, ranks.rank, ranks.world)
             identity = {**identity, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
             attrs = {**attrs, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
-        writer = CacheWriter(path, n=hi - lo, channels=gen.channels, resolution=res, attrs=attrs, identity=identity,
-                             compression=cfg.compression, chunk=cfg.chunk_images, force=force, **sizes)
+        if filtering and ranks.world > 1:
+            raise FeddfError("--min-confidence/--balance run in one process: drop torchrun (the kept set is a "
+                             "sequential function of the draws)")
+        images = make_images(gen, plan, cfg.seed, trunc, device, cfg.dtype, group)
+        open_writer = lambda a: CacheWriter(path, n=hi - lo, channels=gen.channels, resolution=res,  # noqa: E731
+                                            attrs=a, identity=identity, compression=cfg.compression,
+                                            chunk=cfg.chunk_images, force=force, **sizes)
+        order, stats = None, None
+        if filtering:
+            from feddf.generators.select import select_draws
+
+            existing = path.exists() and not force and probe_cache(path) is not None
+            writer = open_writer(attrs) if existing else None  # resumes (or refuses a different config)
+            if writer is None or not writer.complete:
+                order, stats = select_draws(images, labeler, n=cfg.n, k=labeler[1], res=res, batch=batch, device=device,
+                                            min_confidence=cfg.min_confidence, balance=cfg.balance,
+                                            oversample=cfg.oversample, progress=progress)
+                if writer is None:
+                    writer = open_writer({**attrs, "selection": stats})
+        else:
+            writer = open_writer(attrs)
         start_committed = writer.committed
         import scipy.special  # noqa: F401 - imported by the noise; not inside the timed loop
         t0, c0 = time.perf_counter(), time.process_time()
         try:
             if not writer.complete:
-                _generate(gen, writer, device=device, lo=lo, seed=cfg.seed, trunc=trunc, plan=plan, res=res,
-                          batch=batch, group=group, dtype=cfg.dtype, labeler=labeler, assign=assign,
+                _generate(images, writer, device=device, lo=lo, seed=cfg.seed, plan=plan, res=res, batch=batch,
+                          labeler=labeler, assign=assign, order=order,
                           progress=progress and not (ranks.world > 1 and ranks.rank))
             writer.finish()
         finally:
@@ -253,22 +287,63 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
         return {"out": str(out), "path": str(path), "n": cfg.n, "generated": made, "resumed_from": start_committed,
                 "already_complete": made == 0, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "img_per_s": round(made / wall, 2)
                 if wall > 0 and made else 0.0, "file_bytes": size, "bytes_per_image": round(size / cfg.n, 1),
-                "rank": ranks.rank, "world": ranks.world, "device": str(device)}
+                "rank": ranks.rank, "world": ranks.world, "device": str(device),
+                "selection": {k: stats[k] for k in ("drawn", "kept", "kept_per_class")} if stats else None}
     finally:
         ranks.close(ok)
 
 
-def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, dtype, labeler, assign,
-              progress) -> None:
-    """Indices lo + writer.committed .. lo + writer.n - 1, in order, through the bounded writer thread."""
+def make_images(gen, plan, seed: int, trunc, device, dtype: str, group: int):
+    """images(idx) -> generator output (len(idx), C, H, W) in [-1, 1] on device for increasing global indices idx.
+
+    With a forward group (CUDA, or generators whose outputs depend on the batch) the forward runs on whole,
+    index-aligned groups (padded past the end, so shapes never vary) and the rows of idx are picked out: an image is
+    a function of its index only, whichever other indices are drawn with it (the filter of select.py relies on it)."""
+    import torch
+
+    from feddf.generators.classes import assign
+
+    cuda = device.type == "cuda"
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+
+    def forward(idx: np.ndarray):
+        labels = assign(plan, idx, seed)[0] if plan else None
+        z = torch.from_numpy(gen.noise(seed, idx, trunc)).to(device, non_blocking=cuda)
+        y = torch.from_numpy(labels).to(device, non_blocking=cuda) if labels is not None else None
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            return gen.forward(z, y, trunc)
+
+    def images(idx: np.ndarray):
+        idx = np.asarray(idx, dtype=np.int64)
+        if not group:
+            return forward(idx)
+        groups = np.unique(idx // group)
+        x = torch.cat([forward(np.arange(g * group, (g + 1) * group)) for g in groups])
+        pos = np.searchsorted(groups, idx // group) * group + idx % group
+        return x if len(pos) == len(x) and (pos == np.arange(len(x))).all() else x[torch.from_numpy(pos).to(device)]
+
+    return images
+
+
+def labeler_outputs(labeler, u8):
+    """uint8 images (B, C, R, R) -> (predicted class (B,), confidence (B,)) as numpy, from the labeler's softmax."""
+    import torch
+
+    p = torch.softmax(labeler[0].logits(u8).float(), dim=1)
+    c, k = p.max(dim=1)
+    return k.cpu().numpy(), c.cpu().numpy()
+
+
+def _generate(images, writer, *, device, lo, seed, plan, res, batch, labeler, assign, order, progress) -> None:
+    """Indices lo + writer.committed .. lo + writer.n - 1, in order, through the bounded writer thread; with `order`
+    (the kept draws of a filter) the committed-th .. last entries of order instead."""
     import torch
     from tqdm import tqdm
 
     from feddf.generators.base import invariant_kernels, to_uint8
 
-    first, end = lo + writer.committed, lo + writer.n
+    first, end = writer.committed, writer.n
     cuda = device.type == "cuda"
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
     error: list[BaseException] = []
     bar = tqdm(total=writer.n, initial=writer.committed, unit="img", disable=not progress, dynamic_ncols=True,
@@ -279,9 +354,7 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
         u8 = to_uint8(x, res)
         pred = conf = None
         if labeler is not None:
-            p = torch.softmax(labeler[0].logits(u8).float(), dim=1)
-            c, k = p.max(dim=1)
-            pred, conf = k.cpu().numpy(), c.cpu().numpy()
+            pred, conf = labeler_outputs(labeler, u8)
         return u8, pred, conf
 
     def write_loop():
@@ -308,14 +381,6 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
     thread = threading.Thread(target=write_loop, name="feddf-cache-writer", daemon=True)
     thread.start()
 
-    def forward(idx: np.ndarray):
-        """Generator output (len(idx), C, H, W) in [-1, 1] on device for consecutive global indices idx."""
-        labels = assign(plan, idx, seed)[0] if plan else None
-        z = torch.from_numpy(gen.noise(seed, idx, trunc)).to(device, non_blocking=cuda)
-        y = torch.from_numpy(labels).to(device, non_blocking=cuda) if labels is not None else None
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            return gen.forward(z, y, trunc)
-
     # the kernel flags are process-wide: they must hold until the writer thread (which runs the labeler) is done
     with torch.inference_mode(), invariant_kernels(device.type):
         try:
@@ -324,12 +389,8 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
                 if error:
                     break
                 e = min(s + batch, end)
-                if group:  # forward on whole, index-aligned groups (padded past the end): shapes never vary
-                    g0, g1 = s // group * group, -(-e // group) * group
-                    x = torch.cat([forward(np.arange(g, g + group)) for g in range(g0, g1, group)])[s - g0:e - g0]
-                else:
-                    x = forward(np.arange(s, e))
-                idx = np.arange(s, e)
+                idx = order[s:e] if order is not None else np.arange(lo + s, lo + e)
+                x = images(idx)
                 labels, targets = assign(plan, idx, seed) if plan else (np.full(e - s, -1, np.int64), None)
                 if cuda:
                     u8, pred, conf = finish_batch(x)
