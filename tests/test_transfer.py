@@ -288,3 +288,15 @@ def test_help_lists_the_new_options():
                       (["gan-train"], ["--conditional"])):
         r = CliRunner().invoke(main, [*cmd, "--help"])
         assert r.exit_code == 0 and all(o in r.output for o in opts), r.output
+
+
+def test_runs_from_before_the_new_options_still_resume():
+    import dataclasses
+
+    from feddf.federated.config import TrainConfig
+    from feddf.federated.setup import same_run
+
+    now = dataclasses.asdict(TrainConfig(distill_source="noise").resolved())
+    old = {k: v for k, v in now.items() if k not in ("distill_mixup", "distill_select", "select_fraction")}
+    assert same_run(old, now) == ""  # a saved config without the new keys used their defaults
+    assert "distill_select" in same_run(old, {**now, "distill_select": "hard"})

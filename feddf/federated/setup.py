@@ -28,6 +28,9 @@ RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache
 
 def same_run(saved: dict, now: dict) -> str:
     """'' when two resolved configs describe the same run, else the first differing keys."""
+    # a key the saved config lacks was added to TrainConfig later: the run used its default behaviour
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    saved, now = {**defaults, **saved}, {**defaults, **now}
     diff = [k for k in sorted(set(saved) | set(now)) if k not in RESUMABLE and saved.get(k) != now.get(k)]
     return ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:3])
 
