@@ -47,8 +47,9 @@ def mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
-def summarise(run: Path, target: float) -> dict:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+def summarise(run: Path, target: float, rounds: int | None = None) -> dict:
+    """Figures of the first `rounds` rounds of a run (all when None): runs of different lengths compare alike."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][:rounds]
     arch = next(iter(rows[-1]["acc"]))
 
     def acc(r):  # the server model's test accuracy after this round (distilled where distillation ran)
@@ -131,7 +132,7 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true", help="Run the transfer-set levers (ABLATION) instead.")
     ap.add_argument("--variants", default=",".join(ABLATION), help="--ablation: which variants, comma-separated.")
     ap.add_argument("--min-confidence", type=float, default=0.8, help="--ablation gan-filter: labeler threshold.")
-    ap.add_argument("--cgan-checkpoint", default="runs/cdcgan-fmnist/netG_final.pth",
+    ap.add_argument("--cgan-checkpoint", default="runs/cdcgan-fmnist/netG_epoch_10.pth",
                     help="--ablation cgan: a `feddf gan-train --conditional` generator.")
     ap.add_argument("--md", default=None, help="Write the markdown table here.")
     args = ap.parse_args()
@@ -177,7 +178,7 @@ def main() -> None:
                         "--augment", "none", "--distill-steps", str(args.distill_steps), "--eval-every",
                         str(args.eval_every), "--patience", str(args.patience), "--seed", str(seed), "--quiet",
                         *limit, "--out", str(run), "--resume", *extra])
-                results.setdefault(f"{alpha}|{name}", []).append(summarise(run, args.target_acc))
+                results.setdefault(f"{alpha}|{name}", []).append(summarise(run, args.target_acc, args.rounds))
     table = (ablation_table if args.ablation else main_table)(results, args) + f"; total wall {time.time() - t0:.0f} s\n"
     print(table)
     if args.md:

@@ -142,12 +142,9 @@ class TransferStream:
         return self._kept_batches(pool)
 
     def _kept_batches(self, pool: torch.Tensor) -> Iterator[tuple]:
-        g = torch.Generator().manual_seed(self.seed)  # seeded permutation epochs over the kept ids
-        buf = torch.zeros(0, dtype=torch.long)
-        while True:
-            while len(buf) < self.batch_size:
-                buf = torch.cat([buf, self.kept[torch.randperm(len(self.kept), generator=g)]])
-            ids, buf = buf[:self.batch_size], buf[self.batch_size:]
+        from feddf.federated.sources import id_batches
+
+        for ids in id_batches(self.kept, self.batch_size, self.seed):  # seeded permutation epochs over the kept ids
             yield self._finish(ids, pool[ids])
 
     def _window_selected(self, ensemble, models) -> Iterator[tuple]:
