@@ -179,7 +179,7 @@ def main() -> None:
                         str(args.eval_every), "--patience", str(args.patience), "--seed", str(seed), "--quiet",
                         *limit, "--out", str(run), "--resume", *extra])
                 results.setdefault(f"{alpha}|{name}", []).append(summarise(run, args.target_acc, args.rounds))
-    table = (ablation_table if args.ablation else main_table)(results, args) + f"; total wall {time.time() - t0:.0f} s\n"
+    table = (ablation_table if args.ablation else main_table)(results, args) + f"\ntotal wall {time.time() - t0:.0f} s\n"
     print(table)
     if args.md:
         (ROOT / args.md).write_text(table)
