@@ -1,6 +1,8 @@
 """FedAvg vs FedDF on real Fashion-MNIST with three distillation sources — the reproducible results table.
 
     .venv/bin/python benchmarks/experiment_fmnist.py --out runs/exp-fmnist --md docs/results-table.md
+    .venv/bin/python benchmarks/experiment_fmnist.py --ablation --alphas 0.1 --seeds 0 --rounds 5 --train-limit 20000 \
+        --distill-steps 300 --patience 150 --out runs/abl          # the transfer-set levers, one at a time
 
 Grid: alpha in {1, 0.1} x seeds x {FedAvg, FedDF + DCGAN cache, FedDF + real public split test[:5000], FedDF + noise};
 20 clients, participation 0.4, the small `cnn`, evaluation on test[5000:] (never used for tuning: early stopping uses
@@ -8,6 +10,12 @@ the server's validation split carved from the training set). Every run is a real
 (re-running the script skips finished runs). The table reports mean ± std over seeds of the final and best test
 accuracy, rounds to reach --target-acc, distillation steps used per round, and wall seconds per round split into local
 training and distillation. Ends with one JSON line of all figures.
+
+`--ablation` runs the transfer-set levers of issue 18 one at a time against FedDF + DCGAN with the old defaults
+(ABLATION below: temperature, transfer-batch augmentation, mixup, per-round selection, a labeler-filtered cache, a
+class-conditional generator) and reports, per variant, the **server validation** accuracy (the only figure used to
+choose defaults: mean over all rounds and over the last 3) next to the test figures (mean over all rounds, last 3,
+best, rounds to target, gap closure (gen - FedAvg) / (real - FedAvg)).
 """
 from __future__ import annotations
 
@@ -39,9 +47,9 @@ def mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
 
 
-def summarise(run: Path, target: float, upto: int | None = None) -> dict:
-    """Final/best accuracy, rounds to target, steps and seconds of a run's first `upto` rounds (all when None)."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][:upto]
+def summarise(run: Path, target: float, rounds: int | None = None) -> dict:
+    """Figures of the first `rounds` rounds of a run (all when None): runs of different lengths compare alike."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][:rounds]
     arch = next(iter(rows[-1]["acc"]))
 
     def acc(r):  # the server model's test accuracy after this round (distilled where distillation ran)
@@ -51,10 +59,113 @@ def summarise(run: Path, target: float, upto: int | None = None) -> dict:
     accs = [acc(r) for r in rows]
     hit = next((r["round"] for r in rows if acc(r) >= target), None)
     steps = [r["distill_steps"].get(arch, 0) for r in rows if r.get("distill_steps")]
+    # the server model's validation accuracy after each round (FedDF rows only: FedAvg runs never validate)
+    vals = [r["val_acc"][arch]["distilled"] for r in rows if r.get("val_acc")]
     return {"final": accs[-1], "best": max(accs), "rounds_to_target": hit, "rounds": len(rows),
+            "mean_all": statistics.mean(accs), "mean_last3": statistics.mean(accs[-3:]),
+            "val_all": statistics.mean(vals) if vals else None, "val_last3": statistics.mean(vals[-3:]) if vals else None,
             "distill_steps": statistics.mean(steps) if steps else 0.0,
             "local_s": statistics.mean(r["client_seconds"] for r in rows),
             "distill_s": statistics.mean(r["distill_seconds"] for r in rows)}
+
+
+# --ablation: name -> (transfer source, extra `feddf train` flags). Each lever alone on top of "gan-old", then the
+# combination the validation figures chose ("gan-new"; see docs/results.md).
+ABLATION = {
+    "fedavg": (None, ["--aggregator", "fedavg"]),
+    "real": ("public", []),
+    "noise": ("noise", []),
+    "gan-old": ("gan", []),
+    "gan-t4": ("gan", ["--temperature", "4"]),
+    "gan-aug": ("gan", ["--distill-augment", "crop-flip"]),
+    "gan-mixup": ("gan", ["--distill-mixup", "1.0"]),
+    "gan-sel-entropy": ("gan", ["--distill-select", "low-entropy", "--select-fraction", "0.5"]),
+    "gan-sel-hard": ("gan", ["--distill-select", "hard", "--select-fraction", "0.5"]),
+    "gan-filter": ("filtered", []),
+    "cgan": ("cgan", []),
+}
+LABELER = ["train", "--dataset", "fashion-mnist", "--arch", "cnn", "--aggregator", "fedavg", "--clients", "1",
+           "--fraction", "1", "--rounds", "1", "--local-epochs", "5", "--partition", "iid", "--augment", "none",
+           "--train-limit", "6000", "--seed", "0", "--quiet"]  # 5 400 labelled images: the server's val split size
+
+
+def ablation_sources(args, names: set[str]) -> dict:
+    """Build the transfer sets the chosen variants need (each step is skipped/resumed when already done)."""
+    src = {"noise": "noise", "gan": str(ROOT / f"cache/dcgan-fashion-mnist-28px-{args.gan_n}.h5"),
+           "public": str(ROOT / "cache/fashion-mnist-test-0-5000.h5")}
+    if "gan" in names:
+        sh(["gen", "--generator", "dcgan-fashion-mnist", "--n", str(args.gan_n), "--seed", "0", "--out", src["gan"],
+            "--quiet"])
+    if "public" in names and not Path(src["public"]).exists():
+        sh(["cache", "import", "fashion-mnist", "--split", "test[:5000]", "--out", src["public"]])
+    if "filtered" in names:
+        labeler = ROOT / "runs/labeler-val5400"
+        if not (labeler / "models").is_dir():
+            sh([*LABELER, "--out", str(labeler), "--resume"])
+        src["filtered"] = str(ROOT / f"cache/dcgan-fashion-mnist-filtered-{args.gan_n}.h5")
+        sh(["gen", "--generator", "dcgan-fashion-mnist", "--n", str(args.gan_n), "--seed", "0", "--labeler",
+            str(labeler), "--min-confidence", str(args.min_confidence), "--balance", "--out", src["filtered"],
+            "--quiet"])
+    if "cgan" in names:
+        ckpt = Path(args.cgan_checkpoint)
+        if not ckpt.is_absolute():
+            ckpt = ROOT / ckpt
+        src["cgan"] = str(ROOT / f"cache/cdcgan-fashion-mnist-{args.gan_n}.h5")
+        sh(["gen", "--generator", "dcgan", "--checkpoint", str(ckpt), "--resolution", "28", "--n", str(args.gan_n),
+            "--seed", "0", "--out", src["cgan"], "--quiet"])
+    return src
+
+
+def main() -> None:
+    ap = grid_parser(__doc__.split("\n\n")[0], "runs/exp-fmnist")
+    ap.add_argument("--train-limit", type=int, default=None, help="Use a seeded subset of the training split.")
+    ap.add_argument("--target-acc", type=float, default=0.80)
+    ap.add_argument("--ablation", action="store_true", help="Run the transfer-set levers (ABLATION) instead.")
+    ap.add_argument("--variants", default=",".join(ABLATION), help="--ablation: which variants, comma-separated.")
+    ap.add_argument("--min-confidence", type=float, default=0.8, help="--ablation gan-filter: labeler threshold.")
+    ap.add_argument("--cgan-checkpoint", default="runs/cdcgan-fmnist/netG_epoch_10.pth",
+                    help="--ablation cgan: a `feddf gan-train --conditional` generator.")
+    args = ap.parse_args()
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if args.ablation:
+        methods = {}
+        chosen = [v for v in args.variants.split(",") if v]
+        unknown = [v for v in chosen if v not in ABLATION]
+        if unknown:
+            raise SystemExit(f"unknown --variants {unknown}: choose from {', '.join(ABLATION)}")
+        src = ablation_sources(args, {ABLATION[v][0] for v in chosen})
+        for v in chosen:
+            key, extra = ABLATION[v]
+            methods[v] = extra if key is None else ["--aggregator", "feddf", "--distill-source", src[key], *extra]
+    else:
+        gan_cache = ROOT / f"cache/dcgan-fashion-mnist-28px-{args.gan_n}.h5"
+        public_cache = ROOT / "cache/fashion-mnist-test-0-5000.h5"
+        sh(["gen", "--generator", "dcgan-fashion-mnist", "--n", str(args.gan_n), "--seed", "0", "--out",
+            str(gan_cache), "--quiet"])
+        if not public_cache.exists():
+            sh(["cache", "import", "fashion-mnist", "--split", "test[:5000]", "--out", str(public_cache)])
+        methods = {"FedAvg": ["--aggregator", "fedavg"],
+                   "FedDF + DCGAN": ["--aggregator", "feddf", "--distill-source", str(gan_cache)],
+                   "FedDF + real test[:5000]": ["--aggregator", "feddf", "--distill-source", str(public_cache)],
+                   "FedDF + noise": ["--aggregator", "feddf", "--distill-source", "noise"]}
+    limit = ["--train-limit", str(args.train_limit)] if args.train_limit else []
+    results: dict = {}
+    t0 = time.time()
+    for alpha in [float(a) for a in args.alphas.split(",")]:
+        for name, extra in methods.items():
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                if args.ablation:
+                    tag = f"a{alpha}-{name}-s{seed}"
+                else:
+                    tag = f"a{alpha}-{name.split()[0].lower()}{'-' + name.split()[-1].lower() if '+' in name else ''}-s{seed}"
+                    tag = tag.replace(":", "").replace("[", "").replace("]", "")
+                run = out / tag
+                train_run(run, alpha, seed, args, [*limit, *extra])
+                results.setdefault(f"{alpha}|{name}", []).append(summarise(run, args.target_acc, args.rounds))
+    header, lines = (ablation_table if args.ablation else main_table)(results, args)
+    finish(header + f"; total wall {time.time() - t0:.0f} s", lines, args,
+           {"experiment": "fmnist-ablation" if args.ablation else "fmnist", "args": vars(args), "results": results})
 
 
 def grid_parser(description: str, out: str) -> argparse.ArgumentParser:
@@ -71,52 +182,6 @@ def grid_parser(description: str, out: str) -> argparse.ArgumentParser:
     ap.add_argument("--gan-n", type=int, default=20000)
     ap.add_argument("--md", default=None, help="Write the markdown table here.")
     return ap
-
-
-def main() -> None:
-    ap = grid_parser(__doc__.split("\n\n")[0], "runs/exp-fmnist")
-    ap.add_argument("--target-acc", type=float, default=0.80)
-    args = ap.parse_args()
-    out = ROOT / args.out
-    out.mkdir(parents=True, exist_ok=True)
-    gan_cache = ROOT / f"cache/dcgan-fashion-mnist-28px-{args.gan_n}.h5"
-    public_cache = ROOT / "cache/fashion-mnist-test-0-5000.h5"
-    sh(["gen", "--generator", "dcgan-fashion-mnist", "--n", str(args.gan_n), "--seed", "0", "--out", str(gan_cache),
-        "--quiet"])
-    if not public_cache.exists():
-        sh(["cache", "import", "fashion-mnist", "--split", "test[:5000]", "--out", str(public_cache)])
-    methods = {"FedAvg": ["--aggregator", "fedavg"],
-               "FedDF + DCGAN": ["--aggregator", "feddf", "--distill-source", str(gan_cache)],
-               "FedDF + real test[:5000]": ["--aggregator", "feddf", "--distill-source", str(public_cache)],
-               "FedDF + noise": ["--aggregator", "feddf", "--distill-source", "noise"]}
-    results: dict = {}
-    t0 = time.time()
-    for alpha in [float(a) for a in args.alphas.split(",")]:
-        for name, extra in methods.items():
-            for seed in [int(s) for s in args.seeds.split(",")]:
-                tag = f"a{alpha}-{name.split()[0].lower()}{'-' + name.split()[-1].lower() if '+' in name else ''}-s{seed}"
-                tag = tag.replace(":", "").replace("[", "").replace("]", "")
-                run = out / tag
-                train_run(run, alpha, seed, args, extra)
-                results.setdefault(f"{alpha}|{name}", []).append(summarise(run, args.target_acc))
-    lines = [f"| α | method | final acc | best acc | rounds to {args.target_acc:.0%} | distill steps/round | "
-             "local s/round | server s/round |", "|---|---|---|---|---|---|---|---|"]
-    figures = {}
-    for key, runs in results.items():
-        alpha, name = key.split("|")
-        hits = [r["rounds_to_target"] for r in runs]
-        hit_s = ", ".join("—" if h is None else str(h) for h in hits)
-        lines.append(f"| {alpha} | {name} | {mean_std([r['final'] for r in runs])} | "
-                     f"{mean_std([r['best'] for r in runs])} | {hit_s} | "
-                     f"{statistics.mean(r['distill_steps'] for r in runs):.0f} | "
-                     f"{statistics.mean(r['local_s'] for r in runs):.1f} | "
-                     f"{statistics.mean(r['distill_s'] for r in runs):.1f} |")
-        figures[key] = runs
-    header = (f"Fashion-MNIST, 20 clients, C=0.4, cnn, {args.rounds} rounds x {args.local_epochs} local epochs, "
-              f"≤{args.distill_steps} distillation steps (patience {args.patience}), seeds {args.seeds}; "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-              f"total wall {time.time() - t0:.0f} s")
-    finish(header, lines, args, {"experiment": "fmnist", "args": vars(args), "results": figures})
 
 
 def train_run(run: Path, alpha: float, seed: int, args, extra: list[str]) -> None:
@@ -137,6 +202,50 @@ def finish(header: str, lines: list[str], args, figures: dict) -> None:
     if args.md:
         (ROOT / args.md).write_text(table)
     print(json.dumps(figures))
+
+
+def _header(args) -> str:
+    lim = f", train-limit {args.train_limit}" if args.train_limit else ""
+    return (f"Fashion-MNIST{lim}, 20 clients, C=0.4, cnn, {args.rounds} rounds x {args.local_epochs} local epochs, "
+            f"≤{args.distill_steps} distillation steps (patience {args.patience}), seeds {args.seeds}; "
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+
+
+def main_table(results: dict, args) -> str:
+    lines = [f"| α | method | final acc | best acc | rounds to {args.target_acc:.0%} | distill steps/round | "
+             "local s/round | server s/round |", "|---|---|---|---|---|---|---|---|"]
+    for key, runs in results.items():
+        alpha, name = key.split("|")
+        hits = [r["rounds_to_target"] for r in runs]
+        hit_s = ", ".join("—" if h is None else str(h) for h in hits)
+        lines.append(f"| {alpha} | {name} | {mean_std([r['final'] for r in runs])} | "
+                     f"{mean_std([r['best'] for r in runs])} | {hit_s} | "
+                     f"{statistics.mean(r['distill_steps'] for r in runs):.0f} | "
+                     f"{statistics.mean(r['local_s'] for r in runs):.1f} | "
+                     f"{statistics.mean(r['distill_s'] for r in runs):.1f} |")
+    return _header(args), lines
+
+
+def ablation_table(results: dict, args) -> str:
+    """Validation columns decide; test columns are reported. Gap closure against FedAvg and real, same alpha."""
+    lines = ["| α | variant | val all rounds | val last 3 | test all rounds | test last 3 | best test | "
+             f"rounds to {args.target_acc:.0%} | gap closure (all / last 3) | server s/round |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    m = lambda runs, k: statistics.mean(r[k] for r in runs)  # noqa: E731
+    for key, runs in results.items():
+        alpha, name = key.split("|")
+        base, real = results.get(f"{alpha}|fedavg"), results.get(f"{alpha}|real")
+        gap = "—"
+        if base and real and name not in ("fedavg", "real"):
+            g = [(m(runs, k) - m(base, k)) / (m(real, k) - m(base, k)) if m(real, k) != m(base, k) else float("nan")
+                 for k in ("mean_all", "mean_last3")]
+            gap = f"{g[0]:.2f} / {g[1]:.2f}"
+        hits = ", ".join("—" if r["rounds_to_target"] is None else str(r["rounds_to_target"]) for r in runs)
+        lines.append(f"| {alpha} | {name} | {mean_std([r['val_all'] for r in runs])} | "
+                     f"{mean_std([r['val_last3'] for r in runs])} | {mean_std([r['mean_all'] for r in runs])} | "
+                     f"{mean_std([r['mean_last3'] for r in runs])} | {mean_std([r['best'] for r in runs])} | {hits} | "
+                     f"{gap} | {m(runs, 'distill_s'):.1f} |")
+    return _header(args), lines
 
 
 if __name__ == "__main__":

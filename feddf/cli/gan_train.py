@@ -23,14 +23,17 @@ import click
 @click.option("--beta1", default=0.5, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--limit", default=None, type=click.IntRange(1), help="Train on the first N images only.")
+@click.option("--conditional", is_flag=True,
+              help="Class-conditional G and D (needs labelled data); `feddf gen --classes` then picks the classes.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after its last finished epoch.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def command(data, out, size, nz, ngf, ndf, epochs, batch_size, lr, beta1, seed, limit, resume, quiet):
+def command(data, out, size, nz, ngf, ndf, epochs, batch_size, lr, beta1, seed, limit, conditional, resume, quiet):
     """Train a DCGAN (pytorch/examples recipe) and write netG checkpoints for `feddf gen`."""
     from feddf.generators.train_dcgan import GanTrainConfig, train
 
     cfg = GanTrainConfig(data=data, out=out, size=int(size), nz=nz, ngf=ngf, ndf=ndf, epochs=epochs,
-                         batch_size=batch_size, lr=lr, beta1=beta1, seed=seed, limit=limit)
+                         batch_size=batch_size, lr=lr, beta1=beta1, seed=seed, limit=limit,
+                         conditional=conditional)
     path = train(cfg, resume=resume, progress=not quiet)
     click.echo(f"generator: {path}\nsamples:   {path.parent / 'samples.png'}\n"
                f"sample it: feddf gen --generator dcgan --checkpoint {path} --n 1000")

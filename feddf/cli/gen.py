@@ -23,7 +23,11 @@ def _summary_lines(s: dict) -> list[str]:
         head = (f"{s['out']}: {s['generated']} images{resumed} in {s['wall_s']:.1f} s = {s['img_per_s']:.1f} img/s "
                 f"on {s['device']}" + (f" (--fast, {s['dtype']}, compile {s['compile']})" if s.get("mode") == "fast"
                                          else ""))
-    return [head, f"  {s['n']} images, {s['file_bytes'] / 2**20:.2f} MiB on disk, {s['bytes_per_image']:.0f} "
+    lines = [head]
+    if s.get("selection"):
+        sel = s["selection"]
+        lines.append(f"  filter: kept {sel['kept']} of {sel['drawn']} draws; per class {sel['kept_per_class']}")
+    return lines + [f"  {s['n']} images, {s['file_bytes'] / 2**20:.2f} MiB on disk, {s['bytes_per_image']:.0f} "
                   "bytes/image"]
 
 
@@ -52,6 +56,12 @@ def _summary_lines(s: dict) -> list[str]:
                    "same for any N.")
 @click.option("--labeler", default=None, metavar="RUN_OR_CKPT",
               help="Classifier (feddf train run folder or checkpoint) whose predictions go into the coverage stats.")
+@click.option("--min-confidence", type=float, default=None, metavar="TAU",
+              help="With --labeler: keep only draws the labeler predicts with confidence >= TAU (draws more).")
+@click.option("--balance", is_flag=True,
+              help="With --labeler: keep at most ceil(n / K) draws per predicted class (draws more).")
+@click.option("--oversample", type=float, default=4.0,
+              help="With --min-confidence/--balance: draw at most this many candidates per kept image.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="Forward precision (bf16/fp16: CUDA) [default: fp32; bf16 with --fast on CUDA].")
 @click.option("--fast", is_flag=True,
@@ -67,8 +77,8 @@ def _summary_lines(s: dict) -> list[str]:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line.")
 def command(generator, n, out, resolution, truncation, classes, seed, batch_size, device, weights, checkpoint,
-            random_weights, compression, workers, labeler, dtype, fast, compile_, chunk_images, z_dim, force, quiet,
-            as_json):
+            random_weights, compression, workers, labeler, min_confidence, balance, oversample, dtype, fast, compile_,
+            chunk_images, z_dim, force, quiet, as_json):
     """Sample a GAN into a deterministic, resumable HDF5 cache.
 
     \b
@@ -77,6 +87,7 @@ def command(generator, n, out, resolution, truncation, classes, seed, batch_size
       feddf gen --generator dcgan --checkpoint netG_epoch_24.pth --n 20000 --resolution 32
       feddf gen --generator biggan-deep-128 --random-weights --n 8 --batch-size 4 --out /tmp/b.h5
       feddf gen --generator biggan-deep-128 --weights ~/biggan-deep-128 --n 500000 --fast --device cuda
+      feddf gen --generator dcgan-fashion-mnist --n 20000 --labeler runs/labeler --min-confidence 0.8 --balance
     """
     from feddf.api import gen
 
@@ -84,7 +95,8 @@ def command(generator, n, out, resolution, truncation, classes, seed, batch_size
                   seed=seed, batch_size=batch_size, device=device, weights=weights, checkpoint=checkpoint,
                   random_weights=random_weights, compression=compression, workers=workers, labeler=labeler,
                   dtype=dtype, chunk_images=chunk_images, z_dim=z_dim, mode="fast" if fast else "bitwise",
-                  compile=compile_, force=force, progress=not quiet)
+                  compile=compile_, min_confidence=min_confidence, balance=balance,
+                  oversample=oversample, force=force, progress=not quiet)
     if summary["rank"]:
         return  # rank 0 reports for the whole torchrun job
     if as_json:

@@ -83,6 +83,10 @@ OPTIONS = [
     _opt("--eval-every", int, "Validate the students every N steps.", metavar="N"),
     _flag("--drop-worst/--no-drop-worst", "Drop clients under 1.2x random-guess validation accuracy (paper code)."),
     _opt("--distill-augment", str, "Augmentation of distillation batches: none, flip, crop-flip."),
+    _opt("--distill-mixup", float, "Mixup of distillation batches, lam ~ Beta(a, a) (0 = off).", metavar="A"),
+    _opt("--distill-select", str, "Per-round selection of transfer samples by the ensemble: none, low-entropy "
+         "(confident), hard (high KL ensemble vs student)."),
+    _opt("--select-fraction", float, "Share of transfer samples --distill-select keeps, in (0, 1]."),
     _opt("--teacher-precision", str, "auto (bf16 where the hardware has it natively), fp32 or bf16."),
     _flag("--compile-teachers/--no-compile-teachers", "torch.compile the teachers each round."),
     _opt("--prefetch", int, "Batches whose teacher targets a background thread computes ahead (0 = none)."),

@@ -68,6 +68,9 @@ class TrainConfig:
     patience: int = 1000                  # paper: early_stopping_server_batches=1000
     drop_worst: bool = False              # paper: server_teaching_scheme=drop_worst
     distill_augment: str = "none"         # see docs/training.md: "none" lets targets of a finite source be reused
+    distill_mixup: float = 0.0            # Beta(a, a) mixup of transfer batches, teachers see the mix; 0 = off
+    distill_select: str = "none"          # per-round selection by the ensemble: none | low-entropy | hard
+    select_fraction: float = 0.5          # share of the transfer samples kept by --distill-select
     teacher_precision: str = "auto"       # bf16 where native (AVX512-BF16/AMX CPUs, sm80+ GPUs), else fp32
     compile_teachers: bool = False
     prefetch: int = 2                     # batches whose teacher targets are computed ahead, in a thread
@@ -175,6 +178,13 @@ class TrainConfig:
         if isinstance(self.clients, int) and len(precisions) > self.clients:
             bad("client-precision", self.client_precision, f"{len(precisions)} values for {self.clients} clients; "
                 f"give one value for all, or at most one per client (client i gets p[i * P // n])")
+        from feddf.federated.transfer import SELECTIONS
+
+        if self.distill_select not in SELECTIONS:
+            bad("distill-select", repr(self.distill_select), f"choose one of {', '.join(SELECTIONS)}")
+        check_range("--select-fraction", self.select_fraction, lo=0, hi=1, lo_open=True,
+                    fix="the kept share of each round's transfer set, e.g. 0.5")
+        check_range("--distill-mixup", self.distill_mixup, lo=0, fix="the Beta(a, a) parameter; 0 = off, e.g. 1.0")
         if self.prefetch < 0 or self.source_memory_mb < 0:
             bad("prefetch/source-memory-mb", f"{self.prefetch}/{self.source_memory_mb}", "must be >= 0")
         check_seed("--seed", self.seed)

@@ -73,6 +73,13 @@ class TargetCache:
         self.hits += len(ids) - n_miss
         return self.probs[ids].to(x.device), self.const[ids].to(x.device)
 
+    def store(self, ids: torch.Tensor, probs: torch.Tensor, const: torch.Tensor) -> None:
+        """Targets computed elsewhere (the selection pass of feddf.federated.transfer) for these ids."""
+        ids = ids.cpu()
+        self.probs[ids], self.const[ids] = probs.to(self.probs), const.to(self.const)
+        self.filled[ids] = True
+        self.misses += len(ids)
+
 
 def _targets(batches: Iterable[Batch], ensemble: TeacherEnsemble, cache: TargetCache | None) -> Iterator:
     for ids, x in batches:
@@ -166,13 +173,15 @@ def distill(students: dict[str, nn.Module], ensemble: TeacherEnsemble, batches: 
             progress: Callable[[int, dict], None] | None = None) -> dict[str, DistillResult]:
     """Distill `ensemble` into every student (in place; each ends with its best-on-validation weights).
 
-    `batches` yields (ids or None, normalised float (B, C, H, W)); it is read at most `spec.steps` times.
+    `batches` yields (ids or None, normalised float (B, C, H, W)); it is read at most `spec.steps` times. A batches
+    object with a `bind(ensemble, students)` method (feddf.federated.transfer.TransferStream) is bound first: its
+    per-round selection needs the teachers and the students' FedAvg starts.
     `validate(model)` returns an accuracy in [0, 1] (the caller puts the model in eval mode and back).
     `progress(step, {arch: last val acc})` is called after every step.
     """
     state = {a: _Student(m, spec, validate(m)) for a, m in students.items()}
     last_val = {a: s.result.init_val for a, s in state.items()}
-    it = iter(batches)
+    it = iter(batches.bind(ensemble, students) if hasattr(batches, "bind") else batches)
 
     def limited():  # the producer never reads past the step budget
         for _ in range(spec.steps):

@@ -100,20 +100,22 @@ class Task:
 
     # ---- distillation batches --------------------------------------------------------------------------------
     def distill_batches(self, cfg: TrainConfig, seed: int, device):
-        """(iterator of (ids | None, normalised float batch on device), TargetCache | None) for one round."""
-        from feddf.federated.distill import TargetCache
+        """(TransferStream of (ids | None, normalised float batch on device), TargetCache | None) for one round.
 
-        tf = make_transform(self.info, cfg.distill_augment)
-        gen = torch.Generator().manual_seed(seed)
-        reuse = cfg.distill_augment == "none" and getattr(self.source, "pool", None) is not None
+        Targets are reused (TargetCache) only for an in-memory source whose batches are neither augmented nor mixed:
+        an augmented or mixed sample is a new sample. Selection and mixup: feddf.federated.transfer."""
+        from feddf.federated.distill import TargetCache
+        from feddf.federated.transfer import TransferStream
+
+        reuse = (cfg.distill_augment == "none" and not cfg.distill_mixup
+                 and getattr(self.source, "pool", None) is not None)
         n = self.source.n if reuse else 0
         cache = TargetCache(n, self.info.num_classes) if reuse and n * self.info.num_classes <= 50_000_000 else None
-
-        def gen_batches():
-            for ids, u8 in self.source.batches(cfg.distill_batch_size, seed):
-                yield (ids if cache is not None else None), tf(u8, gen).to(device)
-
-        return gen_batches(), cache
+        stream = TransferStream(self.source, make_transform(self.info, cfg.distill_augment),
+                                make_transform(self.info, "none"), batch_size=cfg.distill_batch_size, seed=seed,
+                                device=device, num_classes=self.info.num_classes, select=cfg.distill_select,
+                                fraction=cfg.select_fraction, mixup_alpha=cfg.distill_mixup, cache=cache)
+        return stream, cache
 
     # ---- records ---------------------------------------------------------------------------------------------
     def partition_record(self) -> dict:

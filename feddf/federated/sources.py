@@ -131,14 +131,19 @@ class CacheSource:
 
 def _pool_batches(pool: torch.Tensor, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless batches from seeded permutation epochs; ids let the distiller reuse a sample's target."""
+    for ids in id_batches(torch.arange(len(pool)), batch_size, seed):
+        yield ids, pool[ids]
+
+
+def id_batches(ids: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless batches of `ids` (LongTensor (n,)) in seeded permutation epochs; a batch may span two epochs."""
     g = torch.Generator().manual_seed(seed)
-    n = len(pool)
     buf = torch.zeros(0, dtype=torch.long)
     while True:
         while len(buf) < batch_size:
-            buf = torch.cat([buf, torch.randperm(n, generator=g)])
-        ids, buf = buf[:batch_size], buf[batch_size:]
-        yield ids, pool[ids]
+            buf = torch.cat([buf, ids[torch.randperm(len(ids), generator=g)]])
+        out, buf = buf[:batch_size], buf[batch_size:]
+        yield out
 
 
 def _import_name(spec: str) -> str:

@@ -7,6 +7,10 @@ The checkpoint is `torch.save(netG.state_dict(), ...)` of the pytorch/examples `
 shapes, nz/ngf/nc are read from them too:
     64x64 (the example): ConvT(nz, 8ngf, 4, 1, 0) 4px -> 8 -> 16 -> 32 -> ConvT(ngf, nc, 4, 2, 1) 64px, tanh
     32x32 variant:       same first four layers, then ConvT(ngf, nc, 1, 1, 0) at 32px, tanh
+Class-conditional variant (`feddf gan-train --conditional`, Mirza & Osindero 2014): the same layers on the input
+concat(z, one_hot(y)) (main.0 has nz + K input channels) plus a `num_classes` buffer that marks the checkpoint as
+conditional; `feddf gen --generator dcgan --checkpoint netG.pth --classes all` then deals the K classes evenly and
+records them as the cache's labels.
 `Generator(nz, ngf, nc, size)` below builds either with exactly these keys, so a trainer (issue 7) can save a
 state_dict that this loader reads. Named generators (e.g. `dcgan-fashion-mnist`) are a weights file + this loader
 (see feddf/generators/__init__.py). Sampling runs in eval mode (BatchNorm running statistics): per-image outputs then do
@@ -49,6 +53,19 @@ class Generator(nn.Module):
         return self.main(z)
 
 
+class ConditionalGenerator(Generator):
+    """(z (B, nz), labels int64 (B,)) -> (B, nc, size, size): the Generator on concat(z, one_hot(labels, K))."""
+
+    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 3, size: int = 64, num_classes: int = 10):
+        super().__init__(nz + num_classes, ngf, nc, size)
+        self.nz, self.k = nz, num_classes
+        self.register_buffer("num_classes", torch.tensor(num_classes, dtype=torch.long))  # marks the checkpoint
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        onehot = torch.nn.functional.one_hot(labels.long(), self.k).to(z.dtype)
+        return super().forward(torch.cat([z.flatten(1), onehot], 1))
+
+
 def random_init(model: Generator) -> Generator:
     """Variance-preserving random weights (He init by each layer's real fan-in: in_channels x taps per output pixel),
     BN at identity. The pytorch/examples init (N(0, 0.02)) or PyTorch's default give near-constant images without
@@ -76,15 +93,19 @@ def detect_architecture(state: dict, path: str) -> dict:
         raise FeddfError(f"{path} is not a pytorch/examples DCGAN generator state_dict: expected keys main.0.weight "
                          f"and main.12.weight (4-D), found {keys or 'no keys'}")
     nz, ngf, nc, k = int(first.shape[0]), int(last.shape[0]), int(last.shape[1]), int(last.shape[2])
+    classes = int(state["num_classes"]) if "num_classes" in state else 0  # ConditionalGenerator
+    nz -= classes
     if k not in (1, 4):
         raise FeddfError(f"{path}: main.12.weight has kernel {k}; expected 4 (64x64 DCGAN) or 1 (32x32 variant)")
     if nc not in (1, 3):
         raise FeddfError(f"{path}: the generator makes {nc} channels; expected 1 or 3")
-    return {"nz": nz, "ngf": ngf, "nc": nc, "size": 64 if k == 4 else 32, "state": state}
+    return {"nz": nz, "ngf": ngf, "nc": nc, "size": 64 if k == 4 else 32, "num_classes": classes, "state": state}
 
 
 class DCGANLoaded(LoadedGenerator):
     def forward(self, z, labels, truncation):
+        if self.num_classes:
+            return self.module(z, labels)  # conditional: class ids (B,) from --classes
         return self.module(z)  # z (B, nz) -> (B, nc, size, size)
 
 
@@ -96,7 +117,7 @@ def load_dcgan(name: str, *, checkpoint: str | None = None, random_weights: bool
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = random_init(Generator(100, 64, 3, 64))
-        arch, weights_hash = {"nz": 100, "ngf": 64, "nc": 3, "size": 64}, "random"
+        arch, weights_hash = {"nz": 100, "ngf": 64, "nc": 3, "size": 64, "num_classes": 0}, "random"
     else:
         if checkpoint is None:
             raise FeddfError(f"{name} needs --checkpoint FILE (a pytorch/examples netG state_dict), or "
@@ -105,11 +126,29 @@ def load_dcgan(name: str, *, checkpoint: str | None = None, random_weights: bool
         if not path.is_file():
             raise FeddfError(f"DCGAN checkpoint {path} does not exist; pass the netG_epoch_N.pth file to --checkpoint")
         arch = detect_architecture(load_weights_file(path, "DCGAN checkpoint"), str(path))
-        model = Generator(arch["nz"], arch["ngf"], arch["nc"], arch["size"])
+        model = (ConditionalGenerator(arch["nz"], arch["ngf"], arch["nc"], arch["size"], arch["num_classes"])
+                 if arch["num_classes"] else Generator(arch["nz"], arch["ngf"], arch["nc"], arch["size"]))
+        if arch["num_classes"] and label_names is None:
+            label_names = _sidecar_names(path, arch["num_classes"])
         load_state_dict_strict(model, arch.pop("state"), str(path))
         weights_hash = "sha256:" + sha256_file(path)
     model.eval()
-    return DCGANLoaded(name=name, module=model, z_dim=arch["nz"], channels=arch["nc"],
+    return DCGANLoaded(name=name, module=model, z_dim=arch["nz"], channels=arch["nc"], num_classes=arch["num_classes"],
                        native_resolution=arch["size"], weights_hash=weights_hash, random_weights=random_weights,
                        default_resolution=default_resolution, label_names=label_names,
-                       provenance={"architecture": {k: arch[k] for k in ("nz", "ngf", "nc", "size")}})
+                       provenance={"architecture": {k: arch[k] for k in ("nz", "ngf", "nc", "size", "num_classes")}})
+
+
+def _sidecar_names(path: Path, k: int) -> list[str] | None:
+    """Class names of a conditional checkpoint: `class_names` in the gan-train run's config.json or the shipped
+    weights' provenance JSON next to it, when present and of the right length."""
+    import json
+
+    for meta in (path.parent / "config.json", path.with_suffix(".json")):
+        try:
+            names = json.loads(meta.read_text()).get("class_names")
+        except (OSError, ValueError):
+            continue
+        if isinstance(names, list) and len(names) == k:
+            return [str(x) for x in names]
+    return None

@@ -51,6 +51,9 @@ class GenConfig:
     z_dim: int | None = None            # torchscript only
     mode: str = "bitwise"               # "fast": throughput mode (feddf/generators/fast.py); part of the identity
     compile: str = "auto"               # fast mode: torch.compile the step (auto = on CUDA only), graphs, off
+    min_confidence: float | None = None  # keep only draws the labeler predicts with at least this confidence
+    balance: bool = False               # cap every labeler class at ceil(n / K) images
+    oversample: float = 4.0             # with a filter: draw at most ceil(oversample * n) candidates
 
 
 def validate(cfg: GenConfig) -> None:
@@ -84,6 +87,12 @@ def validate(cfg: GenConfig) -> None:
     check_seed("--seed", cfg.seed)
     if cfg.workers is not None and cfg.workers < 1:
         raise FeddfError(f"--workers {cfg.workers} must be >= 1")
+    if (cfg.min_confidence is not None or cfg.balance) and not cfg.labeler:
+        raise FeddfError("--min-confidence/--balance filter by a classifier's predictions: pass --labeler RUN")
+    if cfg.min_confidence is not None and not 0.0 <= cfg.min_confidence < 1.0:
+        raise FeddfError(f"--min-confidence {cfg.min_confidence} must be in [0, 1) (e.g. 0.8)")
+    if not cfg.oversample >= 1.0:
+        raise FeddfError(f"--oversample {cfg.oversample} must be >= 1 (draws per kept image, at most)")
 
 
 def default_out(generator: str, resolution: int, n: int) -> str:
@@ -287,6 +296,12 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
                     "classes": plan.describe() if plan else None, "noise": NOISE_SCHEME, "device_type": device.type,
                     "dtype": dtype, "forward_group": None if fast else group, "compression": cfg.compression,
                     "labeler": labeler[3] if labeler else None, "mode": cfg.mode}
+        filtering = cfg.min_confidence is not None or cfg.balance
+        if filtering:
+            from feddf.generators.select import RULE
+
+            identity["filter"] = {"rule": RULE, "min_confidence": cfg.min_confidence, "balance": cfg.balance,
+                                  "oversample": cfg.oversample}
         attrs = {"kind": "generated", "generator": cfg.generator, "weights_hash": gen.weights_hash,
                  "random_weights": gen.random_weights, "truncation": trunc, "seed": cfg.seed,
                  "classes": plan.spec if plan else "none", "class_ids": list(plan.ids) if plan else None,
@@ -309,9 +324,30 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
             path = shard_path(out, ranks.rank, ranks.world)
             identity = {**identity, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
             attrs = {**attrs, "shard_start": lo, "shard_index": ranks.rank, "shard_world": ranks.world}
-        writer = CacheWriter(path, n=hi - lo, channels=gen.channels, resolution=res, attrs=attrs, identity=identity,
-                             compression=cfg.compression, chunk=cfg.chunk_images, force=force,
-                             defer_swap=ranks.world > 1, workers=resolved.workers, **sizes)  # torchrun: rank 0 swaps
+        if filtering and ranks.world > 1:
+            raise FeddfError("--min-confidence/--balance run in one process: drop torchrun (the kept set is a "
+                             "sequential function of the draws)")
+        images, fast_step = make_images(gen, plan, cfg.seed, trunc, device, dtype, group, res=res,
+                                        compile_mode=compile_mode if fast else None)
+        # torchrun: rank 0 swaps all staged --force shards at the end (defer_swap)
+        open_writer = lambda a: CacheWriter(path, n=hi - lo, channels=gen.channels, resolution=res,  # noqa: E731
+                                            attrs=a, identity=identity, compression=cfg.compression,
+                                            chunk=cfg.chunk_images, force=force,
+                                            defer_swap=ranks.world > 1, workers=resolved.workers, **sizes)
+        order, stats = None, None
+        if filtering:
+            from feddf.generators.select import select_draws
+
+            existing = path.exists() and not force and probe_cache(path) is not None
+            writer = open_writer(attrs) if existing else None  # resumes (or refuses a different config)
+            if writer is None or not writer.complete:
+                order, stats = select_draws(images, labeler, n=cfg.n, k=labeler[1], res=res, batch=batch, device=device,
+                                            min_confidence=cfg.min_confidence, balance=cfg.balance,
+                                            oversample=cfg.oversample, progress=progress)
+                if writer is None:
+                    writer = open_writer({**attrs, "selection": stats})
+        else:
+            writer = open_writer(attrs)
         start_committed = writer.committed
         import scipy.special  # noqa: F401 - imported by the noise; not inside the timed loop
         t0, c0 = time.perf_counter(), time.process_time()
@@ -319,10 +355,9 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
             compile_status = "off"
             if not writer.complete:
                 compile_status = _generate(
-                    gen, writer, device=device, lo=lo, seed=cfg.seed, trunc=trunc, plan=plan, res=res, batch=batch,
-                    group=group, dtype=dtype, labeler=labeler, assign=assign,
-                    progress=progress and not (ranks.world > 1 and ranks.rank),
-                    compile_mode=compile_mode if fast else None)
+                    images, writer, name=gen.name, device=device, lo=lo, seed=cfg.seed, plan=plan, res=res, batch=batch,
+                    group=group, labeler=labeler, assign=assign, order=order, fast_step=fast_step,
+                    progress=progress and not (ranks.world > 1 and ranks.rank))
             writer.finish()
         finally:
             writer.close()
@@ -353,24 +388,84 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
                 "already_complete": made == 0, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "img_per_s": round(made / wall, 2)
                 if wall > 0 and made else 0.0, "file_bytes": size, "bytes_per_image": round(size / cfg.n, 1),
                 "rank": ranks.rank, "world": ranks.world, "device": str(device), "mode": cfg.mode,
-                "dtype": dtype, "batch_size": batch, "compile": compile_status}
+                "dtype": dtype, "batch_size": batch, "compile": compile_status,
+                "selection": {k: stats[k] for k in ("drawn", "kept", "kept_per_class")} if stats else None}
     finally:
         ranks.close(ok)
 
 
-def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, dtype, labeler, assign,
-              progress, compile_mode=None) -> str:
-    """Indices lo + writer.committed .. lo + writer.n - 1, in order, through the bounded writer thread.
-    compile_mode None: bitwise mode; else fast mode (fast.py) with that torch.compile choice. Returns what the
-    fast step ran as ("off" in bitwise mode)."""
+def make_images(gen, plan, seed: int, trunc, device, dtype: str, group: int, *, res: int | None = None,
+                compile_mode: str | None = None):
+    """(images, fast_step): images(idx) -> generator output (len(idx), C, H, W) in [-1, 1] on device for increasing
+    global indices idx; in fast mode (compile_mode not None, fast.py) uint8 (len(idx), C, res, res) from one
+    fixed-shape, possibly compiled, noise -> forward -> resize -> uint8 step per aligned group (fast_step: its
+    GuardedCompile, whose .status says what ran; None in bitwise mode).
+
+    With a forward group (CUDA, or generators whose outputs depend on the batch) the forward runs on whole,
+    index-aligned groups (padded past the end, so shapes never vary) and the rows of idx are picked out: an image is
+    a function of its index only, whichever other indices are drawn with it (the filter of select.py relies on it)."""
+    import torch
+
+    from feddf.generators.classes import assign
+
+    cuda = device.type == "cuda"
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+
+    def inputs(idx: np.ndarray):
+        """(noise (B, z_dim), labels (B,) or None) on device for global indices idx: the same in both modes."""
+        labels = assign(plan, idx, seed)[0] if plan else None
+        z = torch.from_numpy(gen.noise(seed, idx, trunc)).to(device, non_blocking=cuda)
+        y = torch.from_numpy(labels).to(device, non_blocking=cuda) if labels is not None else None
+        return z, y
+
+    def forward(idx: np.ndarray):
+        z, y = inputs(idx)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            return gen.forward(z, y, trunc)
+
+    fast_step = None
+    if compile_mode is not None:
+        from feddf.generators.fast import GuardedCompile, make_step
+
+        fast_step = GuardedCompile(make_step(gen, device_type=device.type, truncation=trunc, resolution=res, amp=amp),
+                                   compile_mode)
+        run = lambda g: fast_step(*inputs(np.arange(g * group, (g + 1) * group)))  # noqa: E731
+    else:
+        run = lambda g: forward(np.arange(g * group, (g + 1) * group))  # noqa: E731
+
+    def images(idx: np.ndarray):
+        idx = np.asarray(idx, dtype=np.int64)
+        if not group:
+            return forward(idx)
+        groups = np.unique(idx // group)
+        x = torch.cat([run(g) for g in groups])
+        pos = np.searchsorted(groups, idx // group) * group + idx % group
+        return x if len(pos) == len(x) and (pos == np.arange(len(x))).all() else x[torch.from_numpy(pos).to(device)]
+
+    return images, fast_step
+
+
+def labeler_outputs(labeler, u8):
+    """uint8 images (B, C, R, R) -> (predicted class (B,), confidence (B,)) as numpy, from the labeler's softmax."""
+    import torch
+
+    p = torch.softmax(labeler[0].logits(u8).float(), dim=1)
+    c, k = p.max(dim=1)
+    return k.cpu().numpy(), c.cpu().numpy()
+
+
+def _generate(images, writer, *, name, device, lo, seed, plan, res, batch, group, labeler, assign, order, progress,
+              fast_step=None) -> str:
+    """Indices lo + writer.committed .. lo + writer.n - 1, in order, through the bounded writer thread; with `order`
+    (the kept draws of a filter) the committed-th .. last entries of order instead. `images` and `fast_step` come from
+    make_images; returns what the fast step ran as ("off" in bitwise mode)."""
     import torch
     from tqdm import tqdm
 
     from feddf.generators.base import check_batch_finite, finite_flag, invariant_kernels, to_uint8
 
-    first, end = lo + writer.committed, lo + writer.n
+    first, end = writer.committed, writer.n
     cuda = device.type == "cuda"
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
     error: list[BaseException] = []
     bar = tqdm(total=writer.n, initial=writer.committed, unit="img", disable=not progress, dynamic_ncols=True,
@@ -381,9 +476,7 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
         u8 = x if x.dtype == torch.uint8 else to_uint8(x, res)
         pred = conf = None
         if labeler is not None:
-            p = torch.softmax(labeler[0].logits(u8).float(), dim=1)
-            c, k = p.max(dim=1)
-            pred, conf = k.cpu().numpy(), c.cpu().numpy()
+            pred, conf = labeler_outputs(labeler, u8)
         return u8, pred, conf
 
     def write_loop():
@@ -402,7 +495,7 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
                         event.synchronize()  # the async device->host copy has landed (images and finite flag)
                     else:
                         finite = finite_flag(x)
-                    check_batch_finite(finite, gen.name, *span)  # before anything of the batch is written
+                    check_batch_finite(finite, name, *span)  # before anything of the batch is written
                     if event is None:
                         x, pred, conf = finish_batch(x)
                     writer.append(x.numpy(), labels, targets, pred, conf)
@@ -413,29 +506,12 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
     thread = threading.Thread(target=write_loop, name="feddf-cache-writer", daemon=True)
     thread.start()
 
-    def inputs(idx: np.ndarray):
-        """(noise (B, z_dim), labels (B,) or None) on device for global indices idx: the same in both modes."""
-        labels = assign(plan, idx, seed)[0] if plan else None
-        z = torch.from_numpy(gen.noise(seed, idx, trunc)).to(device, non_blocking=cuda)
-        y = torch.from_numpy(labels).to(device, non_blocking=cuda) if labels is not None else None
-        return z, y
+    if fast_step is not None:
+        from feddf.generators.fast import fast_kernels
 
-    def forward(idx: np.ndarray):
-        """Generator output (len(idx), C, H, W) in [-1, 1] on device for consecutive global indices idx."""
-        z, y = inputs(idx)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            return gen.forward(z, y, trunc)
-
-    fast_step = None
-    if compile_mode is not None:  # fast mode: noise -> forward -> resize -> uint8 as one (compiled) step function
-        from feddf.generators.fast import GuardedCompile, fast_kernels, make_step
-
-        fast_step = GuardedCompile(make_step(gen, device_type=device.type, truncation=trunc, resolution=res, amp=amp),
-                                   compile_mode)
         kernels = fast_kernels(device.type)
     else:
         kernels = invariant_kernels(device.type)
-
     # the kernel flags are process-wide: they must hold until the writer thread (which runs the labeler) is done
     with torch.inference_mode(), kernels:
         try:
@@ -444,18 +520,12 @@ def _generate(gen, writer, *, device, lo, seed, trunc, plan, res, batch, group, 
                 if error:
                     break
                 e = min(s + batch, end)
-                if fast_step is not None:  # exactly one fixed-shape call per step: the aligned batch holding s
-                    g0 = s // group * group
-                    e = min(g0 + group, end)
-                    x = fast_step(*inputs(np.arange(g0, g0 + group)))[s - g0:e - g0]
-                elif group:  # forward on whole, index-aligned groups (padded past the end): shapes never vary
-                    g0, g1 = s // group * group, -(-e // group) * group
-                    x = torch.cat([forward(np.arange(g, g + group)) for g in range(g0, g1, group)])[s - g0:e - g0]
-                else:
-                    x = forward(np.arange(s, e))
-                idx = np.arange(s, e)
+                if fast_step is not None and order is None:  # one fixed-shape call per step: the aligned group of s
+                    e = min((lo + s) // group * group + group - lo, end)
+                idx = order[s:e] if order is not None else np.arange(lo + s, lo + e)
+                x = images(idx)
                 labels, targets = assign(plan, idx, seed) if plan else (np.full(e - s, -1, np.int64), None)
-                span = (k, s, e)  # (batch number in this run, first image, end)
+                span = (k, lo + s, lo + e)  # (batch number in this run, first image, end)
                 if cuda:
                     finite = torch.empty((), dtype=torch.bool, pin_memory=True)
                     finite.copy_(finite_flag(x), non_blocking=True)

@@ -7,6 +7,11 @@ N(0, 0.02) conv init and N(1, 0.02) BatchNorm gamma, z ~ N(0, I) of size nz. Ima
 bilinear + antialias) and scaled to [-1, 1]. The generator is `feddf.generators.dcgan.Generator`, the very class the
 loader rebuilds, so `netG_epoch_N.pth` (a plain state_dict) round-trips exactly.
 
+`--conditional` (labelled data only: a dataset split with labels, or a cache with labels) trains a class-conditional
+DCGAN (Mirza & Osindero 2014): the generator is `ConditionalGenerator` (z concatenated with one_hot(y)), the
+discriminator sees the image with K one-hot label planes appended; fake labels are drawn uniformly. Its
+checkpoint carries a `num_classes` buffer, so `feddf gen --generator dcgan --checkpoint` samples it class by class.
+
 Seeded and resumable: the batch order of epoch e comes from `torch.Generator().manual_seed(seed + e)`, noise from a
 generator whose state is checkpointed; `checkpoint.pt` (models, optimisers, RNG, epoch) is written atomically after each
 epoch, so `--resume` continues after the last finished epoch and matches an uninterrupted run.
@@ -23,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feddf.errors import FeddfError
-from feddf.generators.dcgan import SIZES, Generator
+from feddf.generators.dcgan import SIZES, ConditionalGenerator, Generator
 
 
 @dataclass
@@ -40,6 +45,7 @@ class GanTrainConfig:
     beta1: float = 0.5
     seed: int = 0
     limit: int | None = None  # use only the first N images (smoke tests)
+    conditional: bool = False  # class-conditional G and D (needs labels)
 
     def validate(self) -> None:
         """Types, finiteness and ranges of every field (CLI, Python and resumed configs alike)."""
@@ -64,9 +70,10 @@ class GanTrainConfig:
 class Discriminator(nn.Module):
     """pytorch/examples discriminator; the 32 px variant drops one stride-2 stage. (B, nc, S, S) -> (B,) logits."""
 
-    def __init__(self, nc: int, ndf: int, size: int):
+    def __init__(self, nc: int, ndf: int, size: int, num_classes: int = 0):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        self.k = num_classes
+        layers: list[nn.Module] = [nn.Conv2d(nc + num_classes, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         ch = ndf
         for _ in range(3 if size == 64 else 2):  # 64: 32->16->8->4 ; 32: 16->8->4
             layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
@@ -74,7 +81,11 @@ class Discriminator(nn.Module):
         layers.append(nn.Conv2d(ch, 1, 4, 1, 0, bias=False))  # 4 -> 1; logits (BCEWithLogits is the stable sigmoid)
         self.main = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is not None:  # conditional: K one-hot planes after the image channels
+            b, _, h, w = x.shape
+            planes = F.one_hot(labels.long(), self.k).to(x.dtype)[:, :, None, None].expand(b, self.k, h, w)
+            x = torch.cat([x, planes], 1)
         return self.main(x).flatten()
 
 
@@ -86,8 +97,9 @@ def dcgan_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def load_training_images(data: str, size: int, limit: int | None) -> tuple[torch.Tensor, dict]:
-    """uint8 (N, C, H, W) from a dataset spec or a cache -> float (N, C, size, size) in [-1, 1]."""
+def load_training_images(data: str, size: int, limit: int | None, with_labels: bool = False):
+    """uint8 (N, C, H, W) from a dataset spec or a cache -> (float (N, C, size, size) in [-1, 1], source record),
+    plus (labels int64 (N,), class names) with `with_labels` (FeddfError when the data has none)."""
     if data.endswith(".h5"):
         from feddf.cache.reader import open_cache, open_h5
         from feddf.cache.verify import read_or_fail
@@ -97,17 +109,28 @@ def load_training_images(data: str, size: int, limit: int | None) -> tuple[torch
         f, _ = open_h5(data)
         with f:
             images = torch.from_numpy(read_or_fail(f["images"], slice(None, n), data))  # committed images only
+            labels = (torch.from_numpy(read_or_fail(f["labels"], slice(None, n), data)).long() if "labels" in f
+                      else None)
+        names = list(getattr(info, "label_names", None) or [])
         source = {"cache": data, "n": n}
     else:
         from feddf.data import get_dataset
 
         ds = get_dataset(data)
         images = ds.images if limit is None else ds.images[:limit]
+        labels = ds.labels[:len(images)].long()
+        names = list(ds.info.class_names)
         source = {"dataset": ds.spec, "n": int(images.shape[0]), "files": ds.source_files}
     x = images.float().div_(127.5).sub_(1.0)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp_(-1, 1)
-    return x, source
+    if not with_labels:
+        return x, source
+    if labels is None or (labels < 0).any():
+        raise FeddfError(f"--conditional needs labelled images; {data} has unlabelled ones (use a labelled split, "
+                         "e.g. fashion-mnist:test[:5000])")
+    k = int(labels.max()) + 1
+    return x, source, labels, names if len(names) >= k else [str(i) for i in range(k)]
 
 
 def train(cfg: GanTrainConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -133,10 +156,16 @@ def _train(cfg: GanTrainConfig, folder, resume: bool, progress: bool) -> Path:
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
         raise FeddfError(f"{out} already holds a GAN run: pass --resume to continue it or choose another --out")
-    x, source = load_training_images(cfg.data, cfg.size, cfg.limit)
+    labels, names, k = None, None, 0
+    if cfg.conditional:
+        x, source, labels, names = load_training_images(cfg.data, cfg.size, cfg.limit, with_labels=True)
+        k = len(names)
+    else:
+        x, source = load_training_images(cfg.data, cfg.size, cfg.limit)
     nc = x.shape[1]
     torch.manual_seed(cfg.seed)
-    netG, netD = Generator(cfg.nz, cfg.ngf, nc, cfg.size), Discriminator(nc, cfg.ndf, cfg.size)
+    netG = ConditionalGenerator(cfg.nz, cfg.ngf, nc, cfg.size, k) if k else Generator(cfg.nz, cfg.ngf, nc, cfg.size)
+    netD = Discriminator(nc, cfg.ndf, cfg.size, k)
     netG.apply(dcgan_init)
     netD.apply(dcgan_init)
     optG = torch.optim.Adam(netG.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
@@ -151,7 +180,7 @@ def _train(cfg: GanTrainConfig, folder, resume: bool, progress: bool) -> Path:
                              "new --out") from None
         if not isinstance(ck, dict) or not {"config", "netG", "netD", "optG", "optD", "noise_rng", "epoch"} <= set(ck):
             raise FeddfError(f"{ckpt_path} is not a feddf gan-train checkpoint: start a new --out")
-        if ck["config"] != asdict(cfg):
+        if {"conditional": False, **ck["config"]} != asdict(cfg):
             raise FeddfError(f"{ckpt_path} was written with a different configuration; use the same options or a "
                              "new --out")
         netG.load_state_dict(ck["netG"]), netD.load_state_dict(ck["netD"])
@@ -160,30 +189,38 @@ def _train(cfg: GanTrainConfig, folder, resume: bool, progress: bool) -> Path:
         start = ck["epoch"]
     folder.mark()
     atomic_write_json(out / "config.json", {"config": asdict(cfg), "source": source, "versions": versions(),
-                                            "generator": {"nz": cfg.nz, "ngf": cfg.ngf, "nc": nc, "size": cfg.size}})
+                                            "generator": {"nz": cfg.nz, "ngf": cfg.ngf, "nc": nc, "size": cfg.size,
+                                                          "num_classes": k},
+                                            "class_names": names})
     n = x.shape[0]
     steps = n // cfg.batch_size  # drop the ragged last batch: BatchNorm on tiny batches destabilises D
     fixed = torch.randn(64, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed))
+    fixed_y = torch.arange(64) % max(k, 1)  # conditional grid: one class per column (8 columns, K <= 8 repeat)
+    G = (lambda z, y: netG(z, y)) if k else (lambda z, y: netG(z))  # noqa: E731
+    D = (lambda im, y: netD(im, y)) if k else (lambda im, y: netD(im))  # noqa: E731
     for epoch in range(start, cfg.epochs):
         netG.train(), netD.train()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
         t0, sums = time.perf_counter(), {"loss_d": 0.0, "loss_g": 0.0, "d_real": 0.0, "d_fake": 0.0}
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
         for s in bar:
-            real = x[order[s * cfg.batch_size:(s + 1) * cfg.batch_size]]  # (B, nc, S, S)
+            rows = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            real = x[rows]  # (B, nc, S, S)
             b = real.shape[0]
             z = torch.randn(b, cfg.nz, generator=noise)
-            fake = netG(z)
+            y_real = labels[rows] if k else None
+            y_fake = torch.randint(k, (b,), generator=noise) if k else None  # uniform fake classes
+            fake = G(z, y_fake)
             # D step: maximise log D(x) + log(1 - D(G(z)))
             optD.zero_grad(set_to_none=True)
-            d_real, d_fake = netD(real), netD(fake.detach())
+            d_real, d_fake = D(real, y_real), D(fake.detach(), y_fake)
             loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                       + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
             loss_d.backward()
             optD.step()
             # G step: non-saturating loss, maximise log D(G(z))
             optG.zero_grad(set_to_none=True)
-            d_gen = netD(fake)
+            d_gen = D(fake, y_fake)
             loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
             loss_g.backward()
             optG.step()
@@ -210,7 +247,7 @@ def _train(cfg: GanTrainConfig, folder, resume: bool, progress: bool) -> Path:
                        f"  D(x) {record['d_real']:.2f}  D(G(z)) {record['d_fake']:.2f}  {record['seconds']}s")
     with torch.no_grad():
         netG.eval()
-        save_grid(netG(fixed), out / "samples.png")
+        save_grid(G(fixed, fixed_y), out / "samples.png")
     return out / f"netG_epoch_{cfg.epochs}.pth"
 
 
