@@ -17,16 +17,22 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily by __getattr__)
 _LAZY = {
-    "gen": "feddf.api", "train": "feddf.api", "audit": "feddf.api", "train_config": "feddf.api",
+    "gen": "feddf.api", "train": "feddf.api", "train_config": "feddf.api",
     "CacheStream": "feddf.cache.stream",
     "TrainConfig": "feddf.federated.config", "GenConfig": "feddf.generators.sample", "AuditConfig": "feddf.audit.run",
     "get_dataset": "feddf.data", "get_model": "feddf.models", "load_classifier": "feddf.models",
     "FeddfError": "feddf.errors",
 }
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "audit", *_LAZY]
 
 
 def __getattr__(name: str):
+    if name == "audit":
+        # `feddf.audit` is also the subpackage feddf/audit/, and Python rebinds this attribute to it on any
+        # `import feddf.audit.x`; so the package module itself is callable (feddf/audit/__init__.py) and is the API
+        import importlib
+
+        return importlib.import_module("feddf.audit")
     if name in _LAZY:
         import importlib
 
@@ -37,4 +43,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"audit"})

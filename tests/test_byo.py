@@ -284,3 +284,17 @@ def test_api_options_are_checked_and_import_is_light(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import sys, feddf; print('torch' in sys.modules)"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_feddf_audit_is_the_api_whatever_was_imported_before():
+    """`feddf.audit` is both the API function and the subpackage feddf/audit/: importing a submodule (as every audit
+    does) must not turn `feddf.audit(...)` into "'module' object is not callable"."""
+    import importlib
+
+    import feddf
+    from feddf.errors import FeddfError
+
+    importlib.import_module("feddf.audit.report")
+    for _ in range(2):
+        with pytest.raises(FeddfError, match="give the caches to audit"):
+            feddf.audit()

@@ -161,8 +161,10 @@ def test_kill9_after_commit_then_resume(tmp_path, child):
 def test_kill9_at_random_moments_then_resume(tmp_path, child):
     """Two external SIGKILLs at arbitrary points of the write loop (and resumes), then a clean finish."""
     p = tmp_path / "r.h5"
-    for delay in (0.15, 0.45):
-        proc = child(p, 4000, 10, 7, sleep=0.0005, wait=False)
+    for delay in (0.15, 0.3):
+        # >= 1.2 s of sleeps per full run (400 blocks x 3 ms), so even the fast parallel writer is still mid-run when
+        # each kill arrives, however idle the machine
+        proc = child(p, 4000, 10, 7, sleep=0.003, wait=False)
         assert proc.stdout.readline().startswith("start")  # the cache exists and blocks are being written
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)

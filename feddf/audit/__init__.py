@@ -6,3 +6,19 @@ accuracy-vs-round reports (`feddf compare`). docs/audit.md documents every numbe
 Modules: coverage (pure histogram maths), sources (caches opened read-only), labeler, fid (+ reference statistics in
 reference), run (the audit pipeline), compare (run folders), plots and report (PNG figures, json/md/html writers).
 """
+import sys as _sys
+import types as _types
+
+
+class _CallableAudit(_types.ModuleType):
+    """`feddf.audit(...)` calls `feddf.api.audit` (docs/api.md). The name is also this package, and Python sets the
+    package attribute `feddf.audit` to this module whenever a submodule is imported, so a plain function of that
+    name would be replaced by the module depending on import order; making the module callable avoids the clash."""
+
+    def __call__(self, *args, **kwargs):
+        from feddf.api import audit
+
+        return audit(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableAudit
