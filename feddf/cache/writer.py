@@ -25,7 +25,6 @@ How crash safety works (docs/cache-format.md has the contract):
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
 import os
 from collections import deque
@@ -100,42 +99,14 @@ def probe_cache(path: str | os.PathLike) -> dict[str, Any] | None:
     return attrs if attrs.get("format") == fmt.FORMAT_NAME else None
 
 
-class _WriterLock:
-    """Exclusive flock on `.<name>.lock` next to the cache; the kernel drops it when the holder dies (kill -9)."""
+def _WriterLock(path: Path):
+    """Exclusive flock on `.<name>.lock` next to the cache (feddf.runfolder.FolderLock, the one lock implementation);
+    the kernel drops it when the holder dies (kill -9)."""
+    from feddf.runfolder import FolderLock
 
-    def __init__(self, path: Path):
-        self.lock_path = path.with_name(f".{path.name}.lock")
-        while True:
-            try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise FeddfError(f"cannot write next to {path}: {e.strerror}; choose a writable --out") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise FeddfError(f"{path} is being written by another process (pid {holder}); wait for it or "
-                                 "choose another --out") from None
-            try:  # the previous holder may have unlinked the lock file between our open and flock: retry then
-                if os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd: int | None = fd
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.unlink(self.lock_path)
-        except OSError:
-            pass
-        os.close(self.fd)
-        self.fd = None
+    return FolderLock(path.with_name(f".{path.name}.lock"),
+                      lambda pid: f"{path} is being written by another process (pid {pid}); wait for it or choose "
+                                  "another --out")
 
 
 CHUNK_ALIGN = 1 << 20  # file alignment of uncompressed image chunks (see CacheWriter._fapl)
