@@ -16,7 +16,6 @@ import time
 import h5py
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from feddf.cache import format as fmt

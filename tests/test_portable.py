@@ -198,15 +198,16 @@ def test_pipeline_encodes_what_hdf5_decodes(tmp_path):
     labels = np.random.default_rng(2).integers(-1, 10, 1000)
     noise = np.random.default_rng(3).integers(0, 256, (4, 3, 16, 16), dtype=np.uint8)
     with h5py.File(p, "w", libver=fmt.LIBVER) as f:
-        ref = f.create_dataset("ref", data=labels, chunks=(1000,), shuffle=True, compression="gzip",
-                               compression_opts=1, fletcher32=True)
+        f.create_dataset("ref", data=labels, chunks=(1000,), shuffle=True, compression="gzip",
+                         compression_opts=1, fletcher32=True)
         a = f.create_dataset("a", shape=(1000,), dtype="i8", chunks=(1000,), shuffle=True, compression="gzip",
                              compression_opts=1, fletcher32=True)
         b = f.create_dataset("b", shape=noise.shape, dtype="u1", chunks=noise.shape, compression="gzip",
                              compression_opts=1, fletcher32=True)
         pa, pb = codec.Pipeline.of(a), codec.Pipeline.of(b)
         assert pa.supported and [c for c, _ in pa.stages] == [codec.SHUFFLE, codec.DEFLATE, codec.FLETCHER32]
-        a.id.write_direct_chunk((0,), pa.encode(labels)[1], pa.encode(labels)[0])
+        mask_a, data_a = pa.encode(labels)
+        a.id.write_direct_chunk((0,), data_a, mask_a)
         mask, data = pb.encode(noise)
         assert mask == pb.compression_mask == 1 and len(data) == noise.nbytes + 4  # random bytes: stored raw
         b.id.write_direct_chunk((0, 0, 0, 0), data, mask)

@@ -15,7 +15,7 @@ import numpy as np
 
 from feddf.cache import format as fmt
 from feddf.cache.replace import swap_all
-from feddf.cache.writer import _WriterLock, open_h5_read, probe_cache
+from feddf.cache.writer import _writer_lock, open_h5_read, probe_cache
 from feddf.errors import FeddfError
 
 
@@ -34,10 +34,10 @@ def write_virtual_cache(out: str | os.PathLike, shards: list[str | os.PathLike],
 
     out = Path(out)
     staged = staged or {}
-    lock = _WriterLock(out)
+    lock = _writer_lock(out)
     shard_locks = []
     try:
-        shard_locks = [_WriterLock(p) for p in staged]  # no other writer may touch a shard we are about to replace
+        shard_locks = [_writer_lock(p) for p in staged]  # no other writer may touch a shard we are about to replace
         metas = []
         for p in map(Path, shards):
             a = probe_cache(staged.get(p, p))

@@ -99,7 +99,7 @@ def probe_cache(path: str | os.PathLike) -> dict[str, Any] | None:
     return attrs if attrs.get("format") == fmt.FORMAT_NAME else None
 
 
-def _WriterLock(path: Path):
+def _writer_lock(path: Path):
     """Exclusive flock on `.<name>.lock` next to the cache (feddf.runfolder.FolderLock, the one lock implementation);
     the kernel drops it when the holder dies (kill -9)."""
     from feddf.runfolder import FolderLock
@@ -168,7 +168,7 @@ class CacheWriter(BlockPipeline):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise FeddfError(f"cannot create folder {self.path.parent}: {e.strerror}; choose a writable --out") from None
-        self._lock = _WriterLock(self.path)
+        self._lock = _writer_lock(self.path)
         try:
             self._remove_stale_temps()
             self._open(attrs, force)

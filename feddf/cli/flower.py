@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from feddf.cli.train import OPTIONS, _command
+from feddf.cli.train import _command
 
 FLOWER_OPTIONS = [
     click.option("--min-replies", type=int, default=1, show_default=True,
