@@ -445,15 +445,6 @@ def make_images(gen, plan, seed: int, trunc, device, dtype: str, group: int, *, 
     return images, fast_step
 
 
-def labeler_outputs(labeler, u8):
-    """uint8 images (B, C, R, R) -> (predicted class (B,), confidence (B,)) as numpy, from the labeler's softmax."""
-    import torch
-
-    p = torch.softmax(labeler[0].logits(u8).float(), dim=1)
-    c, k = p.max(dim=1)
-    return k.cpu().numpy(), c.cpu().numpy()
-
-
 def _generate(images, writer, *, name, device, lo, seed, plan, res, batch, group, labeler, assign, order, progress,
               fast_step=None) -> str:
     """Indices lo + writer.committed .. lo + writer.n - 1, in order, through the bounded writer thread; with `order`
@@ -462,6 +453,7 @@ def _generate(images, writer, *, name, device, lo, seed, plan, res, batch, group
     import torch
     from tqdm import tqdm
 
+    from feddf.audit.labeler import predict
     from feddf.generators.base import check_batch_finite, finite_flag, invariant_kernels, to_uint8
 
     first, end = writer.committed, writer.n
@@ -476,7 +468,7 @@ def _generate(images, writer, *, name, device, lo, seed, plan, res, batch, group
         u8 = x if x.dtype == torch.uint8 else to_uint8(x, res)
         pred = conf = None
         if labeler is not None:
-            pred, conf = labeler_outputs(labeler, u8)
+            pred, conf = predict(labeler[0], u8)  # the audit's own labeler rule (feddf.audit.labeler)
         return u8, pred, conf
 
     def write_loop():

@@ -62,7 +62,7 @@ def select_draws(images, labeler, *, n: int, k: int, res: int, batch: int, devic
     from tqdm import tqdm
 
     from feddf.generators.base import invariant_kernels, to_uint8
-    from feddf.generators.sample import labeler_outputs
+    from feddf.audit.labeler import predict
 
     budget = math.ceil(oversample * n)
     kept: list[np.ndarray] = []
@@ -73,7 +73,7 @@ def select_draws(images, labeler, *, n: int, k: int, res: int, batch: int, devic
         while s < budget and (state is None or state["kept"] < n):
             e = min(s + batch, budget)
             x = images(np.arange(s, e))
-            pred, conf = labeler_outputs(labeler, x if x.dtype == torch.uint8 else to_uint8(x, res))  # fast: uint8
+            pred, conf = predict(labeler[0], x if x.dtype == torch.uint8 else to_uint8(x, res))  # fast: uint8
             before = 0 if state is None else state["kept"]
             pos, state = keep_draws(pred, conf, n=n, k=k, min_confidence=min_confidence, balance=balance,
                                     state=state)
