@@ -9,7 +9,7 @@ with --sink, the writer itself: `feddf gen` of a near-free generator vs writing 
 
 Sink mode: a TorchScript generator z (B, 8) -> clamp(z @ P) as (B, 3, 32, 32), P eight fixed smooth patterns, costs
 ~1 us per image, so `feddf gen` (the real CLI in a subprocess: noise, forward, uint8, the writer's encoder pool, chunk
-writes, commits, fsync, page-cache read-back) runs at the writer's speed. For each compression (default gzip, none)
+writes, commits, fsync) runs at the writer's speed. For each compression (default gzip, none)
 and each --workers it reports the CLI's img/s with process start included (`cli_img_s`) and gen's own figure from the
 open cache to the finished, fsynced one (`img_s`). The baseline, in the same run: the same uint8 images written with
 numpy.ndarray.tofile to the same folder (`tofile_img_s`; with an fsync too: `tofile_fsync_img_s`, since a finished
@@ -147,7 +147,7 @@ torch.jit.script(Sink()).save({path!r})
 
 
 def writer_only_run(path: Path, images: np.ndarray, compression: str, workers: int, batch: int = 256) -> None:
-    """CacheWriter fed ready uint8 batches, as `feddf gen` feeds it (finish includes the fsync and read-back)."""
+    """CacheWriter fed ready uint8 batches, as `feddf gen` feeds it (finish includes the fsync)."""
     from feddf.cache.writer import CacheWriter
 
     n = len(images)

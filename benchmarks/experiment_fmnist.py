@@ -81,6 +81,10 @@ ABLATION = {
     "gan-mixup": ("gan", ["--distill-mixup", "1.0"]),
     "gan-sel-entropy": ("gan", ["--distill-select", "low-entropy", "--select-fraction", "0.5"]),
     "gan-sel-hard": ("gan", ["--distill-select", "hard", "--select-fraction", "0.5"]),
+    "gan-bn": ("gan", ["--distill-bn", "running"]),
+    "real-bn": ("public", ["--distill-bn", "running"]),
+    "noise-bn": ("noise", ["--distill-bn", "running"]),
+    "gan-bn-fedavg": ("gan", ["--distill-bn", "running", "--ensemble-fedavg"]),
     "gan-filter": ("filtered", []),
     "cgan": ("cgan", []),
 }
@@ -123,6 +127,8 @@ def main() -> None:
     ap.add_argument("--ablation", action="store_true", help="Run the transfer-set levers (ABLATION) instead.")
     ap.add_argument("--variants", default=",".join(ABLATION), help="--ablation: which variants, comma-separated.")
     ap.add_argument("--min-confidence", type=float, default=0.8, help="--ablation gan-filter: labeler threshold.")
+    ap.add_argument("--table-only", action="store_true", help="Tabulate finished runs only; train nothing.")
+    ap.add_argument("--reference", default="real", help="--ablation: the real-data variant gap closure divides by.")
     ap.add_argument("--cgan-checkpoint", default="runs/cdcgan-fmnist/netG_epoch_10.pth",
                     help="--ablation cgan: a `feddf gan-train --conditional` generator.")
     args = ap.parse_args()
@@ -134,7 +140,8 @@ def main() -> None:
         unknown = [v for v in chosen if v not in ABLATION]
         if unknown:
             raise SystemExit(f"unknown --variants {unknown}: choose from {', '.join(ABLATION)}")
-        src = ablation_sources(args, {ABLATION[v][0] for v in chosen})
+        src = ({k: str(k) for k in {ABLATION[v][0] for v in chosen}} if args.table_only
+               else ablation_sources(args, {ABLATION[v][0] for v in chosen}))
         for v in chosen:
             key, extra = ABLATION[v]
             methods[v] = extra if key is None else ["--aggregator", "feddf", "--distill-source", src[key], *extra]
@@ -161,7 +168,12 @@ def main() -> None:
                     tag = f"a{alpha}-{name.split()[0].lower()}{'-' + name.split()[-1].lower() if '+' in name else ''}-s{seed}"
                     tag = tag.replace(":", "").replace("[", "").replace("]", "")
                 run = out / tag
-                train_run(run, alpha, seed, args, [*limit, *extra])
+                if args.table_only:  # tabulate the finished runs only (a grid filled by several invocations)
+                    m = run / "metrics.jsonl"
+                    if not m.exists() or len(m.read_text().splitlines()) < args.rounds:
+                        continue
+                else:
+                    train_run(run, alpha, seed, args, [*limit, *extra])
                 results.setdefault(f"{alpha}|{name}", []).append(summarise(run, args.target_acc, args.rounds))
     header, lines = (ablation_table if args.ablation else main_table)(results, args)
     finish(header + f"; total wall {time.time() - t0:.0f} s", lines, args,
@@ -228,23 +240,23 @@ def main_table(results: dict, args) -> str:
 
 def ablation_table(results: dict, args) -> str:
     """Validation columns decide; test columns are reported. Gap closure against FedAvg and real, same alpha."""
-    lines = ["| α | variant | val all rounds | val last 3 | test all rounds | test last 3 | best test | "
-             f"rounds to {args.target_acc:.0%} | gap closure (all / last 3) | server s/round |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| α | variant | seeds | val all rounds | val last 3 | test all rounds | test last 3 | best test | "
+             f"rounds to {args.target_acc:.0%} | gap closure (all / last 3) | distill steps/round | server s/round |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     m = lambda runs, k: statistics.mean(r[k] for r in runs)  # noqa: E731
     for key, runs in results.items():
         alpha, name = key.split("|")
-        base, real = results.get(f"{alpha}|fedavg"), results.get(f"{alpha}|real")
+        base, real = results.get(f"{alpha}|fedavg"), results.get(f"{alpha}|{args.reference}")
         gap = "—"
-        if base and real and name not in ("fedavg", "real"):
+        if base and real and name not in ("fedavg", args.reference):
             g = [(m(runs, k) - m(base, k)) / (m(real, k) - m(base, k)) if m(real, k) != m(base, k) else float("nan")
                  for k in ("mean_all", "mean_last3")]
             gap = f"{g[0]:.2f} / {g[1]:.2f}"
         hits = ", ".join("—" if r["rounds_to_target"] is None else str(r["rounds_to_target"]) for r in runs)
-        lines.append(f"| {alpha} | {name} | {mean_std([r['val_all'] for r in runs])} | "
+        lines.append(f"| {alpha} | {name} | {len(runs)} | {mean_std([r['val_all'] for r in runs])} | "
                      f"{mean_std([r['val_last3'] for r in runs])} | {mean_std([r['mean_all'] for r in runs])} | "
                      f"{mean_std([r['mean_last3'] for r in runs])} | {mean_std([r['best'] for r in runs])} | {hits} | "
-                     f"{gap} | {m(runs, 'distill_s'):.1f} |")
+                     f"{gap} | {m(runs, 'distill_steps'):.0f} | {m(runs, 'distill_s'):.1f} |")
     return _header(args), lines
 
 

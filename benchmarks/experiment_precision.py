@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/experiment_precision.py --out runs/exp-precision --md docs/results-precision.md
 
 Grid: alpha x seeds x {FedAvg fp32, FedAvg binary, FedDF binary + DCGAN cache, FedDF binary + real test[:5000],
-FedDF fp32+binary (half the clients each, client i gets [fp32, binary][i * 2 // 20]) + DCGAN}; the settings of
+FedDF fp32+binary (half the clients each, client i gets [fp32, binary][i * 2 // 20]) + DCGAN, and FedAvg over
+that mixed federation}; the settings of
 benchmarks/experiment_fmnist.py (20 clients, C = 0.4, `cnn`, no augmentation, evaluation on test[5000:]) unless
 overridden (--rounds, --local-epochs, --train-limit for a reduced grid). Every run is a real resumable `feddf train`
 subprocess. Reports mean ± std over seeds of final / best test accuracy and the mean upload MB per round (the sum of
@@ -54,6 +55,7 @@ def main() -> None:
                                                                   "binary", "--distill-source", str(public_cache)]),
         "feddf-mixed-dcgan": ("FedDF fp32+binary + DCGAN", ["--aggregator", "feddf", "--client-precision",
                                                            "fp32,binary", "--distill-source", str(gan_cache)]),
+        "fedavg-mixed": ("FedAvg fp32+binary", ["--aggregator", "fedavg", "--client-precision", "fp32,binary"]),
     }
     keys = args.methods.split(",") if args.methods else list(methods)
     limit = (["--train-limit", str(args.train_limit)] if args.train_limit else []) + \
@@ -69,12 +71,13 @@ def main() -> None:
                 res = summarise(run, 0.8, args.rounds)  # a longer run's first --rounds rounds: the same numbers
                 res["upload_mb"] = upload_mb(run, args.rounds)
                 results.setdefault(f"{alpha}|{name}", []).append(res)
-    lines = ["| α | method | final acc | best acc | upload MB/round | local s/round | server s/round |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| α | method | final acc | best acc | mean acc, all rounds | mean acc, last 3 | upload MB/round | "
+             "local s/round | server s/round |", "|---|---|---|---|---|---|---|---|---|"]
     for key, runs in results.items():
         alpha, name = key.split("|")
         lines.append(f"| {alpha} | {name} | {mean_std([r['final'] for r in runs])} | "
-                     f"{mean_std([r['best'] for r in runs])} | {statistics.mean(r['upload_mb'] for r in runs):.3f} | "
+                     f"{mean_std([r['best'] for r in runs])} | {mean_std([r['mean_all'] for r in runs])} | "
+                     f"{mean_std([r['mean_last3'] for r in runs])} | {statistics.mean(r['upload_mb'] for r in runs):.3f} | "
                      f"{statistics.mean(r['local_s'] for r in runs):.1f} | "
                      f"{statistics.mean(r['distill_s'] for r in runs):.1f} |")
     header = (f"Fashion-MNIST, 20 clients, C=0.4, cnn, {args.rounds} rounds x {args.local_epochs} local epochs, "

@@ -216,3 +216,27 @@ def test_heterogeneous_prototypes_each_beat_their_fedavg_start():
         assert r.best_val > r.init_val + 0.02, (a, r.init_val, r.best_val)
         assert final == pytest.approx(r.best_val)  # the best-on-validation prototype is what remains
     assert np.isfinite([r.best_val for r in res.values()]).all()
+
+
+def test_student_batchnorm_modes():
+    """bn="running" (the default): the students' BatchNorm normalises with, and keeps, the FedAvg start's running
+    statistics while every weight learns (BN's affine ones too); bn="train" (the paper code) re-estimates the
+    statistics on the transfer batches: shifted inputs (a generator's) move them."""
+    assert DistillSpec().bn == "running"
+    teachers = _models("cnn", 2, seed=1)
+    for bn in ("running", "train"):
+        torch.manual_seed(0)
+        student = get_model("cnn", 10, 1)
+        student.train()(torch.randn(64, 1, 28, 28))
+        student.eval()
+        bns = [m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        mean0 = [m.running_mean.clone() for m in bns]
+        weight0 = [m.weight.detach().clone() for m in bns]
+        batches = [(None, torch.randn(16, 1, 28, 28) * 3 + 2) for _ in range(6)]
+        scores = iter([0.0, 1.0, 1.0, 1.0])  # the start, then every validation improves: the last weights are kept
+        distill({"cnn": student}, TeacherEnsemble(teachers), batches, lambda m: next(scores),
+                DistillSpec(steps=6, eval_every=6, patience=100, prefetch=0, bn=bn))
+        moved = any(not torch.equal(m.running_mean, m0) for m, m0 in zip(bns, mean0))
+        learned = any(not torch.equal(m.weight.detach(), w0) for m, w0 in zip(bns, weight0))
+        assert learned, bn
+        assert moved == (bn == "train"), bn

@@ -76,3 +76,19 @@ def test_sample_clients_is_seeded_and_sized(tmp_path):
     picks = [sample_clients(cfg, r) for r in (1, 2)]
     assert all(len(p) == 8 and p == sorted(set(p)) and 0 <= p[0] and p[-1] < 20 for p in picks)
     assert picks[0] != picks[1] and sample_clients(cfg, 1) == picks[0]
+
+
+def test_ensemble_fedavg_adds_each_architectures_average_as_a_teacher(tmp_path, fmnist_available):
+    """--ensemble-fedavg: the FedAvg model of every architecture that got replies teaches next to the clients (an
+    idle architecture adds none); the ensemble accuracy is that of the teachers actually used."""
+    from feddf.federated.teachers import ensemble_scores
+    from feddf.federated.client import accuracy
+
+    cfg, task = _task(tmp_path, archs=["cnn", "resnet8"], aggregator="feddf", ensemble_fedavg=True)
+    server = {a: task.initial_state(a) for a in cfg.archs}
+    ups = [u for u in _updates(cfg, task, server) if u.arch == "cnn"]
+    res = fuse(1, cfg, task, get_aggregator("feddf"), server, ups, torch.device("cpu"))
+    assert res.metrics["teachers"] == len(ups) + 1  # + the cnn FedAvg model; resnet8 had no replies
+    avg = task.new_model("cnn", weighted_average([u.model.state_dict() for u in ups], [u.n for u in ups]))
+    logits = torch.stack([task.test_logits(m, "cpu") for m in [u.model for u in ups] + [avg]])
+    assert res.metrics["ensemble_acc"] == accuracy(ensemble_scores(logits, cfg.ensemble), task.test_labels)

@@ -106,6 +106,33 @@ def test_to_uint8_rounds_clamps_resizes_and_keeps_channels():
     assert (to_uint8(checker, 4)[..., 1:3] == 128).all()
 
 
+def test_cpu_quantizer_is_bit_identical_to_the_torch_formula():
+    """base._quantize_blocks (the CPU path, blockwise numpy) equals ((x + 1) * 127.5).round().clamp().to(uint8):
+    random values, exact .5 ties of both parities, out-of-range and +-inf, a batch that is not a multiple of the block,
+    and a non-contiguous input."""
+    from feddf.generators.base import finite_flag
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(77, 3, 32, 32, generator=g) * 0.7
+    ties = (torch.arange(256, dtype=torch.float32) + 0.5) / 127.5 - 1.0  # (k + 0.5) levels: half to even
+    x[0, 0, :8] = ties.reshape(8, 32)
+    x[1, 0, 0, :4] = torch.tensor([float("inf"), float("-inf"), 3.0, -7.0])
+    ref = ((x + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    assert torch.equal(to_uint8(x, 32), ref)
+    xt = x.transpose(2, 3)  # non-contiguous
+    assert torch.equal(to_uint8(xt, 32), ((xt + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8))
+    big = torch.randn(5, 3, 128, 128, generator=g)  # several images per block boundary case: one image > 1 block
+    assert torch.equal(to_uint8(big, 128), ((big + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8))
+    # the finite flag: a finite sum proves finiteness; NaN/inf anywhere, or a finite overflow, take the exact check
+    assert bool(finite_flag(torch.randn(4, 3, 8, 8)))
+    y = torch.zeros(4, 3, 8, 8)
+    y[2, 1, 3, 3] = float("nan")
+    assert not bool(finite_flag(y))
+    y[2, 1, 3, 3] = float("-inf")
+    assert not bool(finite_flag(y))
+    assert bool(finite_flag(torch.full((4, 8), 3e38)))  # the float32 sum overflows, every value is finite
+
+
 # ---------------------------------------------------------------- DCGAN
 def test_dcgan_generator_matches_pytorch_examples_layout():
     g = Generator(100, 64, 3, 64)

@@ -1,4 +1,4 @@
-"""feddf.cache.pagecache: the writer leaves finished caches in the page cache, read sequentially; the reader reads a
+"""feddf.cache.pagecache: the first verified open of a finished cache reads it back sequentially; the reader reads a
 cold finished cache in sequentially before streaming it; neither changes a byte; FEDDF_PAGECACHE=off turns both off.
 
     .venv/bin/python -m pytest -q tests/test_pagecache.py
@@ -82,17 +82,21 @@ def test_recache_keeps_bytes_and_leaves_the_file_resident(tmp_path, monkeypatch)
     assert pagecache.fits(0) is False  # an empty file: nothing to read
 
 
-def test_writer_recaches_finished_caches_only(tmp_path, monkeypatch):
+def test_first_verified_open_recaches_and_the_writer_does_not(tmp_path, monkeypatch):
+    """The read-back happens once, at the first verified open of a finished cache (verify.ensure_verified, which
+    reads every chunk anyway), not at the end of every `feddf gen`: a generator run ends when its bytes are durable."""
+    from feddf.cache import verify
     from feddf.cache import writer as writer_mod
 
     seen = []
-    monkeypatch.setattr(writer_mod.pagecache, "recache", lambda path: seen.append(str(path)) or True)
+    monkeypatch.setattr(pagecache, "recache", lambda path: seen.append(str(path)) or True)
     x = np.zeros((10, 1, 4, 4), np.uint8)
     attrs = {"kind": "imported", "source": "test"}
-    with writer_mod.CacheWriter(tmp_path / "part.h5", n=20, channels=1, resolution=4, attrs=attrs, num_labels=10) as w:
-        w.append(x, np.zeros(10, np.int64))  # closed unfinished: resumable, not recached
-    assert seen == []
     with writer_mod.CacheWriter(tmp_path / "done.h5", n=10, channels=1, resolution=4, attrs=attrs, num_labels=10) as w:
         w.append(x, np.zeros(10, np.int64))
         w.finish()
+    assert seen == []
+    assert verify.ensure_verified(str(tmp_path / "done.h5"), progress=False) is not None
+    assert seen == [str(tmp_path / "done.h5")]
+    verify.ensure_verified(str(tmp_path / "done.h5"), progress=False)  # verified: no second read-back
     assert seen == [str(tmp_path / "done.h5")]

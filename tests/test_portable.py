@@ -219,6 +219,24 @@ def test_pipeline_encodes_what_hdf5_decodes(tmp_path):
     assert zlib.decompress(stored[:-4]) == codec.shuffle(labels.tobytes(), 8)
 
 
+def test_deflate_uses_isal_and_any_zlib_inflates_it(tmp_path):
+    """The default gzip chunks are ISA-L deflate streams (the `isal` dependency), which plain zlib inflates (what
+    every HDF5 reader runs; the stock-HDF5 tests above read whole caches of them); the encoder is recorded."""
+    pytest.importorskip("isal")
+    data = (np.arange(200_000) // 97 % 251).astype(np.uint8).tobytes()
+    assert codec.deflate_encoder(1).startswith("isal ") and codec.deflate_encoder(6).startswith("zlib ")
+    for level in (1, 6):  # level 6 is beyond ISA-L's 0-3: zlib Z_RLE
+        out = codec.deflate(data, level)
+        assert zlib.decompress(out) == data and len(out) < len(data) // 10
+    p = tmp_path / "c.h5"
+    with CacheWriter(p, n=10, channels=1, resolution=4, attrs={"kind": "imported", "source": "t"},
+                     num_labels=2) as w:
+        w.append(np.zeros((10, 1, 4, 4), np.uint8), np.zeros(10, np.int64))
+        w.finish()
+    with h5py.File(p, "r") as f:
+        assert f.attrs["deflate_encoder"] == codec.deflate_encoder(1)
+
+
 # ------------------------------------------------------------------ the parallel writer: order-independent bytes
 def write_pattern(path: Path, workers: int, compression: str, n: int = 700, step: int = 37) -> None:
     rng = np.random.default_rng(7)

@@ -244,6 +244,7 @@ def test_train_with_selection_and_mixup_resumes_exactly(tmp_path, fmnist_availab
     assert rows(tmp_path / "full") == rows(tmp_path / "part")
     cfg = json.loads((tmp_path / "full" / "config.json").read_text())
     assert cfg["distill_select"] == "low-entropy" and cfg["distill_mixup"] == 0.5 and cfg["select_fraction"] == 0.5
+    assert cfg["distill_bn"] == "running"  # the default, recorded
     from feddf.errors import FeddfError
     from feddf.federated.config import TrainConfig
 
@@ -284,7 +285,8 @@ def test_conditional_dcgan_trains_and_loads_through_gen(tmp_path, fmnist_availab
 
 def test_help_lists_the_new_options():
     for cmd, opts in ((["gen"], ["--min-confidence", "--balance", "--oversample"]),
-                      (["train"], ["--distill-select", "--select-fraction", "--distill-mixup"]),
+                      (["train"], ["--distill-select", "--select-fraction", "--distill-mixup", "--distill-bn",
+                                  "--ensemble-fedavg"]),
                       (["gan-train"], ["--conditional"])):
         r = CliRunner().invoke(main, [*cmd, "--help"])
         assert r.exit_code == 0 and all(o in r.output for o in opts), r.output
@@ -300,3 +302,22 @@ def test_runs_from_before_the_new_options_still_resume():
     old = {k: v for k, v in now.items() if k not in ("distill_mixup", "distill_select", "select_fraction")}
     assert same_run(old, now) == ""  # a saved config without the new keys used their defaults
     assert "distill_select" in same_run(old, {**now, "distill_select": "hard"})
+
+
+def test_distill_bn_option_default_and_old_runs():
+    """--distill-bn: default running, recorded in config.json; a bad value gets one line; a run folder from before
+    the option (students in train mode) resumes only with --distill-bn train, and the refusal names the key."""
+    import dataclasses
+
+    from feddf.federated.config import TrainConfig
+    from feddf.federated.setup import same_run
+
+    now = dataclasses.asdict(TrainConfig(distill_source="noise").resolved())
+    assert now["distill_bn"] == "running"
+    old = {k: v for k, v in now.items() if k != "distill_bn"}
+    assert "distill_bn: 'train' -> 'running'" in same_run(old, now)
+    assert same_run(old, {**now, "distill_bn": "train"}) == ""
+    r = CliRunner().invoke(main, ["train", "--distill-bn", "frozen", "--distill-source", "noise"])
+    assert r.exit_code != 0 and "distill-bn" in r.output and "train, running" in r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert "--distill-bn" in CliRunner().invoke(main, ["train", "--help"]).output

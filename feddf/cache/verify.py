@@ -318,6 +318,12 @@ def ensure_verified(path, progress: bool = True) -> dict | None:
         n = int(f[fmt.COMMITTED][()])
         if _recorded_n(path, ident) >= n:
             return ident
+        if not live:
+            # First use of a finished file: bring it into the page cache front to back (large folios, which the
+            # mapped fast path streams fastest: pagecache), so the checksum pass below reads it from memory.
+            from feddf.cache import pagecache
+
+            pagecache.recache(path)
         problems: list[str] = []
         per_image = [x for x in (fmt.IMAGES, fmt.LABELS, fmt.TARGETS, fmt.LABELER_PRED, fmt.LABELER_CONF) if x in f]
         index = chunk_index(f[fmt.IMAGES])

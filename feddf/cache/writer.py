@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from feddf.cache import format as fmt
-from feddf.cache import pagecache, replace
+from feddf.cache import replace
 from feddf.cache.blocks import BlockPipeline
-from feddf.cache.codec import Pipeline
+from feddf.cache.codec import Pipeline, deflate_encoder
 from feddf.cache.superblock import clear_write_flags, is_hdf5
 from feddf.errors import FeddfError
 
@@ -242,7 +242,8 @@ class CacheWriter(BlockPipeline):
                     "format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION, "package_version": __version__,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "versions": versions(), "n_requested": n, "channels": c, "resolution": r,
-                    "compression": self.compression, "chunk_images": k, **attrs,
+                    "compression": self.compression, "chunk_images": k,
+                    "deflate_encoder": deflate_encoder(GZIP_LEVEL) if self.compression == "gzip" else None, **attrs,
                     "identity": json.dumps(self.identity, sort_keys=True), "complete": False}
                 for key, v in all_attrs.items():
                     if v is not None:
@@ -442,9 +443,8 @@ class CacheWriter(BlockPipeline):
                 self._fail(err)
             self._close_file()
             self.complete = True
-            # Leave the finished file in the page cache in large folios (see pagecache: ~0.8 instead of ~0.70 of an
-            # in-memory gather for the mapped fast path)
-            pagecache.recache(self.path)
+            # No page-cache read-back here: the first verified open (verify.ensure_verified, which reads every chunk
+            # anyway) does it, so a `feddf gen` ends when its bytes are durable (pagecache module docstring).
         if self.target is not None:  # the staged replacement is complete: now (and only now) it replaces the old
             if self.defer_swap:
                 self.staged = (self.path, self.target)

@@ -81,11 +81,16 @@ OPTIONS = [
     _opt("--ensemble", str, "avg-logits, avg-probs or avg-losses."),
     _opt("--patience", int, "Stop distilling after this many steps without a validation improvement."),
     _opt("--eval-every", int, "Validate the students every N steps.", metavar="N"),
+    _flag("--ensemble-fedavg/--no-ensemble-fedavg", "Add each architecture's FedAvg model to the teachers (as "
+          "FedBE does): the ensemble then cannot fall far below the average."),
     _flag("--drop-worst/--no-drop-worst", "Drop clients under 1.2x random-guess validation accuracy (paper code)."),
     _opt("--distill-augment", str, "Augmentation of distillation batches: none, flip, crop-flip."),
     _opt("--distill-mixup", float, "Mixup of distillation batches, lam ~ Beta(a, a) (0 = off).", metavar="A"),
     _opt("--distill-select", str, "Per-round selection of transfer samples by the ensemble: none, low-entropy "
          "(confident), hard (high KL ensemble vs student)."),
+    _opt("--distill-bn", str, "Students' BatchNorm while distilling: running (the FedAvg start's statistics, "
+         "measured by the clients on real data, kept; default) or train (re-estimated on the transfer batches, as "
+         "the paper code).", metavar="running|train"),
     _opt("--select-fraction", float, "Share of transfer samples --distill-select keeps, in (0, 1]."),
     _opt("--teacher-precision", str, "auto (bf16 where the hardware has it natively), fp32 or bf16."),
     _flag("--compile-teachers/--no-compile-teachers", "torch.compile the teachers each round."),

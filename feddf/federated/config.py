@@ -20,6 +20,7 @@ from feddf.errors import FeddfError
 
 AGGREGATOR_NAMES = ("feddf", "fedavg", "fedprox", "fedavgm")
 AUGMENT_NAMES = ("crop-flip", "flip", "none")
+DISTILL_BN = ("train", "running")  # the students' BatchNorm mode while distilling (distill.py)
 
 
 @dataclass
@@ -67,10 +68,13 @@ class TrainConfig:
     eval_every: int = 100                 # paper: eval_batches_freq=100
     patience: int = 1000                  # paper: early_stopping_server_batches=1000
     drop_worst: bool = False              # paper: server_teaching_scheme=drop_worst
+    ensemble_fedavg: bool = False         # the FedAvg model(s) join the teachers (FedBE, Chen & Chao 2021)
     distill_augment: str = "none"         # see docs/training.md: "none" lets targets of a finite source be reused
     distill_mixup: float = 0.0            # Beta(a, a) mixup of transfer batches, teachers see the mix; 0 = off
     distill_select: str = "none"          # per-round selection by the ensemble: none | low-entropy | hard
     select_fraction: float = 0.5          # share of the transfer samples kept by --distill-select
+    distill_bn: str = "running"           # students' BatchNorm while distilling: running (keep the FedAvg start's
+    #                                       statistics; docs/results.md, issue 18) | train (paper code: re-estimated)
     teacher_precision: str = "auto"       # bf16 where native (AVX512-BF16/AMX CPUs, sm80+ GPUs), else fp32
     compile_teachers: bool = False
     prefetch: int = 2                     # batches whose teacher targets are computed ahead, in a thread
@@ -134,6 +138,7 @@ class TrainConfig:
                                  ("partition", self.partition, tuple(PARTITIONERS)),
                                  ("ensemble", self.ensemble, ENSEMBLES), ("augment", self.augment, AUGMENT_NAMES),
                                  ("distill-augment", self.distill_augment, AUGMENT_NAMES),
+                                 ("distill-bn", self.distill_bn, DISTILL_BN),
                                  ("teacher-precision", self.teacher_precision, ("auto", *PRECISIONS))):
             if v not in choices:
                 bad(flag, repr(v), f"choose one of {', '.join(choices)}")

@@ -5,7 +5,11 @@
 `distill(students, ensemble, batches, validate, spec)` runs all students in lock-step on the same batches, so the
 teacher outputs of a batch are computed once and shared (heterogeneous FedDF: one prototype per architecture, each
 learning from every teacher). Per student, as in the paper code (`NoiseKTSolver.distillation`):
-  - the start is the FedAvg model of its architecture, trained in train mode (BN uses distillation-batch statistics);
+  - the start is the FedAvg model of its architecture. Its BatchNorm layers stay in eval mode (`bn="running"`, our
+    default): they normalise with the running statistics the clients measured on real data, and keep them, while
+    every weight (BN's affine ones included) learns. The paper code trains in train mode (`bn="train"`), which
+    re-estimates the statistics on the transfer batches: with generated or noise inputs the student then evaluates
+    real images with the generator's statistics (measured: docs/results.md, issue 18);
   - loss KL(ensemble || student) at temperature T (teachers.py); Adam(lr 1e-3), cosine annealing over the step
     budget (stepped every batch), gradient-norm clip 5;
   - validation accuracy on the server's labelled split every `eval_every` steps; stop once `patience` steps passed
@@ -39,6 +43,8 @@ class DistillSpec:
     patience: int = 1000        # paper: early_stopping_server_batches = 1000 (released commands)
     clip: float = 5.0           # paper: clip_grad_norm_(..., 5)
     prefetch: int = 2           # batches prepared ahead by the background thread (0 = no thread)
+    bn: str = "running"         # BN normalises with, and keeps, the start's statistics; "train": the paper code's
+    #                             train mode (statistics re-estimated on the transfer batches)
 
 
 @dataclass
@@ -144,6 +150,10 @@ class _Student:
 
     def step(self, x, probs, const, spec: DistillSpec) -> None:
         self.model.train()
+        if spec.bn == "running":  # BN layers in eval mode: affine weights still learn, the statistics stay those
+            for m in self.model.modules():  # the clients measured on real data (FedAvg of their running stats)
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         loss = distill_loss(self.model(x), probs, const, spec.temperature)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -111,6 +111,9 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
                   "distilled": None}
 
     teachers = [clients[i].model for i in keep_teach]
+    if cfg.ensemble_fedavg and teachers:  # FedBE-style: each architecture's FedAvg model teaches next to the clients
+        teachers += [task.new_model(a, fedavg_states[a]).to(device) for a in cfg.archs
+                     if any(clients[i].arch == a for i in keep_avg)]
     test_logits = torch.stack([task.test_logits(t, device) for t in teachers]) if teachers else None
     ensemble_acc = accuracy(ensemble_scores(test_logits, cfg.ensemble), task.test_labels) if teachers else None
 
@@ -126,7 +129,7 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
                               batched="auto" if torch.device(device).type == "cuda" else False, device=device)
         batches, cache = task.distill_batches(cfg, seed_of(cfg.seed, r, 3), device)
         dspec = DistillSpec(cfg.distill_steps, cfg.distill_lr, cfg.temperature, cfg.eval_every, cfg.patience,
-                            prefetch=cfg.prefetch)
+                            prefetch=cfg.prefetch, bn=cfg.distill_bn)
 
         def show(step, vals):
             phase(f"distill {step}/{cfg.distill_steps} val " + " ".join(f"{a}={v:.3f}" for a, v in vals.items()),

@@ -27,10 +27,15 @@ from feddf.federated.config import TrainConfig
 RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir"}
 
 
+# What a run folder whose config predates a key did, where that is not today's default: such a run resumes only
+# with the old behaviour asked for explicitly (the refusal names the key).
+PREDATED = {"distill_bn": "train"}
+
+
 def same_run(saved: dict, now: dict) -> str:
     """'' when two resolved configs describe the same run, else the first differing keys. A key a run folder's
-    config predates (e.g. client_precision) counts as its default."""
-    defaults = dataclasses.asdict(TrainConfig())
+    config predates (e.g. client_precision) counts as its default, or as what it did then (PREDATED)."""
+    defaults = {**dataclasses.asdict(TrainConfig()), **PREDATED}
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     diff = [k for k in sorted(set(saved) | set(now)) if k not in RESUMABLE and saved.get(k) != now.get(k)]
     return ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:3])

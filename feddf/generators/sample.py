@@ -438,7 +438,7 @@ def make_images(gen, plan, seed: int, trunc, device, dtype: str, group: int, *, 
         if not group:
             return forward(idx)
         groups = np.unique(idx // group)
-        x = torch.cat([run(g) for g in groups])
+        x = run(groups[0]) if len(groups) == 1 else torch.cat([run(g) for g in groups])  # the usual step: no copy
         pos = np.searchsorted(groups, idx // group) * group + idx % group
         return x if len(pos) == len(x) and (pos == np.arange(len(x))).all() else x[torch.from_numpy(pos).to(device)]
 
