@@ -5,10 +5,11 @@ print(run_gen(GenConfig('dcgan', 64, out='/tmp/d.h5', random_weights=True), prog
 
 Pipeline (the generator never waits on disk): the main thread makes noise (B, z) on the host and runs the forward
 under torch.inference_mode (CPU: batch/thread-invariant kernels, base.py; CUDA: fixed index-aligned groups, optional
-bf16/fp16 autocast + channels_last). On CPU a background thread then resizes + quantises to uint8, runs the optional
-labeler and appends to the CacheWriter (which commits whole chunks), overlapping the next forward; on CUDA the resize,
-uint8 and labeler run on the GPU, the device->host copy is asynchronous (pinned memory + event) and the background
-thread waits for it and appends. The queue between them is bounded (QUEUE_DEPTH batches): memory stays flat.
+bf16/fp16 autocast + channels_last). On CPU a background thread then checks, resizes + quantises to uint8 and runs
+the optional labeler, and a second one appends to the CacheWriter (which commits whole chunks), both overlapping the
+next forward; on CUDA the resize, uint8 and labeler run on the GPU, the device->host copy is asynchronous (pinned
+memory + event) and the background thread waits for it and appends. The queues between them are bounded
+(QUEUE_DEPTH batches): memory stays flat.
 Under torchrun (WORLD_SIZE > 1) rank r makes indices [n r / W, n (r+1) / W) into `<stem>.shard-r-of-W.h5` and rank 0
 then writes `out` as HDF5 virtual datasets over the shards (feddf.cache.virtual.write_virtual_cache).
 """
@@ -471,32 +472,54 @@ def _generate(images, writer, *, name, device, lo, seed, plan, res, batch, group
             pred, conf = predict(labeler[0], u8)  # the audit's own labeler rule (feddf.audit.labeler)
         return u8, pred, conf
 
-    def write_loop():
-        # CPU: this thread also resizes/quantises (and runs the labeler), overlapping the next forward; torch ops
-        # release the GIL. CUDA: that work stays on the GPU; here we only wait for the async copy and write.
+    # CUDA: the main thread quantises on the device and the writer thread waits for the async copy, then writes.
+    # CPU: a third thread between them does the finite check, resize/uint8 and the labeler (torch/numpy release the
+    # GIL), so the forward, the quantisation and the writes overlap instead of the writer thread doing the last two
+    # (a near-free generator with gzip and one encoder: 57-61 000 -> 72 500 img/s; uncompressed unchanged at ~95 000,
+    # where the writer thread's own HDF5 calls are the limit; docs/benchmarks.md). FIFO queues: order and bytes are
+    # unchanged.
+    q_write: queue.Queue = q if cuda else queue.Queue(maxsize=QUEUE_DEPTH)
+
+    def prepare_loop():
         with torch.inference_mode():
             while True:
                 item = q.get()
                 if item is None:
+                    q_write.put(None)
                     return
                 if error:
                     continue  # keep draining so the producer never blocks on a dead consumer
                 try:
+                    _, x, labels, targets, _, _, _, span = item
+                    check_batch_finite(finite_flag(x), name, *span)  # before anything of the batch is written
+                    u8, pred, conf = finish_batch(x)
+                    q_write.put((None, u8, labels, targets, pred, conf, None, span))
+                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                    error.append(e)
+
+    def write_loop():
+        with torch.inference_mode():
+            while True:
+                item = q_write.get()
+                if item is None:
+                    return
+                if error:
+                    continue
+                try:
                     event, x, labels, targets, pred, conf, finite, span = item
                     if event is not None:
                         event.synchronize()  # the async device->host copy has landed (images and finite flag)
-                    else:
-                        finite = finite_flag(x)
-                    check_batch_finite(finite, name, *span)  # before anything of the batch is written
-                    if event is None:
-                        x, pred, conf = finish_batch(x)
+                        check_batch_finite(finite, name, *span)  # before anything of the batch is written
                     writer.append(x.numpy(), labels, targets, pred, conf)
                     bar.update(len(labels))
                 except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
                     error.append(e)
 
-    thread = threading.Thread(target=write_loop, name="feddf-cache-writer", daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=write_loop, name="feddf-cache-writer", daemon=True)]
+    if not cuda:
+        threads.append(threading.Thread(target=prepare_loop, name="feddf-quantise", daemon=True))
+    for t in threads:
+        t.start()
 
     if fast_step is not None:
         from feddf.generators.fast import fast_kernels
@@ -532,7 +555,8 @@ def _generate(images, writer, *, name, device, lo, seed, plan, res, batch, group
                 s, k = e, k + 1
         finally:
             q.put(None)
-            thread.join()
+            for t in threads[::-1]:  # the quantiser passes the end on to the writer
+                t.join()
             bar.close()
     if error:
         raise error[0]
