@@ -147,13 +147,15 @@ class _Student:
         self.active = True
         self.loss_sum = 0.0
         self.loss_n = 0
+        # bn="running": these BN layers go back to eval mode after every model.train() (validation toggles the mode):
+        # affine weights still learn, the statistics stay those the clients measured on real data (their FedAvg)
+        self.frozen_bn = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] \
+            if spec.bn == "running" else []
 
     def step(self, x, probs, const, spec: DistillSpec) -> None:
         self.model.train()
-        if spec.bn == "running":  # BN layers in eval mode: affine weights still learn, the statistics stay those
-            for m in self.model.modules():  # the clients measured on real data (FedAvg of their running stats)
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+        for m in self.frozen_bn:
+            m.eval()
         loss = distill_loss(self.model(x), probs, const, spec.temperature)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

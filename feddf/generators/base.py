@@ -268,7 +268,7 @@ def to_uint8(x, resolution: int):
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
     if x.device.type != "cpu":
         return ((x + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-    return torch.from_numpy(_quantize_blocks(x.contiguous().numpy()))
+    return torch.from_numpy(_quantize_blocks(x.detach().contiguous().numpy()))
 
 
 def _quantize_blocks(v):
