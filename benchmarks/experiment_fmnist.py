@@ -71,7 +71,10 @@ def summarise(run: Path, target: float, rounds: int | None = None) -> dict:
 
 # --ablation: name -> (transfer source, extra `feddf train` flags). Each lever alone on top of "gan-old" (the old
 # defaults, spelled out so the rows keep their meaning under today's defaults), then the new default (-bn) per source.
-OLD = ["--distill-bn", "train"]  # the recipe before session 5 (students' BN statistics re-estimated on the transfer set)
+OLD = ["--distill-bn", "train", "--logit-adjust", "0"]  # the recipe before session 5 (students' BN statistics
+#                                                          re-estimated on the transfer set, the plain ensemble)
+BN = ["--distill-bn", "running", "--logit-adjust", "0"]  # session 5's recipe: BN statistics kept, the plain ensemble
+NEW = ["--distill-bn", "running", "--logit-adjust", "1"]  # session 6: + the teachers' label-prior adjustment
 ABLATION = {
     "fedavg": (None, ["--aggregator", "fedavg"]),
     "real": ("public", OLD),
@@ -84,11 +87,15 @@ ABLATION = {
     "gan-sel-hard": ("gan", [*OLD, "--distill-select", "hard", "--select-fraction", "0.5"]),
     "gan-filter": ("filtered", OLD),
     "cgan": ("cgan", OLD),
-    # the new default (--distill-bn running), on each source, and one lever on top of it
-    "gan-bn": ("gan", ["--distill-bn", "running"]),
-    "real-bn": ("public", ["--distill-bn", "running"]),
-    "noise-bn": ("noise", ["--distill-bn", "running"]),
-    "gan-bn-fedavg": ("gan", ["--distill-bn", "running", "--ensemble-fedavg"]),
+    # session 5's default (--distill-bn running), on each source, and one lever on top of it
+    "gan-bn": ("gan", BN),
+    "real-bn": ("public", BN),
+    "noise-bn": ("noise", BN),
+    "gan-bn-fedavg": ("gan", [*BN, "--ensemble-fedavg"]),
+    # session 6's defaults (+ --logit-adjust 1) on each source
+    "gan-la": ("gan", NEW),
+    "real-la": ("public", NEW),
+    "noise-la": ("noise", NEW),
 }
 LABELER = ["train", "--dataset", "fashion-mnist", "--arch", "cnn", "--aggregator", "fedavg", "--clients", "1",
            "--fraction", "1", "--rounds", "1", "--local-epochs", "5", "--partition", "iid", "--augment", "none",

@@ -46,15 +46,16 @@ def main() -> None:
             str(gan_cache), "--quiet"])
     if not public_cache.exists():
         sh(["cache", "import", "fashion-mnist", "--split", "test[:5000]", "--out", str(public_cache)])
+    la0 = ["--logit-adjust", "0"]  # every FedDF row of this grid: the ensemble rule it was started with (session 5)
     methods = {
         "fedavg-fp32": ("FedAvg fp32", ["--aggregator", "fedavg"]),
         "fedavg-binary": ("FedAvg binary", ["--aggregator", "fedavg", "--client-precision", "binary"]),
         "feddf-binary-dcgan": ("FedDF binary + DCGAN", ["--aggregator", "feddf", "--client-precision", "binary",
-                                                        "--distill-source", str(gan_cache)]),
+                                                        "--distill-source", str(gan_cache), *la0]),
         "feddf-binary-real": ("FedDF binary + real test[:5000]", ["--aggregator", "feddf", "--client-precision",
-                                                                  "binary", "--distill-source", str(public_cache)]),
+                                                                  "binary", "--distill-source", str(public_cache), *la0]),
         "feddf-mixed-dcgan": ("FedDF fp32+binary + DCGAN", ["--aggregator", "feddf", "--client-precision",
-                                                           "fp32,binary", "--distill-source", str(gan_cache)]),
+                                                           "fp32,binary", "--distill-source", str(gan_cache), *la0]),
         "fedavg-mixed": ("FedAvg fp32+binary", ["--aggregator", "fedavg", "--client-precision", "fp32,binary"]),
     }
     keys = args.methods.split(",") if args.methods else list(methods)

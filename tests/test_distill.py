@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from feddf.data.synthetic import make
 from feddf.errors import FeddfError
@@ -240,3 +241,36 @@ def test_student_batchnorm_modes():
         learned = any(not torch.equal(m.weight.detach(), w0) for m, w0 in zip(bns, weight0))
         assert learned, bn
         assert moved == (bn == "train"), bn
+
+
+def test_label_prior_adjustment_is_tau_log_of_the_smoothed_prior():
+    from feddf.errors import FeddfError
+    from feddf.federated.teachers import label_prior_adjustment
+
+    adj = label_prior_adjustment([[3, 0, 1], [0, 0, 0]], 1.0)  # (3+1, 0+1, 1+1) / (4 + 3); an empty client: uniform
+    assert torch.allclose(adj, torch.log(torch.tensor([[4 / 7, 1 / 7, 2 / 7], [1 / 3, 1 / 3, 1 / 3]])))
+    assert torch.allclose(label_prior_adjustment([[3, 0, 1]], 0.5), 0.5 * adj[:1])
+    assert torch.equal(label_prior_adjustment([[3, 0, 1]], 0.0), torch.zeros(1, 3))
+    assert torch.isfinite(label_prior_adjustment([[10 ** 6, 0]], 1.0)).all()
+    with pytest.raises(FeddfError, match="label counts"):
+        label_prior_adjustment([3, 0, 1], 1.0)
+    with pytest.raises(FeddfError, match="label counts"):
+        label_prior_adjustment([[3, -1]], 1.0)
+
+
+def test_teacher_ensemble_subtracts_its_adjustment_in_every_rule():
+    """ens.adjust (T, K) is taken off every teacher's logits before the rule: a teacher biased towards a class by
+    +b on that logit, adjusted by b, teaches exactly what the unbiased teacher does."""
+    torch.manual_seed(0)
+    teachers = [nn.Sequential(nn.Flatten(), nn.Linear(12, 4)).eval() for _ in range(2)]
+    x = torch.randn(5, 3, 2, 2)
+    plain = TeacherEnsemble(teachers, fold_bn=False, channels_last=False)
+    raw = plain.logits(x)
+    bias = torch.tensor([[2.0, 0, 0, 0], [0, 0, -1.5, 0]])
+    for mode in ("avg-logits", "avg-probs", "avg-losses"):
+        ens = TeacherEnsemble(teachers, mode=mode, fold_bn=False, channels_last=False)
+        ens.adjust = bias
+        assert torch.allclose(ens.logits(x), raw - bias[:, None, :])
+        p, c = ens.target(x)
+        q, d = ensemble_target(raw - bias[:, None, :], mode, 1.0)
+        assert torch.allclose(p, q) and torch.allclose(c, d)

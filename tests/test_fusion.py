@@ -84,7 +84,7 @@ def test_ensemble_fedavg_adds_each_architectures_average_as_a_teacher(tmp_path, 
     from feddf.federated.teachers import ensemble_scores
     from feddf.federated.client import accuracy
 
-    cfg, task = _task(tmp_path, archs=["cnn", "resnet8"], aggregator="feddf", ensemble_fedavg=True)
+    cfg, task = _task(tmp_path, archs=["cnn", "resnet8"], aggregator="feddf", ensemble_fedavg=True, logit_adjust=0.0)
     server = {a: task.initial_state(a) for a in cfg.archs}
     ups = [u for u in _updates(cfg, task, server) if u.arch == "cnn"]
     res = fuse(1, cfg, task, get_aggregator("feddf"), server, ups, torch.device("cpu"))
@@ -92,3 +92,31 @@ def test_ensemble_fedavg_adds_each_architectures_average_as_a_teacher(tmp_path, 
     avg = task.new_model("cnn", weighted_average([u.model.state_dict() for u in ups], [u.n for u in ups]))
     logits = torch.stack([task.test_logits(m, "cpu") for m in [u.model for u in ups] + [avg]])
     assert res.metrics["ensemble_acc"] == accuracy(ensemble_scores(logits, cfg.ensemble), task.test_labels)
+
+
+def test_logit_adjust_subtracts_each_teachers_label_prior(tmp_path, fmnist_available):
+    """--logit-adjust: each client sends its label counts; the ensemble that teaches (and whose accuracy is
+    recorded) is the clients' logits minus tau * log of their smoothed label priors; the FedAvg teacher of
+    --ensemble-fedavg gets the pooled counts of the clients it averages; a client without counts is refused."""
+    import numpy as np
+    import pytest
+
+    from feddf.errors import FeddfError
+    from feddf.federated.client import accuracy
+    from feddf.federated.teachers import ensemble_scores, label_prior_adjustment
+
+    cfg, task = _task(tmp_path, arch="cnn", aggregator="feddf", alpha=0.1, logit_adjust=0.7, ensemble_fedavg=True)
+    server = {"cnn": task.initial_state("cnn")}
+    ups = _updates(cfg, task, server)
+    for u in ups:  # the counts are the client's own training labels
+        want = np.bincount(task.train_labels[task.client_indices[u.cid]].numpy(), minlength=10)
+        assert u.class_counts == want.tolist() and sum(u.class_counts) == u.n
+    res = fuse(1, cfg, task, get_aggregator("feddf"), server, ups, torch.device("cpu"))
+    avg = task.new_model("cnn", weighted_average([u.model.state_dict() for u in ups], [u.n for u in ups]))
+    counts = [u.class_counts for u in ups] + [np.sum([u.class_counts for u in ups], 0).tolist()]
+    adj = label_prior_adjustment(counts, 0.7)
+    logits = torch.stack([task.test_logits(m, "cpu") for m in [u.model for u in ups] + [avg]]) - adj[:, None, :]
+    assert res.metrics["ensemble_acc"] == accuracy(ensemble_scores(logits, cfg.ensemble), task.test_labels)
+    ups[1].class_counts = None
+    with pytest.raises(FeddfError, match="label counts"):
+        fuse(1, cfg, task, get_aggregator("feddf"), server, ups, torch.device("cpu"))

@@ -133,6 +133,26 @@ def test_cpu_quantizer_is_bit_identical_to_the_torch_formula():
     assert bool(finite_flag(torch.full((4, 8), 3e38)))  # the float32 sum overflows, every value is finite
 
 
+def test_fused_uint8_and_finite_check_equal_the_two_steps():
+    """to_uint8_checked (the CPU sampler's one pass) gives to_uint8's bytes and finite_flag's verdict: finite
+    batches, NaN or -inf in a later block, a finite overflow, a resize (the two-step path) and float64 input."""
+    from feddf.generators.base import finite_flag, to_uint8_checked
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(70, 3, 32, 32, generator=g)  # > 2 blocks of 32 images
+    cases = [x]
+    for bad in (float("nan"), float("-inf")):
+        y = x.clone()
+        y[65, 2, 5, 5] = bad  # in the last block
+        cases.append(y)
+    cases += [torch.full((40, 3, 32, 32), 3e38), x[:, :, :16, :16].contiguous(), x.double()]
+    for c in cases:
+        res = 32 if c.shape[-1] == 32 else 8
+        u8, ok = to_uint8_checked(c, res)
+        assert torch.equal(u8, to_uint8(c, res)) and bool(ok) == bool(finite_flag(c))
+    assert not bool(to_uint8_checked(cases[1], 32)[1]) and bool(to_uint8_checked(cases[3], 32)[1])
+
+
 # ---------------------------------------------------------------- DCGAN
 def test_dcgan_generator_matches_pytorch_examples_layout():
     g = Generator(100, 64, 3, 64)

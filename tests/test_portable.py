@@ -191,6 +191,16 @@ def test_fletcher32_equals_what_hdf5_stores(tmp_path, size):
         assert int.from_bytes(stored[-4:], "little") == codec.fletcher32(v.tobytes())
 
 
+def test_fletcher32_is_exact_past_the_uint32_column_sums():
+    """Chunks over 128 MiB (more than 65 536 rows of words) sum their columns in uint64: the all-0xFF worst case
+    equals the plain-integer definition (S1 = sum of words, S2 = sum of (n - i) * word_i, both folded)."""
+    n_words = 65537 * codec._ROW + 5
+    data = np.full(2 * n_words, 255, np.uint8)
+    s1 = 65535 * n_words
+    s2 = 65535 * n_words * (n_words + 1) // 2
+    assert codec.fletcher32(data) == (codec._fold(s2) << 16) | codec._fold(s1)
+
+
 def test_pipeline_encodes_what_hdf5_decodes(tmp_path):
     """shuffle + deflate + fletcher32 chunks written with write_direct_chunk read back through HDF5's filters; our
     shuffle is HDF5's; a chunk that does not shrink is stored raw with the compression bits masked."""

@@ -286,7 +286,7 @@ def test_conditional_dcgan_trains_and_loads_through_gen(tmp_path, fmnist_availab
 def test_help_lists_the_new_options():
     for cmd, opts in ((["gen"], ["--min-confidence", "--balance", "--oversample"]),
                       (["train"], ["--distill-select", "--select-fraction", "--distill-mixup", "--distill-bn",
-                                  "--ensemble-fedavg"]),
+                                  "--ensemble-fedavg", "--logit-adjust"]),
                       (["gan-train"], ["--conditional"])):
         r = CliRunner().invoke(main, [*cmd, "--help"])
         assert r.exit_code == 0 and all(o in r.output for o in opts), r.output
@@ -321,3 +321,23 @@ def test_distill_bn_option_default_and_old_runs():
     assert r.exit_code != 0 and "distill-bn" in r.output and "train, running" in r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
     assert "--distill-bn" in CliRunner().invoke(main, ["train", "--help"]).output
+
+
+def test_logit_adjust_option_default_and_old_runs():
+    """--logit-adjust: default 1, recorded in config.json; a negative or non-finite value gets one line; a run
+    folder from before the option (the plain ensemble) resumes only with --logit-adjust 0, and the refusal names it."""
+    import dataclasses
+
+    from feddf.federated.config import TrainConfig
+    from feddf.federated.setup import same_run
+
+    now = dataclasses.asdict(TrainConfig(distill_source="noise").resolved())
+    assert now["logit_adjust"] == 1.0
+    old = {k: v for k, v in now.items() if k != "logit_adjust"}
+    assert "logit_adjust: 0.0 -> 1.0" in same_run(old, now)
+    assert same_run(old, {**now, "logit_adjust": 0.0}) == ""
+    for bad, fix in (("-1", "0 = the paper"), ("nan", "finite")):
+        r = CliRunner().invoke(main, ["train", "--logit-adjust", bad, "--distill-source", "noise"])
+        assert r.exit_code == 1 and f"--logit-adjust {bad}" in r.output and fix in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1, r.output
+    assert "--logit-adjust" in CliRunner().invoke(main, ["train", "--help"]).output

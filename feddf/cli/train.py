@@ -79,6 +79,9 @@ OPTIONS = [
     _opt("--distill-lr", float, "Adam learning rate of the students (cosine-annealed)."),
     _opt("--temperature", float, "Distillation temperature T."),
     _opt("--ensemble", str, "avg-logits, avg-probs or avg-losses."),
+    _opt("--logit-adjust", float, "Subtract TAU x log(label prior of its client) from each teacher's logits, so "
+         "label-skewed clients do not outvote the classes they rarely saw (1 = default; 0 = the paper's plain "
+         "ensemble). Clients send their label counts with their models.", metavar="TAU"),
     _opt("--patience", int, "Stop distilling after this many steps without a validation improvement."),
     _opt("--eval-every", int, "Validate the students every N steps.", metavar="N"),
     _flag("--ensemble-fedavg/--no-ensemble-fedavg", "Add each architecture's FedAvg model to the teachers (as "

@@ -65,6 +65,7 @@ class TrainConfig:
     distill_lr: float = 1e-3              # paper: student_learning_rate 1e-3 (Adam, cosine annealing)
     temperature: float = 1.0              # paper: KL temperature 1
     ensemble: str = "avg-logits"          # paper: update_student_scheme=avg_logits
+    logit_adjust: float = 1.0             # teachers' logits minus tau * log(their client's label prior); 0 = paper
     eval_every: int = 100                 # paper: eval_batches_freq=100
     patience: int = 1000                  # paper: early_stopping_server_batches=1000
     drop_worst: bool = False              # paper: server_teaching_scheme=drop_worst
@@ -189,6 +190,8 @@ class TrainConfig:
             bad("distill-select", repr(self.distill_select), f"choose one of {', '.join(SELECTIONS)}")
         check_range("--select-fraction", self.select_fraction, lo=0, hi=1, lo_open=True,
                     fix="the kept share of each round's transfer set, e.g. 0.5")
+        check_range("--logit-adjust", self.logit_adjust, lo=0,
+                    fix="tau of the teachers' label-prior adjustment: 1 (default), 0 = the paper's plain ensemble")
         check_range("--distill-mixup", self.distill_mixup, lo=0, fix="the Beta(a, a) parameter; 0 = off, e.g. 1.0")
         if self.prefetch < 0 or self.source_memory_mb < 0:
             bad("prefetch/source-memory-mb", f"{self.prefetch}/{self.source_memory_mb}", "must be >= 0")

@@ -50,6 +50,7 @@ class ClientUpdate:
     upload_bytes: int = 0
     download_bytes: int = 0
     payload: bytes | None = None    # the encoded upload (precision.encode); what a Flower node puts on the wire
+    class_counts: list[int] | None = None  # its training labels per class, sent with the model (--logit-adjust)
 
 
 def sample_clients(cfg: TrainConfig, r: int) -> list[int]:
@@ -79,7 +80,24 @@ def client_step(cfg: TrainConfig, task, r: int, k: int, state: dict, device,
                 gen, device, progress=progress, hooks=hooks)
     upload = prec.encode(model.state_dict(), p, hooks.codes if hooks is not None else None)
     received = task.new_model(arch, prec.decode(upload)[1]).to(device)
-    return ClientUpdate(k, arch, received, len(idx), p, len(upload), len(prec.encode(state, "fp32")), upload)
+    counts = torch.bincount(task.train_labels[idx], minlength=task.info.num_classes).tolist()
+    return ClientUpdate(k, arch, received, len(idx), p, len(upload), len(prec.encode(state, "fp32")), upload, counts)
+
+
+def teacher_adjustment(cfg: TrainConfig, task, teachers_counts: list) -> torch.Tensor | None:
+    """(T, K) label-prior adjustment of the teachers (teachers.label_prior_adjustment) from each one's class counts,
+    or None with --logit-adjust 0. A teacher without counts (a client that did not send them) is refused: adjusting
+    the others only would bias the ensemble towards it."""
+    from feddf.errors import FeddfError
+    from feddf.federated.teachers import label_prior_adjustment
+
+    if not cfg.logit_adjust:
+        return None
+    k = task.info.num_classes
+    if any(c is None or len(c) != k for c in teachers_counts):
+        raise FeddfError(f"--logit-adjust {cfg.logit_adjust:g} needs every client's {k} label counts with its model "
+                         "(a client sent none: update its feddf, or pass --logit-adjust 0)")
+    return label_prior_adjustment(teachers_counts, cfg.logit_adjust)
 
 
 @dataclasses.dataclass
@@ -111,10 +129,18 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
                   "distilled": None}
 
     teachers = [clients[i].model for i in keep_teach]
+    counts = [clients[i].class_counts for i in keep_teach]
     if cfg.ensemble_fedavg and teachers:  # FedBE-style: each architecture's FedAvg model teaches next to the clients
-        teachers += [task.new_model(a, fedavg_states[a]).to(device) for a in cfg.archs
-                     if any(clients[i].arch == a for i in keep_avg)]
+        for a in cfg.archs:
+            members = [clients[i] for i in keep_avg if clients[i].arch == a]
+            if members:  # its label prior: that of the data it averages over
+                teachers.append(task.new_model(a, fedavg_states[a]).to(device))
+                counts.append(None if any(m.class_counts is None for m in members)
+                              else np.sum([m.class_counts for m in members], 0).tolist())
+    adjust = teacher_adjustment(cfg, task, counts) if teachers else None
     test_logits = torch.stack([task.test_logits(t, device) for t in teachers]) if teachers else None
+    if adjust is not None:
+        test_logits = test_logits - adjust[:, None, :]  # the ensemble as it teaches: (T, N, K) - (T, 1, K)
     ensemble_acc = accuracy(ensemble_scores(test_logits, cfg.ensemble), task.test_labels) if teachers else None
 
     # ---- FedDF: distil the ensemble into every architecture's FedAvg model -----------------------------------
@@ -127,6 +153,7 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
         ens = TeacherEnsemble(teachers, mode=cfg.ensemble, temperature=cfg.temperature,
                               precision=resolve_precision(cfg.teacher_precision, device), compile=cfg.compile_teachers,
                               batched="auto" if torch.device(device).type == "cuda" else False, device=device)
+        ens.adjust = adjust
         batches, cache = task.distill_batches(cfg, seed_of(cfg.seed, r, 3), device)
         dspec = DistillSpec(cfg.distill_steps, cfg.distill_lr, cfg.temperature, cfg.eval_every, cfg.patience,
                             prefetch=cfg.prefetch, bn=cfg.distill_bn)

@@ -13,6 +13,12 @@ Ensemble rules (`--ensemble`, the paper code's `update_student_scheme`); z_i = t
               per-sample constant: same gradient, and only one KL per step instead of one per teacher.
 The loss is F.kl_div(log_softmax(s / T), p, 'batchmean') as in the paper code (no T^2 factor).
 
+Label-prior adjustment (`--logit-adjust tau`, `label_prior_adjustment`): before any rule, teacher i's logits become
+z_i - tau * log pi_i, pi_i its client's Laplace-smoothed label distribution ((n_ic + 1) / (n_i + K)). A client
+trained on a label-skewed split computes p_i(c|x) ~ p(x|c) pi_i(c); removing log pi_i leaves its evidence for c with
+a uniform prior (logit adjustment, Menon et al. 2021), so under strong non-iid the classes a client rarely saw are
+no longer outvoted by each client's own majority classes. tau = 0 is the paper's plain rule.
+
 Speed (CPU; see benchmarks/bench_distill.py): the client models never change during a round, so each teacher is
 prepared once: a deep copy in eval mode with frozen weights, BatchNorm folded into the preceding convolution
 (torch.fx `fuse`), channels_last memory format, optionally bfloat16 weights (`precision='bf16'`, on CPUs with
@@ -47,6 +53,16 @@ def resolve_precision(name: str, device: torch.device | str = "cpu") -> str:
     except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
         native = False
     return "bf16" if native else "fp32"
+
+
+def label_prior_adjustment(counts, tau: float) -> torch.Tensor:
+    """Per-teacher class counts (T, K) -> the (T, K) float32 term tau * log((n_ic + 1) / (n_i + K)) to subtract from
+    teacher i's logits (module docstring). Every row is finite: a class a client never saw gets log(1 / (n_i + K))."""
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    if n.dim() != 2 or (n < 0).any():
+        raise FeddfError(f"label counts must be a (teachers, classes) array of counts >= 0, got shape {tuple(n.shape)}")
+    prior = (n + 1.0) / (n.sum(1, keepdim=True) + n.shape[1])
+    return (float(tau) * torch.log(prior)).float()
 
 
 def _weights(n: int, weights: Sequence[float] | None, like: torch.Tensor) -> torch.Tensor:
@@ -135,6 +151,7 @@ class TeacherEnsemble:
         self.dtype = PRECISIONS[precision]
         self.channels_last = channels_last
         self.weights: list[float] | None = None
+        self.adjust: torch.Tensor | None = None  # (T, K) subtracted from the logits (label_prior_adjustment)
         self._fns = self._build(list(models), fold_bn, channels_last, precision, compile, batched)
 
     def _build(self, models, fold_bn, channels_last, precision, compile, batched) -> list[Callable]:
@@ -187,6 +204,8 @@ class TeacherEnsemble:
             out = torch.cat([fn(layout).float() for fn in self._fns], 0)
             if self.order != sorted(self.order):
                 out = out[torch.argsort(torch.tensor(self.order, device=out.device))]
+            if self.adjust is not None:  # (T, K) -> broadcast over the batch: (T, 1, K)
+                out = out - self.adjust.to(out.device)[:, None, :]
         return out.clone()  # a normal tensor: inference tensors cannot be saved for the student's backward
 
     def target(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,9 +107,11 @@ class FedDF(FedAvg):
             blob = payload_from_record(got[k].content[self.arrayrecord_key])
             precision, state = decode(blob)  # exact: a binarised teacher computes with the client's own weights
             state = {name: v.to(self.server[arch][name].dtype) for name, v in state.items()}
-            n = int(got[k].content["metrics"]["num-examples"])
+            reply = got[k].content["metrics"]
+            n = int(reply["num-examples"])
+            counts = [int(c) for c in reply["class-counts"]] if "class-counts" in reply else None
             updates.append(ClientUpdate(k, arch, self.task.new_model(arch, state).to(self.device), n, precision,
-                                        len(blob), self._download_bytes[arch]))
+                                        len(blob), self._download_bytes[arch], class_counts=counts))
         t1 = time.perf_counter()
         fused = fuse(server_round, self.cfg, self.task, self.agg, self.server, updates, self.device, phase=self.phase)
         self.server.update(fused.server)

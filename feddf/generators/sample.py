@@ -455,7 +455,8 @@ def _generate(images, writer, *, name, device, lo, seed, plan, res, batch, group
     from tqdm import tqdm
 
     from feddf.audit.labeler import predict
-    from feddf.generators.base import check_batch_finite, finite_flag, invariant_kernels, to_uint8
+    from feddf.generators.base import (check_batch_finite, finite_flag, invariant_kernels, to_uint8,
+                                       to_uint8_checked)
 
     first, end = writer.committed, writer.n
     cuda = device.type == "cuda"
@@ -491,8 +492,12 @@ def _generate(images, writer, *, name, device, lo, seed, plan, res, batch, group
                     continue  # keep draining so the producer never blocks on a dead consumer
                 try:
                     _, x, labels, targets, _, _, _, span = item
-                    check_batch_finite(finite_flag(x), name, *span)  # before anything of the batch is written
-                    u8, pred, conf = finish_batch(x)
+                    if x.dtype == torch.uint8:  # fast mode quantised it already
+                        u8, finite = x, finite_flag(x)
+                    else:  # the uint8 step and the finite check in one pass over the batch
+                        u8, finite = to_uint8_checked(x, res)
+                    check_batch_finite(finite, name, *span)  # before anything of the batch is written
+                    u8, pred, conf = finish_batch(u8)
                     q_write.put((None, u8, labels, targets, pred, conf, None, span))
                 except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
                     error.append(e)
