@@ -4,7 +4,8 @@
 
 Grid: alpha x seeds x {FedAvg fp32, FedAvg binary, FedDF binary + DCGAN cache, FedDF binary + real test[:5000],
 FedDF fp32+binary (half the clients each, client i gets [fp32, binary][i * 2 // 20]) + DCGAN, and FedAvg over
-that mixed federation}; the settings of
+that mixed federation}, FedDF with today's defaults (--logit-adjust 1); the -la0 methods are the two DCGAN FedDF
+rows with the plain ensemble (--logit-adjust 0, session 5's FedDF). The settings of
 benchmarks/experiment_fmnist.py (20 clients, C = 0.4, `cnn`, no augmentation, evaluation on test[5000:]) unless
 overridden (--rounds, --local-epochs, --train-limit for a reduced grid). Every run is a real resumable `feddf train`
 subprocess. Reports mean ± std over seeds of final / best test accuracy and the mean upload MB per round (the sum of
@@ -46,17 +47,24 @@ def main() -> None:
             str(gan_cache), "--quiet"])
     if not public_cache.exists():
         sh(["cache", "import", "fashion-mnist", "--split", "test[:5000]", "--out", str(public_cache)])
-    la0 = ["--logit-adjust", "0"]  # every FedDF row of this grid: the ensemble rule it was started with (session 5)
+    la = ["--logit-adjust", "1"]  # the FedDF rows: today's default ensemble rule, spelled out
+    la0 = ["--logit-adjust", "0"]  # the -la0 rows: the plain ensemble (session 5's FedDF), for the ablation
+    feddf = ["--aggregator", "feddf"]
     methods = {
         "fedavg-fp32": ("FedAvg fp32", ["--aggregator", "fedavg"]),
         "fedavg-binary": ("FedAvg binary", ["--aggregator", "fedavg", "--client-precision", "binary"]),
-        "feddf-binary-dcgan": ("FedDF binary + DCGAN", ["--aggregator", "feddf", "--client-precision", "binary",
-                                                        "--distill-source", str(gan_cache), *la0]),
-        "feddf-binary-real": ("FedDF binary + real test[:5000]", ["--aggregator", "feddf", "--client-precision",
-                                                                  "binary", "--distill-source", str(public_cache), *la0]),
-        "feddf-mixed-dcgan": ("FedDF fp32+binary + DCGAN", ["--aggregator", "feddf", "--client-precision",
-                                                           "fp32,binary", "--distill-source", str(gan_cache), *la0]),
+        "feddf-binary-dcgan": ("FedDF binary + DCGAN", [*feddf, "--client-precision", "binary",
+                                                        "--distill-source", str(gan_cache), *la]),
+        "feddf-binary-real": ("FedDF binary + real test[:5000]", [*feddf, "--client-precision", "binary",
+                                                                  "--distill-source", str(public_cache), *la]),
+        "feddf-mixed-dcgan": ("FedDF fp32+binary + DCGAN", [*feddf, "--client-precision", "fp32,binary",
+                                                           "--distill-source", str(gan_cache), *la]),
         "fedavg-mixed": ("FedAvg fp32+binary", ["--aggregator", "fedavg", "--client-precision", "fp32,binary"]),
+        "feddf-binary-dcgan-la0": ("FedDF binary + DCGAN, plain ensemble", [*feddf, "--client-precision", "binary",
+                                                                            "--distill-source", str(gan_cache), *la0]),
+        "feddf-mixed-dcgan-la0": ("FedDF fp32+binary + DCGAN, plain ensemble",
+                                  [*feddf, "--client-precision", "fp32,binary", "--distill-source", str(gan_cache),
+                                   *la0]),
     }
     keys = args.methods.split(",") if args.methods else list(methods)
     limit = (["--train-limit", str(args.train_limit)] if args.train_limit else []) + \
