@@ -204,9 +204,10 @@ def test_folder_and_npz_datasets_give_the_named_accuracies(fmnist_available, tmp
         "folder": feddf.train(dataset=f"folder:{tmp_path / 'fm'}", out=str(tmp_path / "folder"), **common),
         "npz": feddf.train(dataset=f"npz:{tmp_path / 'fm.npz'}", out=str(tmp_path / "npz"), **common),
     }
-    keys = ("acc", "ensemble_acc", "best_step", "val_acc")
+    keys = ("acc", "ensemble_acc", "best_step", "val_acc", "val_history", "distill_steps")
     ref = {k: runs["named"]["final"][k] for k in keys}
-    assert ref["acc"]["cnn"]["fedavg"] > 0.2 and ref["best_step"]["cnn"] > 0  # real training and distillation
+    # real training and distillation (whether a step beat the FedAvg start on validation is the data's business)
+    assert ref["acc"]["cnn"]["fedavg"] > 0.2 and ref["distill_steps"]["cnn"] > 0 and len(ref["val_history"]["cnn"]) > 1
     for name in ("folder", "npz"):
         assert {k: runs[name]["final"][k] for k in keys} == ref, name
         cfg = json.loads((tmp_path / name / "config.json").read_text())
