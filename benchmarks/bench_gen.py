@@ -8,8 +8,9 @@ with --sink, the writer itself: `feddf gen` of a near-free generator vs writing 
     .venv/bin/python benchmarks/bench_gen.py --sink --n-sink 131072 --workers 1,2   # writer throughput (ratio)
 
 Sink mode: a TorchScript generator z (B, 8) -> clamp(z @ P) as (B, 3, 32, 32), P eight fixed smooth patterns, costs
-~1 us per image, so `feddf gen` (the real CLI in a subprocess: noise, forward, uint8, the writer's encoder pool, chunk
-writes, commits, fsync) runs at the writer's speed. For each compression (default gzip, none)
+~1.5 us per image alone, so `feddf gen` (the real CLI in a subprocess: noise, forward, uint8, the writer's encoder
+pool, chunk writes, commits, fsync) measures the sampler's pipeline, not the generator (a copy-only sink gives the
+same figure; docs/benchmarks.md, "Writer, session 6"). For each compression (default gzip, none)
 and each --workers it reports the CLI's img/s with process start included (`cli_img_s`) and gen's own figure from the
 open cache to the finished, fsynced one (`img_s`). The baseline, in the same run: the same uint8 images written with
 numpy.ndarray.tofile to the same folder (`tofile_img_s`; with an fsync too: `tofile_fsync_img_s`, since a finished

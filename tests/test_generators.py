@@ -151,6 +151,8 @@ def test_fused_uint8_and_finite_check_equal_the_two_steps():
         u8, ok = to_uint8_checked(c, res)
         assert torch.equal(u8, to_uint8(c, res)) and bool(ok) == bool(finite_flag(c))
     assert not bool(to_uint8_checked(cases[1], 32)[1]) and bool(to_uint8_checked(cases[3], 32)[1])
+    u8 = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)  # fast mode's own uint8: passed through, finite
+    assert to_uint8_checked(u8, 32)[0] is u8 and bool(to_uint8_checked(u8, 32)[1])
 
 
 # ---------------------------------------------------------------- DCGAN

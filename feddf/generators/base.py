@@ -274,9 +274,12 @@ def to_uint8(x, resolution: int):
 def to_uint8_checked(x, resolution: int):
     """(to_uint8(x, resolution), finite_flag(x)) in one go: on CPU without a resize the finite check is a float32
     sum of each block while the uint8 step has it in cache (~0.2 instead of ~1 us per 3x32x32 image); a non-finite
-    (or overflowing) block sum falls back to the exact check, as in finite_flag."""
+    (or overflowing) block sum falls back to the exact check, as in finite_flag. uint8 input (fast mode's own
+    quantisation) is returned as it is, finite."""
     import torch
 
+    if x.dtype == torch.uint8:
+        return x, torch.ones((), dtype=torch.bool)
     if x.device.type != "cpu" or x.dtype != torch.float32 or tuple(x.shape[-2:]) != (resolution, resolution):
         return to_uint8(x, resolution), finite_flag(x)
     v = x.detach().contiguous().numpy()

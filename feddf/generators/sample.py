@@ -492,10 +492,7 @@ def _generate(images, writer, *, name, device, lo, seed, plan, res, batch, group
                     continue  # keep draining so the producer never blocks on a dead consumer
                 try:
                     _, x, labels, targets, _, _, _, span = item
-                    if x.dtype == torch.uint8:  # fast mode quantised it already
-                        u8, finite = x, finite_flag(x)
-                    else:  # the uint8 step and the finite check in one pass over the batch
-                        u8, finite = to_uint8_checked(x, res)
+                    u8, finite = to_uint8_checked(x, res)  # the uint8 step and the finite check in one pass
                     check_batch_finite(finite, name, *span)  # before anything of the batch is written
                     u8, pred, conf = finish_batch(u8)
                     q_write.put((None, u8, labels, targets, pred, conf, None, span))
