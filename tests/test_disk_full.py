@@ -95,7 +95,7 @@ WRITER = textwrap.dedent("""
     x = np.random.default_rng(0).integers(0, 256, (2000, 3, 32, 32), dtype=np.uint8)
     try:
         with CacheWriter(path, n=2000, channels=3, resolution=32, attrs={"kind": "imported", "source": "t"},
-                         num_labels=10, compression="none", workers=2) as w:
+                         num_labels=10, compression="none", workers=2, commit_every=1) as w:
             start, filled = w.committed, filler == "-"
             for i in range(start, 2000, 256):
                 w.append(x[i:i + 256], np.arange(i, min(i + 256, 2000)) % 10)

@@ -44,7 +44,7 @@ CHILD = textwrap.dedent("""
     from feddf.cache.writer import CacheWriter
     path, n, chunk, step, sleep, die_after = sys.argv[1], *map(int, sys.argv[2:5]), float(sys.argv[5]), int(sys.argv[6])
     w = CacheWriter(path, n=n, channels=C, resolution=R, attrs={{"kind": "imported", "source": "test"}},
-                    num_labels=3, chunk=chunk)
+                    num_labels=3, chunk=chunk, commit_every=int(os.environ.get("COMMIT_EVERY", "1")))
     print("start", w.committed, flush=True)
     i = w.committed
     while i < n:
@@ -64,11 +64,12 @@ def child(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(tests=os.path.dirname(__file__)))
 
-    def run(path, n, chunk, step, sleep=0.0, die_after=0, wait=True):
+    def run(path, n, chunk, step, sleep=0.0, die_after=0, wait=True, commit_every=1):
         args = [sys.executable, str(script), str(path), str(n), str(chunk), str(step), str(sleep), str(die_after)]
+        env = {**os.environ, "COMMIT_EVERY": str(commit_every)}
         if wait:
-            return subprocess.run(args, capture_output=True, text=True, timeout=120)
-        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            return subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     return run
 
@@ -156,6 +157,65 @@ def test_kill9_after_commit_then_resume(tmp_path, child):
             np.testing.assert_array_equal(a[k][()], b[k][()])
         assert bool(a.attrs["complete"])
     h5py.File(p, "r").close()  # and plain opens work again
+
+
+def test_commits_group_blocks_and_flush_commits_the_rest(tmp_path, monkeypatch):
+    """Blocks are stored one by one but /committed moves once per commit_every blocks (or COMMIT_SECONDS), and
+    flush() commits whatever is stored; coverage always matches /committed."""
+    from feddf.cache import blocks
+
+    monkeypatch.setattr(blocks, "COMMIT_SECONDS", 1e9)  # the count bound alone
+    p = tmp_path / "g.h5"
+    seen = []
+    with CacheWriter(p, n=40, channels=C, resolution=R, attrs={"kind": "imported", "source": "t"}, num_labels=3,
+                     chunk=5, commit_every=3, workers=1) as w:
+        for i in range(0, 35, 5):
+            w.append(pattern(i, i + 5), labels_of(i, i + 5))
+            seen.append(w.committed)
+        w.flush()
+        seen.append(w.committed)
+        with open_h5_read(p) as f:
+            assert int(f[fmt.COMMITTED][()]) == 35
+            np.testing.assert_array_equal(f[fmt.LABEL_COUNTS][()], np.bincount(labels_of(0, 35), minlength=3))
+        w.append(pattern(35, 40), labels_of(35, 40))
+        w.finish()
+    # a block is stored once more than 2 are in flight (workers=1): stored 5, 10, 15 (commit), 20, 25; flush -> 35
+    assert seen == [0, 0, 0, 0, 15, 15, 15, 35], seen
+    monkeypatch.setattr(blocks, "COMMIT_SECONDS", 0.0)  # the time bound alone: every stored block commits
+    q = tmp_path / "t.h5"
+    with CacheWriter(q, n=40, channels=C, resolution=R, attrs={"kind": "imported", "source": "t"}, num_labels=3,
+                     chunk=5, commit_every=1000, workers=1) as w:
+        for i in range(0, 40, 5):
+            w.append(pattern(i, i + 5), labels_of(i, i + 5))
+            assert w.committed % 5 == 0 and w.committed >= i - 10  # at most 2 blocks in flight, none stored-only
+        w.finish()
+
+
+def test_default_commit_group_is_8_mib_of_images(tmp_path):
+    w = CacheWriter(tmp_path / "d.h5", n=10_000, channels=3, resolution=32, attrs={"kind": "imported", "source": "t"},
+                    num_labels=0)
+    try:
+        assert w.chunk == 341 and w.commit_every == (8 << 20) // (341 * 3 * 32 * 32) == 8
+    finally:
+        w.close()
+
+
+def test_kill9_inside_a_commit_group_then_resume(tmp_path, child):
+    """Killed with blocks stored after the last commit: those are redone, the result is the uninterrupted cache."""
+    p = tmp_path / "g.h5"
+    r = child(p, 60, 5, 5, die_after=15, commit_every=3)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    with open_h5_read(p) as f:
+        c = int(f[fmt.COMMITTED][()])
+        assert c % 15 == 0 and 15 <= c < 60
+        np.testing.assert_array_equal(f[fmt.IMAGES][:c], pattern(0, c))
+    assert child(p, 60, 5, 5, commit_every=3).returncode == 0
+    ref = tmp_path / "ref.h5"
+    write_all(ref, 60, chunk=5, step=7)
+    with open_h5_read(p) as a, open_h5_read(ref) as b:
+        for k in (fmt.IMAGES, fmt.LABELS, fmt.LABEL_COUNTS, fmt.COMMITTED):
+            np.testing.assert_array_equal(a[k][()], b[k][()])
+        assert bool(a.attrs["complete"])
 
 
 def test_kill9_at_random_moments_then_resume(tmp_path, child):

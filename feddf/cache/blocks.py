@@ -4,20 +4,27 @@
 
 A block (the images of one chunk) goes: _commit (the writer thread: gather the rows into whole-chunk arrays) -> the
 pool (codec.Pipeline.encode: shuffle/deflate/fletcher32; zlib and numpy release the GIL) -> _retire, in block order,
-on the writer thread again: write_direct_chunk every per-image array, coverage, flush, /committed, flush. So chunk
-order, file layout and bytes do not depend on the number of workers, and the commit protocol is the writer's
-(feddf.cache.writer, docs/cache-format.md). Any error is fatal (self.failed): nothing more is written and the cache
+on the writer thread again: write_direct_chunk every per-image array. Stored blocks are committed together (coverage,
+flush, /committed, flush) once `commit_every` blocks (default: COMMIT_BYTES of images) or COMMIT_SECONDS have gone
+by since the last commit, and always by flush()/finish(): those four HDF5 calls per ~1 MiB chunk had cost ~15% of an uncompressed `feddf gen`
+(docs/benchmarks.md, "Writer, session 7"). So chunk order, file layout and bytes do not depend on the number of
+workers or on the timing, and the commit protocol is the writer's (feddf.cache.writer, docs/cache-format.md). Any error is fatal (self.failed): nothing more is written and the cache
 is never marked complete. A mixin: CacheWriter owns the state it uses (_f, _ds, _codecs, _counts, _pending, chunk,
-workers, committed, path; see CacheWriter.__init__ and _open_rw).
+workers, commit_every, committed, path; see CacheWriter.__init__ and _open_rw).
 """
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
 from feddf.cache import format as fmt
 from feddf.errors import FeddfError
+
+
+COMMIT_BYTES = 8 << 20  # images stored between two commits, at most (a kill -9 redoes at most this much)
+COMMIT_SECONDS = 0.25  # ... or this long: a slow generator (BigGAN on CPU) still commits every chunk
 
 
 class _Done:
@@ -39,8 +46,8 @@ class BlockPipeline:
 
     @property
     def committed_queued(self) -> int:
-        """Images handed to the pipeline (committed once their block retires)."""
-        return self._inflight[-1][1] if self._inflight else self.committed
+        """Images handed to the pipeline (committed once their block is stored and a commit follows)."""
+        return self._inflight[-1][1] if self._inflight else self._stored
 
     def _commit(self, m: int) -> None:
         """Queue the first m pending images, [committed_queued, + m), as one block; retire the oldest blocks while
@@ -87,9 +94,9 @@ class BlockPipeline:
         return buf
 
     def _retire(self) -> None:
-        """Store and commit the oldest in-flight block."""
+        """Store the oldest in-flight block; commit what is stored when a commit is due (see the module docstring)."""
         s, e, fut, counts, via_hdf5 = self._inflight[0]
-        f, ds = self._f, self._ds
+        ds = self._ds
         try:
             encoded = fut.result()
             c0 = s // self.chunk * self.chunk
@@ -97,15 +104,30 @@ class BlockPipeline:
                 ds[name].id.write_direct_chunk((c0, 0, 0, 0) if name == fmt.IMAGES else (c0,), data, mask)
             for name, v in via_hdf5.items():  # filters only h5py has (lzf): HDF5 encodes them on this thread
                 ds[name][s:e] = v
-            for name, v in counts.items():
+        except BaseException as err:
+            self._fail(err)
+        self._inflight.popleft()
+        self._stored, self._stored_counts = e, counts
+        if e - self.committed >= self.commit_every * self.chunk or \
+                time.monotonic() - self._committed_at >= COMMIT_SECONDS:
+            self._commit_stored()
+
+    def _commit_stored(self) -> None:
+        """Commit every stored block: coverage, flush (data and coverage reach the file first), /committed, flush."""
+        e = self._stored
+        if e <= self.committed:
+            return
+        f, ds = self._f, self._ds
+        try:
+            for name, v in self._stored_counts.items():
                 ds[name][...] = v
-            f.flush()  # data + coverage reach the file before the commit counter moves
+            f.flush()
             ds[fmt.COMMITTED][()] = e
             f.flush()
         except BaseException as err:
             self._fail(err)
-        self._inflight.popleft()
         self.committed = e
+        self._committed_at = time.monotonic()
 
     def _fail(self, err: BaseException) -> None:
         """A write (or encode) failed: stop the pipeline for good and raise one line (or re-raise Ctrl-C)."""
@@ -135,4 +157,5 @@ class BlockPipeline:
     def _drain(self) -> None:
         while self._inflight:
             self._retire()
+        self._commit_stored()
 

@@ -11,8 +11,9 @@ Use: `with CacheWriter(path, n=..., channels=..., resolution=..., attrs=..., num
 How crash safety works (docs/cache-format.md has the contract):
 - A fresh cache is built under a temp name and renamed into place, so `path` is never a half-made file.
 - All datasets are allocated at creation (fixed shape, so HDF5 uses a fixed-array chunk index, which SWMR supports).
-- A block = the images of one chunk. Commit: write images/labels/targets/labeler data + coverage, flush, and only then
-  advance `/committed` and flush again. Readers and resumes never look past `/committed`.
+- A block = the images of one chunk. Blocks are stored (images/labels/targets/labeler data) in order; a commit of the
+  stored blocks (every 8 MiB of images or 1 s, and at flush/finish) writes the coverage, flushes, and only then
+  advances `/committed` and flushes again. Readers and resumes never look past `/committed`.
 - The file is written in SWMR mode, whose ordered metadata flushes keep the file readable at every instant, so the
   state a kill -9 freezes is readable. HDF5 then refuses to re-open it for writing ("file is already open for write")
   because of superblock status flags; we hold an OS lock (`.<name>.lock`, flock, dropped by the kernel when the process
@@ -27,6 +28,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ import numpy as np
 
 from feddf.cache import format as fmt
 from feddf.cache import replace
-from feddf.cache.blocks import BlockPipeline
+from feddf.cache.blocks import COMMIT_BYTES, BlockPipeline
 from feddf.cache.codec import Pipeline, deflate_encoder
 from feddf.cache.superblock import clear_write_flags, is_hdf5
 from feddf.errors import FeddfError
@@ -122,14 +124,16 @@ class CacheWriter(BlockPipeline):
     so a failed or interrupted run leaves the old cache byte-identical. defer_swap=True (torchrun shards): finish()
     leaves the complete replacement staged in `self.staged` = (staged path, target) for the caller to swap. A file
     at `path` that is not a feddf cache is never touched.
-    chunk: images per HDF5 chunk = per commit block (default: about 1 MiB of images, format.chunk_images).
+    chunk: images per HDF5 chunk = per block (default: about 1 MiB of images, format.chunk_images).
+    commit_every: blocks per commit at most (default: 8 MiB of images, feddf.cache.blocks.COMMIT_BYTES); a commit
+    also happens after 1 s and at every flush()/finish(). 1 commits every block (the crash tests use it).
     """
 
     def __init__(self, path: str | os.PathLike, *, n: int, channels: int, resolution: int,
                  attrs: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
                  num_labels: int = 0, num_targets: int = 0, labeler_classes: int = 0,
                  compression: str | None = DEFAULT_COMPRESSION, chunk: int | None = None, force: bool = False,
-                 defer_swap: bool = False, workers: int | None = None):
+                 defer_swap: bool = False, workers: int | None = None, commit_every: int | None = None):
         if n <= 0:
             raise FeddfError(f"cache size n={n} must be positive")
         self.path = Path(path)
@@ -141,6 +145,9 @@ class CacheWriter(BlockPipeline):
         if workers is not None and workers < 1:
             raise FeddfError(f"--workers {workers} must be >= 1")
         self.workers = int(workers or default_workers())
+        if commit_every is not None and commit_every < 1:
+            raise ValueError(f"commit_every={commit_every} must be >= 1")
+        self._commit_every = commit_every
         attrs = dict(attrs or {})
         base_identity = identity if identity is not None else {k: v for k, v in attrs.items() if k not in ("created",)}
         from feddf.utils import to_jsonable
@@ -272,10 +279,14 @@ class CacheWriter(BlockPipeline):
             self.complete = bool(f.attrs.get("complete", False))
             self.committed = int(f[fmt.COMMITTED][()])
             shape, chunks = f[fmt.IMAGES].shape, f[fmt.IMAGES].chunks
+        # the block pipeline's state (feddf.cache.blocks): stored = committed until blocks are stored after it
+        self._stored, self._stored_counts, self._committed_at = self.committed, {}, time.monotonic()
+        self._image_bytes = self.channels * self.resolution * self.resolution
         if shape != (self.n, self.channels, self.resolution, self.resolution):
             raise FeddfError(f"{self.path}: images have shape {shape}, expected "
                              f"{(self.n, self.channels, self.resolution, self.resolution)}; use --force")
         self.chunk = int(chunks[0]) if chunks else self.chunk
+        self.commit_every = self._commit_every or max(1, COMMIT_BYTES // (self.chunk * self._image_bytes))
         self._counts = {name: np.zeros(size, dtype) for name, size, dtype in self._coverage_specs()}
         if self.complete:
             return
