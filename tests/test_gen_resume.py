@@ -46,7 +46,9 @@ def read(path):
 
 @pytest.mark.slow
 def test_kill9_resume_swmr_reader_and_batch_size_independence(tmp_path, ckpt):
-    n = 2000
+    # ~2 s of generation at batch 7: the writer commits every 0.25 s here (COMMIT_SECONDS; 8 MiB is 100+ chunks of
+    # these images), so the reader sees several commits and the kill lands well before the end
+    n = 6000
     ref = tmp_path / "ref.h5"
     in_process(gen_args(ckpt, ref, n, 64))
     ref_images, ref_labels, _, _ = read(ref)

@@ -277,7 +277,7 @@ def test_chunks_identical_for_any_number_of_workers(tmp_path, compression):
 def test_killed_parallel_gen_resumes_to_identical_chunks(tmp_path, ckpt):
     """kill -9 of `feddf gen --workers 2` mid-run, then the same command: every chunk of every dataset is stored
     byte for byte as in an uninterrupted one-worker run, and stock HDF5 reads it."""
-    n = 3000
+    n = 6000  # ~2 s at batch 7: commits every 0.25 s (COMMIT_SECONDS), so the kill lands well before the end
     ref = tmp_path / "ref.h5"
     run_cli(*gen_args(ckpt, ref, n, "--workers", "1"), check=True)
     out = tmp_path / "k.h5"

@@ -191,6 +191,37 @@ def test_commits_group_blocks_and_flush_commits_the_rest(tmp_path, monkeypatch):
         w.finish()
 
 
+def test_background_fdatasync_runs_and_its_error_fails_the_writer(tmp_path, monkeypatch):
+    """Every SYNC_BYTES of commits an fdatasync of the cache's file runs on a helper thread; when it fails, the writer
+    stops with one line at its next commit or finish and the cache is never marked complete."""
+    from feddf.cache import blocks
+
+    monkeypatch.setattr(blocks, "SYNC_BYTES", 5 * C * R * R)  # a sync after every 5 committed images
+    real, calls = os.fdatasync, []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+    p = tmp_path / "s.h5"
+    write_all(p, 40, chunk=5, step=5, commit_every=1, workers=1)
+    assert calls  # at least one (a sync still running when the next one is due is not doubled)
+    with open_h5_read(p) as f:
+        assert bool(f.attrs["complete"]) and int(f[fmt.COMMITTED][()]) == 40
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken)
+    q = tmp_path / "e.h5"
+    w = CacheWriter(q, n=40, channels=C, resolution=R, attrs={"kind": "imported", "source": "t"}, num_labels=3,
+                    chunk=5, commit_every=1, workers=1)
+    with pytest.raises(FeddfError, match="Input/output error") as err:
+        for i in range(0, 40, 5):
+            w.append(pattern(i, i + 5), labels_of(i, i + 5))
+        w.finish()
+    assert "\n" not in str(err.value) and "incomplete" in str(err.value)
+    w.close()
+    with open_h5_read(q) as f:
+        assert not bool(f.attrs["complete"]) and int(f[fmt.COMMITTED][()]) < 40
+
+
 def test_default_commit_group_is_8_mib_of_images(tmp_path):
     w = CacheWriter(tmp_path / "d.h5", n=10_000, channels=3, resolution=32, attrs={"kind": "imported", "source": "t"},
                     num_labels=0)

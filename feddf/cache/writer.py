@@ -161,6 +161,7 @@ class CacheWriter(BlockPipeline):
         self._f = None
         self._inflight: deque = deque()  # blocks being encoded by the pool, oldest first (see _commit)
         self._pool = None
+        self._syncer = self._syncing = None  # the background fdatasync (feddf.cache.blocks._background_sync)
         self._codecs: dict[str, Pipeline | None] = {}
         self._ds: dict[str, Any] = {}
         self._partial: dict[str, np.ndarray] = {}  # whole-chunk buffers of a partially committed chunk (flush())
@@ -281,6 +282,7 @@ class CacheWriter(BlockPipeline):
             shape, chunks = f[fmt.IMAGES].shape, f[fmt.IMAGES].chunks
         # the block pipeline's state (feddf.cache.blocks): stored = committed until blocks are stored after it
         self._stored, self._stored_counts, self._committed_at = self.committed, {}, time.monotonic()
+        self._synced_at = self.committed
         self._image_bytes = self.channels * self.resolution * self.resolution
         if shape != (self.n, self.channels, self.resolution, self.resolution):
             raise FeddfError(f"{self.path}: images have shape {shape}, expected "
@@ -446,6 +448,7 @@ class CacheWriter(BlockPipeline):
             if self.committed != self.n:
                 raise ValueError(f"finish() with {self.committed} of {self.n} images written")
             try:
+                self._check_sync()
                 self._sync()  # every chunk is on disk before `complete` says so
                 # an in-place change of an existing fixed-size attribute: allowed in SWMR-write mode
                 self._f.attrs["complete"] = True
@@ -472,6 +475,9 @@ class CacheWriter(BlockPipeline):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._syncer is not None:  # its fdatasync must finish while the file (its fd) is open
+            self._syncer.shutdown(wait=True)
+            self._syncer, self._syncing = None, None
         if self._f is not None:
             try:
                 self._f.close()
