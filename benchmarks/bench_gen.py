@@ -20,10 +20,10 @@ fresh process with a tofile sink in place of the CacheWriter (`raw_pipeline_img_
 step and threads, the bytes appended with tofile and fsynced). ratio = best none `img_s` / raw_pipeline_img_s
 (target >= 0.7: what the HDF5 writer keeps of raw tofile writes with the generator's cost held fixed; the sink is
 not free, so a standalone tofile, a 4.5 GB/s memcpy when warm, is out of reach of any such pipeline:
-raw_pipeline_vs_tofile), ratio_cold = / tofile_cold_img_s, ratio_tofile = / tofile_img_s; default_vs_target = best gzip `img_s` / 52 000 (2x the 26 000
-img/s that lzf and one writer thread gave; target >= 1). `writer_only_img_s` times the CacheWriter alone fed the
-same ready uint8 batches (no noise, forward or uint8 conversion); ratio_writer_only = its best none figure /
-tofile_img_s.
+raw_pipeline_vs_tofile), ratio_cold = / tofile_cold_img_s, ratio_tofile = / tofile_img_s; default_vs_target =
+best gzip `img_s` / 52 000 (2x the 26 000 img/s that lzf and one writer thread gave; target >= 1).
+`writer_only_img_s` times the CacheWriter alone fed the same ready uint8 batches (no noise, forward or uint8
+conversion); ratio_writer_only = its best none figure / tofile_img_s.
 
 "raw" runs only the generator's forward on precomputed noise, prepared exactly as `feddf gen` runs it (CPU:
 batch-invariant kernels; CUDA: index-aligned groups, autocast, channels_last). "end-to-end" is `run_gen` (noise,

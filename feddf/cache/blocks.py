@@ -4,13 +4,15 @@
 
 A block (the images of one chunk) goes: _commit (the writer thread: gather the rows into whole-chunk arrays) -> the
 pool (codec.Pipeline.encode: shuffle/deflate/fletcher32; zlib and numpy release the GIL) -> _retire, in block order,
-on the writer thread again: write_direct_chunk every per-image array. Stored blocks are committed together (coverage,
-flush, /committed, flush) once `commit_every` blocks (default: COMMIT_BYTES of images) or COMMIT_SECONDS have gone
-by since the last commit, and always by flush()/finish(): those four HDF5 calls per ~1 MiB chunk had cost ~15% of an uncompressed `feddf gen`
-(docs/benchmarks.md, "Writer, session 7"). So chunk order, file layout and bytes do not depend on the number of
-workers or on the timing, and the commit protocol is the writer's (feddf.cache.writer, docs/cache-format.md). Any error is fatal (self.failed): nothing more is written and the cache
-is never marked complete. A mixin: CacheWriter owns the state it uses (_f, _ds, _codecs, _counts, _pending, chunk,
-workers, commit_every, committed, path; see CacheWriter.__init__ and _open_rw).
+on the writer thread again: write_direct_chunk every per-image array. Stored blocks are committed together
+(coverage, flush, /committed, flush) once `commit_every` blocks (default: COMMIT_BYTES of images) or COMMIT_SECONDS
+have gone by since the last commit, and always by flush()/finish(): those four HDF5 calls per ~1 MiB chunk had cost
+~15% of an uncompressed `feddf gen` (docs/benchmarks.md, "Writer, session 7"). Every SYNC_BYTES of commits an
+fdatasync starts on a helper thread (_background_sync). So chunk order, file layout and bytes do not depend on the
+number of workers or on the timing, and the commit protocol is the writer's (feddf.cache.writer,
+docs/cache-format.md). Any error is fatal (self.failed): nothing more is written and the cache is never marked
+complete. A mixin: CacheWriter owns the state it uses (_f, _ds, _codecs, _counts, _pending, chunk, workers,
+commit_every, committed, path; see CacheWriter.__init__ and _open_rw).
 """
 from __future__ import annotations
 
