@@ -59,6 +59,16 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def assert_same_as_uninterrupted(p, n, ref):
+    """The cache at p, complete, holds what one uninterrupted write_all of n images gives (images, labels, coverage,
+    /committed)."""
+    write_all(ref, n, chunk=5, step=7)
+    with open_h5_read(p) as a, open_h5_read(ref) as b:
+        for k in (fmt.IMAGES, fmt.LABELS, fmt.LABEL_COUNTS, fmt.COMMITTED):
+            np.testing.assert_array_equal(a[k][()], b[k][()])
+        assert bool(a.attrs["complete"])
+
+
 @pytest.fixture
 def child(tmp_path):
     script = tmp_path / "child.py"
@@ -150,12 +160,7 @@ def test_kill9_after_commit_then_resume(tmp_path, child):
         assert c >= 12 and c % 5 == 0
         np.testing.assert_array_equal(f[fmt.IMAGES][:c], pattern(0, c))
     assert child(p, 40, 5, 3).returncode == 0  # same command again: resumes
-    ref = tmp_path / "ref.h5"
-    write_all(ref, 40, chunk=5, step=7)
-    with open_h5_read(p) as a, open_h5_read(ref) as b:
-        for k in (fmt.IMAGES, fmt.LABELS, fmt.LABEL_COUNTS, fmt.COMMITTED):
-            np.testing.assert_array_equal(a[k][()], b[k][()])
-        assert bool(a.attrs["complete"])
+    assert_same_as_uninterrupted(p, 40, tmp_path / "ref.h5")
     h5py.File(p, "r").close()  # and plain opens work again
 
 
@@ -241,12 +246,7 @@ def test_kill9_inside_a_commit_group_then_resume(tmp_path, child):
         assert c % 15 == 0 and 15 <= c < 60
         np.testing.assert_array_equal(f[fmt.IMAGES][:c], pattern(0, c))
     assert child(p, 60, 5, 5, commit_every=3).returncode == 0
-    ref = tmp_path / "ref.h5"
-    write_all(ref, 60, chunk=5, step=7)
-    with open_h5_read(p) as a, open_h5_read(ref) as b:
-        for k in (fmt.IMAGES, fmt.LABELS, fmt.LABEL_COUNTS, fmt.COMMITTED):
-            np.testing.assert_array_equal(a[k][()], b[k][()])
-        assert bool(a.attrs["complete"])
+    assert_same_as_uninterrupted(p, 60, tmp_path / "ref.h5")
 
 
 def test_kill9_at_random_moments_then_resume(tmp_path, child):

@@ -12,7 +12,7 @@ How crash safety works (docs/cache-format.md has the contract):
 - A fresh cache is built under a temp name and renamed into place, so `path` is never a half-made file.
 - All datasets are allocated at creation (fixed shape, so HDF5 uses a fixed-array chunk index, which SWMR supports).
 - A block = the images of one chunk. Blocks are stored (images/labels/targets/labeler data) in order; a commit of the
-  stored blocks (every 8 MiB of images or 1 s, and at flush/finish) writes the coverage, flushes, and only then
+  stored blocks (every 8 MiB of images or 0.25 s, and at flush/finish) writes the coverage, flushes, and only then
   advances `/committed` and flushes again. Readers and resumes never look past `/committed`.
 - The file is written in SWMR mode, whose ordered metadata flushes keep the file readable at every instant, so the
   state a kill -9 freezes is readable. HDF5 then refuses to re-open it for writing ("file is already open for write")
@@ -126,7 +126,7 @@ class CacheWriter(BlockPipeline):
     at `path` that is not a feddf cache is never touched.
     chunk: images per HDF5 chunk = per block (default: about 1 MiB of images, format.chunk_images).
     commit_every: blocks per commit at most (default: 8 MiB of images, feddf.cache.blocks.COMMIT_BYTES); a commit
-    also happens after 1 s and at every flush()/finish(). 1 commits every block (the crash tests use it).
+    also happens after COMMIT_SECONDS (0.25 s) and at every flush()/finish(). 1 commits every block (the crash tests use it).
     """
 
     def __init__(self, path: str | os.PathLike, *, n: int, channels: int, resolution: int,
