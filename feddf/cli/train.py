@@ -63,8 +63,18 @@ OPTIONS = [
     _opt("--batch-size", int, "Client batch size."),
     _opt("--augment", str, "Client augmentation: crop-flip, flip, none."),
     _opt("--prox-mu", float, "FedProx proximal weight mu (0.01 for fedprox when omitted, else 0).", metavar="M"),
+    _opt("--local-loss", str, "Clients' loss: ce (the paper), balanced-softmax (CE on logits + log of the "
+         "client's smoothed label prior, Ren et al. 2020) or fedlc (logits - tau * n_c^-1/4, Zhang et al. 2022).",
+         metavar="ce|balanced-softmax|fedlc"),
+    _opt("--fedlc-tau", float, "FedLC's calibration strength tau (--local-loss fedlc).", metavar="TAU"),
     _opt("--client-precision", str, "What clients train and upload in: fp32, bf16, fp16 or binary (1-bit weights, "
          "per-filter scale); a comma list is assigned like --archs (client i gets p[i*P//n]).", metavar="P[,P..]"),
+    _opt("--client-engine", str, "How this machine runs a round's clients: batched (as many at once as it has "
+         "cores, one thread each) or sequential (one after another); the results are identical.",
+         metavar="batched|sequential"),
+    _opt("--client-kernels", str, "How a client computes: portable (one thread, channels_last: the same floats on "
+         "any machine, which batched needs) or legacy (NCHW, all threads: runs made before this option).",
+         metavar="portable|legacy"),
     _opt("--server-momentum", float, "FedAvgM server momentum (0.9 for fedavgm when omitted).", metavar="B"),
     _opt("--distill-source", str, "gan (= --cache or the newest generated cache), noise, cifar100, stl10, "
          "imagenet32, fashion-mnist, or a PATH.h5 cache."),

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -31,6 +30,8 @@ class LocalSpec:
     weight_decay: float = 0.0  # paper: --weight_decay 0
     prox_mu: float = 0.0      # FedProx mu (0 = FedAvg clients)
     augment: str = "crop-flip"
+    channels_last: bool = False  # kernels.py: the memory format the model and its batches train in
+    logit_offset: torch.Tensor | None = None  # losses.py: (K,) added to the logits before CE (--local-loss)
 
 
 def make_transform(info, augment: str = "none", channels: int | None = None, size: int | None = None):
@@ -50,7 +51,10 @@ def local_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sp
     (shuffling, augmentation) comes from `gen`, so a client's update is a function of its seed. `hooks`
     (feddf.federated.precision.QuantizedTraining) trains at a lower precision: autocast + requantise after each step.
     """
-    model.to(device).train()
+    from feddf.federated.kernels import input_format, to_kernels
+    from feddf.federated.losses import local_loss
+
+    to_kernels(model.to(device), spec.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if spec.prox_mu > 0 else None
     n = len(labels)
@@ -71,9 +75,9 @@ def local_train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, sp
             done += 1
             if len(idx) < 2 and n >= 2:  # BatchNorm in train mode needs >= 2 samples
                 continue
-            x, y = transform(images[idx], gen).to(device), labels[idx].to(device)
+            x, y = input_format(transform(images[idx], gen).to(device), spec.channels_last), labels[idx].to(device)
             with hooks.autocast() if hooks is not None else contextlib.nullcontext():
-                loss = F.cross_entropy(model(x), y)
+                loss = local_loss(model(x), y, spec.logit_offset)
             opt.zero_grad(set_to_none=True)
             if hooks is not None:
                 hooks.backward_step(loss, opt, prox)

@@ -52,8 +52,12 @@ class TrainConfig:
     batch_size: int = 64                  # paper: --batch_size 64
     augment: str = "crop-flip"            # paper code's CIFAR train transform (random crop 4 px + flip)
     prox_mu: float | None = None          # FedProx mu; None -> 0.01 for fedprox, 0 otherwise
+    local_loss: str = "ce"                # losses.py: ce (paper) | balanced-softmax (Ren+ 2020) | fedlc (Zhang+ 2022)
+    fedlc_tau: float = 1.0                # FedLC's calibration strength tau (--local-loss fedlc)
     client_precision: str = "fp32"        # fp32|bf16|fp16|binary, or a comma list: client i gets p[i * P // n]
     server_momentum: float | None = None  # FedAvgM beta; None -> 0.9 for fedavgm
+    client_engine: str = "batched"        # engines.py: clients trained together (one per core) or one at a time
+    client_kernels: str = "portable"      # kernels.py: portable (1 thread a client, channels_last) | legacy
     # FedDF distillation
     distill_source: str = "gan"
     cache: str | None = None
@@ -117,6 +121,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         from feddf.data import DATASETS, check_dataset
+        from feddf.federated.engines import ENGINES
+        from feddf.federated.kernels import KERNELS
+        from feddf.federated.losses import LOCAL_LOSSES
         from feddf.federated.partition import PARTITIONERS
         from feddf.federated.teachers import ENSEMBLES, PRECISIONS
         from feddf.models import MODELS, check_arch
@@ -140,6 +147,9 @@ class TrainConfig:
                                  ("ensemble", self.ensemble, ENSEMBLES), ("augment", self.augment, AUGMENT_NAMES),
                                  ("distill-augment", self.distill_augment, AUGMENT_NAMES),
                                  ("distill-bn", self.distill_bn, DISTILL_BN),
+                                 ("client-engine", self.client_engine, ENGINES),
+                                 ("local-loss", self.local_loss, LOCAL_LOSSES),
+                                 ("client-kernels", self.client_kernels, KERNELS),
                                  ("teacher-precision", self.teacher_precision, ("auto", *PRECISIONS))):
             if v not in choices:
                 bad(flag, repr(v), f"choose one of {', '.join(choices)}")
@@ -174,6 +184,7 @@ class TrainConfig:
             check_range(f"--{flag}", v, lo=0, lo_open=True)
         check_range("--local-momentum", self.local_momentum, lo=0, hi=1, hi_open=True, fix="e.g. 0 (paper) or 0.9")
         check_range("--weight-decay", self.weight_decay, lo=0, fix="e.g. 0 (paper) or 5e-4")
+        check_range("--fedlc-tau", self.fedlc_tau, lo=0, fix="FedLC's calibration strength, e.g. 1.0")
         if self.prox_mu is not None:
             check_range("--prox-mu", self.prox_mu, lo=0, fix="e.g. 0.01")
         if self.server_momentum is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -180,18 +181,38 @@ class _Student:
         return self.result
 
 
+def _timed(it: Iterator, timing: dict, key: str) -> Iterator:
+    """`it`, adding the seconds spent producing each item to timing[key]."""
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        finally:
+            timing[key] = timing.get(key, 0.0) + time.perf_counter() - t
+        yield item
+
+
 def distill(students: dict[str, nn.Module], ensemble: TeacherEnsemble, batches: Iterable[Batch],
             validate: Callable[[nn.Module], float], spec: DistillSpec, cache: TargetCache | None = None,
-            progress: Callable[[int, dict], None] | None = None) -> dict[str, DistillResult]:
+            progress: Callable[[int, dict], None] | None = None,
+            timing: dict | None = None) -> dict[str, DistillResult]:
     """Distill `ensemble` into every student (in place; each ends with its best-on-validation weights).
 
     `batches` yields (ids or None, normalised float (B, C, H, W)); it is read at most `spec.steps` times. A batches
     object with a `bind(ensemble, students)` method (feddf.federated.transfer.TransferStream) is bound first: its
     per-round selection needs the teachers and the students' FedAvg starts.
     `validate(model)` returns an accuracy in [0, 1] (the caller puts the model in eval mode and back).
-    `progress(step, {arch: last val acc})` is called after every step.
+    `progress(step, {arch: last val acc})` is called after every step. `timing`, when given, receives the seconds
+    spent on: "batches" (reading + converting transfer batches and the teachers' targets, in the prefetch thread
+    when there is one), "waiting" (the students idle until the next batch was ready: teacher-bound when large),
+    "students" (their steps) and "validation". Without a prefetch thread "waiting" includes "batches".
     """
+    timing = {} if timing is None else timing
+    t = time.perf_counter()
     state = {a: _Student(m, spec, validate(m)) for a, m in students.items()}
+    timing["validation"] = time.perf_counter() - t
     last_val = {a: s.result.init_val for a, s in state.items()}
     it = iter(batches.bind(ensemble, students) if hasattr(batches, "bind") else batches)
 
@@ -202,20 +223,24 @@ def distill(students: dict[str, nn.Module], ensemble: TeacherEnsemble, batches: 
             except StopIteration:
                 return
 
-    gen = prefetched(_targets(limited(), ensemble, cache), spec.prefetch)
+    gen = prefetched(_timed(_targets(limited(), ensemble, cache), timing, "batches"), spec.prefetch)
     step = 0
     try:
-        for x, probs, const in gen:
+        for x, probs, const in _timed(gen, timing, "waiting"):
             step += 1
+            t = time.perf_counter()
             for s in state.values():
                 if s.active:
                     s.step(x, probs, const, spec)
                     s.result.steps = step
+            t2 = time.perf_counter()
+            timing["students"] = timing.get("students", 0.0) + t2 - t
             if step % spec.eval_every == 0 or step == spec.steps:
                 for a, s in state.items():
                     if s.active:
                         last_val[a] = validate(s.model)
                         s.validate(step, last_val[a], spec)
+                timing["validation"] += time.perf_counter() - t2
             if progress is not None:
                 progress(step, dict(last_val))
             if not any(s.active for s in state.values()):

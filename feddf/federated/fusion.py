@@ -19,7 +19,9 @@ precision.py). Steps, as in the paper code:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 from typing import Callable
 
 import numpy as np
@@ -63,24 +65,32 @@ def sample_clients(cfg: TrainConfig, r: int) -> list[int]:
 def client_step(cfg: TrainConfig, task, r: int, k: int, state: dict, device,
                 progress: Callable[[int, int], None] | None = None) -> ClientUpdate:
     """Client k's local training in round r, starting from its architecture's server `state` (not modified), at the
-    client's precision; the returned model is what the server decodes from the client's encoded upload."""
+    client's precision, with the run's --client-kernels (kernels.py); the returned model is what the server decodes
+    from the client's encoded upload. Safe to call from several threads at once for an architecture whose probe is
+    rng_free (engines.py): nothing else here is shared between clients."""
     from feddf.federated import precision as prec
     from feddf.federated.client import LocalSpec, local_train, make_transform
+    from feddf.federated.kernels import one_thread
+    from feddf.federated.losses import logit_offset
 
-    torch.manual_seed(seed_of(cfg.seed, r, 0, k))  # anything that draws from the global RNG: per client, per round
     arch = task.client_arch[k]
+    portable = cfg.client_kernels == "portable"
+    channels_last = portable and task.kernel_probe(arch).channels_last  # probed before the seed below: no draw moves
+    torch.manual_seed(seed_of(cfg.seed, r, 0, k))  # anything that draws from the global RNG: per client, per round
     model = task.new_model(arch, state).to(device)
     p = task.client_precision[k]
     hooks = prec.QuantizedTraining(model, p, device) if p != "fp32" else None  # the client quantises it itself
     idx = task.client_indices[k]
+    counts = torch.bincount(task.train_labels[idx], minlength=task.info.num_classes).tolist()
     spec = LocalSpec(cfg.local_epochs, cfg.local_lr, cfg.batch_size, cfg.local_momentum, cfg.weight_decay,
-                     cfg.prox_mu, cfg.augment)
+                     cfg.prox_mu, cfg.augment, channels_last=channels_last,
+                     logit_offset=logit_offset(cfg.local_loss, counts, cfg.fedlc_tau))
     gen = torch.Generator().manual_seed(seed_of(cfg.seed, r, 2, k))
-    local_train(model, task.train_images[idx], task.train_labels[idx], spec, make_transform(task.info, cfg.augment),
-                gen, device, progress=progress, hooks=hooks)
+    with one_thread() if portable else contextlib.nullcontext():
+        local_train(model, task.train_images[idx], task.train_labels[idx], spec,
+                    make_transform(task.info, cfg.augment), gen, device, progress=progress, hooks=hooks)
     upload = prec.encode(model.state_dict(), p, hooks.codes if hooks is not None else None)
     received = task.new_model(arch, prec.decode(upload)[1]).to(device)
-    counts = torch.bincount(task.train_labels[idx], minlength=task.info.num_classes).tolist()
     return ClientUpdate(k, arch, received, len(idx), p, len(upload), len(prec.encode(state, "fp32")), upload, counts)
 
 
@@ -100,16 +110,38 @@ def teacher_adjustment(cfg: TrainConfig, task, teachers_counts: list) -> torch.T
     return label_prior_adjustment(teachers_counts, cfg.logit_adjust)
 
 
+class _Clock:
+    """Seconds per phase of the server step (metrics `server_seconds`); `parts` takes distill()'s own breakdown."""
+
+    def __init__(self):
+        self.t = time.perf_counter()
+        self.phases: dict[str, float] = {}
+        self.parts: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self.t
+        self.t = now
+
+    def record(self) -> dict:
+        out = {k: round(v, 3) for k, v in self.phases.items()}
+        if self.parts:
+            out["distill_parts"] = {k: round(v, 3) for k, v in self.parts.items()}
+        return out
+
+
 @dataclasses.dataclass
 class FusionResult:
     server: dict            # arch -> new server state (CPU tensors)
     metrics: dict           # the round's metrics fields (see the module docstring)
+    seconds: dict = dataclasses.field(default_factory=dict)  # wall seconds per phase (metrics.jsonl server_seconds)
 
 
 def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[ClientUpdate], device,
          phase: Callable[[str, bool], None] = lambda text, force=False: None) -> FusionResult:
     """The server step of round r (1-based). `server` is not modified; the result holds the new states."""
     torch.manual_seed(seed_of(cfg.seed, r, 4))  # whatever draws from the global RNG here: the same in every engine
+    clock = _Clock()
     # ---- FedAvg per architecture (after --drop-worst) --------------------------------------------------------
     keep_avg = keep_teach = list(range(len(clients)))
     dropped: list[int] = []
@@ -128,6 +160,7 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
         acc[a] = {"fedavg": task.test_accuracy(task.new_model(a, fedavg_states[a]).to(device), device),
                   "distilled": None}
 
+    clock.lap("fedavg")  # --drop-worst validation, the averages and their test accuracy
     teachers = [clients[i].model for i in keep_teach]
     counts = [clients[i].class_counts for i in keep_teach]
     if cfg.ensemble_fedavg and teachers:  # FedBE-style: each architecture's FedAvg model teaches next to the clients
@@ -142,6 +175,7 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
     if adjust is not None:
         test_logits = test_logits - adjust[:, None, :]  # the ensemble as it teaches: (T, N, K) - (T, 1, K)
     ensemble_acc = accuracy(ensemble_scores(test_logits, cfg.ensemble), task.test_labels) if teachers else None
+    clock.lap("ensemble_test")
 
     # ---- FedDF: distil the ensemble into every architecture's FedAvg model -----------------------------------
     steps = {a: 0 for a in cfg.archs}
@@ -162,11 +196,15 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
             phase(f"distill {step}/{cfg.distill_steps} val " + " ".join(f"{a}={v:.3f}" for a, v in vals.items()),
                   step == cfg.distill_steps)
 
-        results = distill(students, ens, batches, lambda mdl: task.val_accuracy(mdl, device), dspec, cache, show)
+        clock.lap("setup")
+        results = distill(students, ens, batches, lambda mdl: task.val_accuracy(mdl, device), dspec, cache, show,
+                          timing=clock.parts)
+        clock.lap("distill")
         for a, res in results.items():
             new_states[a] = {k: v.detach().cpu().clone() for k, v in students[a].state_dict().items()}
             acc[a]["distilled"] = task.test_accuracy(students[a], device)
             steps[a], best[a] = res.steps, res.best_step
+        clock.lap("student_test")
         extra = {"val_acc": {a: {"fedavg": res.init_val, "distilled": res.best_val} for a, res in results.items()},
                  "val_history": {a: [[h["step"], h["val"]] for h in res.history] for a, res in results.items()},
                  "stopped_early": {a: res.stopped_early for a, res in results.items()}}
@@ -177,4 +215,4 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
                "dropped": dropped, "teachers": len(teachers), **extra,
                "upload_bytes": {str(c.cid): c.upload_bytes for c in clients},
                "download_bytes": {str(c.cid): c.download_bytes for c in clients}}
-    return FusionResult(server=new_server, metrics=metrics)
+    return FusionResult(server=new_server, metrics=metrics, seconds=clock.record())

@@ -26,7 +26,8 @@ import torch
 from feddf.errors import FeddfError
 from feddf.federated.aggregate import get_aggregator
 from feddf.federated.config import TrainConfig
-from feddf.federated.fusion import client_step, fuse, sample_clients
+from feddf.federated.engines import train_clients
+from feddf.federated.fusion import fuse, sample_clients
 from feddf.federated.setup import Task, load_task, print_partition, print_summary, same_run
 
 CHECKPOINT_VERSION = 1
@@ -127,13 +128,9 @@ def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None]) -> dict:
 def _round(r: int, cfg: TrainConfig, task: Task, agg, server: dict, device, bar: Progress) -> dict:
     selected = sample_clients(cfg, r)
 
-    # ---- local training (fusion.client_step, shared with the Flower client app) ------------------------------
+    # ---- local training (engines.py over fusion.client_step, shared with the Flower client app) --------------
     t0 = time.perf_counter()
-    updates = []  # ClientUpdate per selected client, sorted by client id
-    for i, k in enumerate(selected):
-        updates.append(client_step(cfg, task, r, k, server[task.client_arch[k]], device,
-                                   progress=lambda done, tot, i=i: bar.phase(
-                                       f"local {i + 1}/{len(selected)} step {done}/{tot}")))
+    updates = train_clients(cfg, task, r, selected, server, device, bar.phase)  # ClientUpdates sorted by client id
     client_seconds = time.perf_counter() - t0
 
     # ---- the server step (fusion.py, shared with the Flower strategy) ----------------------------------------
@@ -142,7 +139,7 @@ def _round(r: int, cfg: TrainConfig, task: Task, agg, server: dict, device, bar:
     server.update(fused.server)
     distill_seconds = time.perf_counter() - t1
     return {"round": r, **fused.metrics, "client_seconds": round(client_seconds, 3),
-            "distill_seconds": round(distill_seconds, 3), "selected": selected}
+            "distill_seconds": round(distill_seconds, 3), "server_seconds": fused.seconds, "selected": selected}
 
 
 # ---- run folder ----------------------------------------------------------------------------------------------
@@ -178,7 +175,7 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     diff = same_run(ckpt["config"], dataclasses.asdict(cfg))
     if diff:
         raise FeddfError(f"--resume with different settings than {path.parent} was started with ({diff}): "
-                         f"use the same options (only --rounds, --device, --prefetch and progress may change)")
+                         f"use the same options (only --rounds, --device, --prefetch, --client-engine and progress may change)")
     if int(ckpt["round"]) > cfg.rounds:
         raise FeddfError(f"{path.parent} already completed {ckpt['round']} rounds, more than --rounds {cfg.rounds}")
     return ckpt

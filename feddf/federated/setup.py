@@ -24,12 +24,12 @@ from feddf.federated.client import accuracy, make_transform, predict_logits
 from feddf.federated.config import TrainConfig
 
 # settings that may differ between a run and its --resume (they do not change the results)
-RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir"}
+RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir", "client_engine"}
 
 
 # What a run folder whose config predates a key did, where that is not today's default: such a run resumes only
 # with the old behaviour asked for explicitly (the refusal names the key).
-PREDATED = {"distill_bn": "train", "logit_adjust": 0.0}
+PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legacy"}
 
 
 def same_run(saved: dict, now: dict) -> str:
@@ -64,6 +64,7 @@ class Task:
         self.val_images = self.train_images[self.val_idx]
         self.val_labels = self.train_labels[self.val_idx]
         self._init = {}
+        self._probes = {}
         if self.client_precision is None:
             self.client_precision = ["fp32"] * len(self.client_indices)
 
@@ -84,6 +85,15 @@ class Task:
         m = get_model(arch, self.info.num_classes, self.info.channels, self.cfg.norm)
         m.load_state_dict(state)
         return m
+
+    def kernel_probe(self, arch: str):
+        """What --client-kernels portable may do with `arch` (feddf.federated.kernels.probe), decided once."""
+        if arch not in self._probes:
+            from feddf.federated.kernels import probe
+
+            shape = (self.info.channels, self.info.size, self.info.size)
+            self._probes[arch] = probe(lambda: self.new_model(arch, self.initial_state(arch)), shape)
+        return self._probes[arch]
 
     def save_model(self, path: Path, arch: str, state: dict) -> None:
         from feddf.models import save_classifier
@@ -220,8 +230,9 @@ def print_summary(rows: list[dict], archs: list[str], log: Callable[[str], None]
         return
     fmt = lambda v: "    -" if v is None else f"{100 * v:5.1f}"  # noqa: E731
     head = "round " + " ".join(f"{a + ' avg':>14} {a + ' df':>14}" for a in archs) + "  ensemble  best_step"
-    log(head)
+    log(head + "  clients_s  server_s")
     for r in rows:
         cells = " ".join(f"{fmt(r['acc'][a]['fedavg']):>14} {fmt(r['acc'][a]['distilled']):>14}" for a in archs)
-        log(f"{r['round']:>5} {cells}  {fmt(r['ensemble_acc']):>8}  "
-            + ",".join(str(r['best_step'][a]) for a in archs))
+        best = ",".join(str(r['best_step'][a]) for a in archs)
+        log(f"{r['round']:>5} {cells}  {fmt(r['ensemble_acc']):>8}  {best:>9}  {r.get('client_seconds', 0):9.1f}  "
+            f"{r.get('distill_seconds', 0):8.1f}")
