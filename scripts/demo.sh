@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: what FedDF is for, at demo scale, offline: strongly non-iid clients (Dirichlet alpha 0.1, 2 local
 # epochs, so the client models drift apart) fused by FedAvg vs by FedDF distilling from the shipped DCGAN's cache.
-#   gen (20 000 images) -> train FedAvg and FedDF (gan source) -> audit the cache (labeler = the FedAvg model)
-#   -> compare the two runs (accuracy-vs-round PNG) -> print the final numbers, whatever they are.
+#   gen (20 000 images) -> train FedAvg, the count-aware FedAvg baselines (balanced softmax, FedLC: clients use their
+#   label counts, as FedDF's server does) and FedDF (gan source) -> audit the cache (labeler = the FedAvg model)
+#   -> compare the runs (accuracy-vs-round PNG) -> print the final numbers, whatever they are.
 # Re-running continues/reuses what is already there (every step is resumable). Knobs: DEMO_N, DEMO_ROUNDS,
 # DEMO_ALPHA, DEMO_EPOCHS, DEMO_TRAIN_LIMIT (a seeded subset of the training split; empty = all 60 000 images).
 set -euo pipefail
@@ -21,40 +22,50 @@ T0=$SECONDS
 
 step() { printf '\n== %s (%ds)\n' "$*" $((SECONDS - T0)); }
 
-step "1/5 feddf gen: $N images from dcgan-fashion-mnist -> $CACHE"
+step "1/6 feddf gen: $N images from dcgan-fashion-mnist -> $CACHE"
 "$FEDDF" gen --generator dcgan-fashion-mnist --n "$N" --seed 0 --out "$CACHE"
 
-step "2/5 feddf train: FedAvg, alpha=$ALPHA, $ROUNDS rounds x $EPOCHS local epochs"
+step "2/6 feddf train: FedAvg, alpha=$ALPHA, $ROUNDS rounds x $EPOCHS local epochs"
 "$FEDDF" train "${COMMON[@]}" --aggregator fedavg --out runs/demo-fedavg
 
-step "3/5 feddf train: FedDF distilling from the DCGAN cache, same clients"
+step "3/6 feddf train: the count-aware FedAvg baselines (--local-loss balanced-softmax, fedlc), same clients"
+"$FEDDF" train "${COMMON[@]}" --aggregator fedavg --local-loss balanced-softmax --out runs/demo-fedavg-bs
+"$FEDDF" train "${COMMON[@]}" --aggregator fedavg --local-loss fedlc --out runs/demo-fedavg-fedlc
+
+step "4/6 feddf train: FedDF distilling from the DCGAN cache, same clients"
 "$FEDDF" train "${COMMON[@]}" --aggregator feddf --distill-source gan --cache "$CACHE" \
   --distill-steps 300 --eval-every 50 --patience 150 --out runs/demo-feddf
 
-step "4/5 feddf audit: class coverage of the cache (labeler: the FedAvg model)"
+step "5/6 feddf audit: class coverage of the cache (labeler: the FedAvg model)"
 "$FEDDF" audit "$CACHE" --labeler runs/demo-fedavg --no-fid --out reports/demo-audit
 
-step "5/5 feddf compare: FedAvg vs FedDF"
-"$FEDDF" compare runs/demo-fedavg runs/demo-feddf --target-acc 0.7 --out reports/demo-compare
+step "6/6 feddf compare: FedAvg, the count-aware baselines and FedDF"
+"$FEDDF" compare runs/demo-fedavg runs/demo-fedavg-bs runs/demo-fedavg-fedlc runs/demo-feddf --target-acc 0.7 --out reports/demo-compare
 
 printf '\n== final test accuracy (test[5000:]) after %s rounds, alpha=%s, %s local epochs\n' "$ROUNDS" "$ALPHA" "$EPOCHS"
 "$PY" - <<'PY'
 import json
 from pathlib import Path
 
-for name in ("demo-fedavg", "demo-feddf"):
+def accs(name):
     rows = [json.loads(x) for x in (Path("runs") / name / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    accs = [a["distilled"] if a["distilled"] is not None else a["fedavg"] for a in (r["acc"]["cnn"] for r in rows)]
-    best = [r["best_step"]["cnn"] for r in rows]
-    print(f"  {name:12s} final {accs[-1]:.3f}  mean over rounds {sum(accs) / len(accs):.3f}  per round "
-          + " ".join(f"{a:.3f}" for a in accs) + (f"  best_step {best}" if best[0] is not None else ""))
+    return [a["distilled"] if a["distilled"] is not None else a["fedavg"] for a in (r["acc"]["cnn"] for r in rows)]
+
+
+mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+aware = max(("demo-fedavg-bs", "demo-fedavg-fedlc"), key=lambda n: mean(accs(n)))  # best count-aware baseline
+for name, what in (("demo-fedavg", "FedAvg"), (aware, "best count-aware FedAvg"), ("demo-feddf", "FedDF + DCGAN")):
+    a = accs(name)
+    print(f"  {what:24s} {name:18s} final {a[-1]:.3f}  mean over rounds {mean(a):.3f}  per round "
+          + " ".join(f"{v:.3f}" for v in a))
 PY
 
 cat <<MSG
 
 Demo finished in $((SECONDS - T0)) s. Results:
   cache          $CACHE            (feddf cache info $CACHE)
-  runs           runs/demo-fedavg  runs/demo-feddf   (config.json, metrics.jsonl, models/)
+  runs           runs/demo-fedavg  runs/demo-fedavg-bs  runs/demo-fedavg-fedlc  runs/demo-feddf
+                 (config.json, metrics.jsonl, models/)
   audit report   reports/demo-audit/report.html
   comparison     reports/demo-compare/report.html   accuracy-vs-round: reports/demo-compare/figures/accuracy.png
 MSG
