@@ -21,6 +21,7 @@ from feddf.errors import FeddfError
 AGGREGATOR_NAMES = ("feddf", "fedavg", "fedprox", "fedavgm")
 AUGMENT_NAMES = ("crop-flip", "flip", "none")
 DISTILL_BN = ("train", "running")  # the students' BatchNorm mode while distilling (distill.py)
+CLIENT_ENGINES = ("batched", "sequential")  # how a round's clients share the machine (engines.py)
 
 
 @dataclass
@@ -121,7 +122,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         from feddf.data import DATASETS, check_dataset
-        from feddf.federated.engines import ENGINES
         from feddf.federated.kernels import KERNELS
         from feddf.federated.losses import LOCAL_LOSSES
         from feddf.federated.partition import PARTITIONERS
@@ -147,7 +147,7 @@ class TrainConfig:
                                  ("ensemble", self.ensemble, ENSEMBLES), ("augment", self.augment, AUGMENT_NAMES),
                                  ("distill-augment", self.distill_augment, AUGMENT_NAMES),
                                  ("distill-bn", self.distill_bn, DISTILL_BN),
-                                 ("client-engine", self.client_engine, ENGINES),
+                                 ("client-engine", self.client_engine, CLIENT_ENGINES),
                                  ("local-loss", self.local_loss, LOCAL_LOSSES),
                                  ("client-kernels", self.client_kernels, KERNELS),
                                  ("teacher-precision", self.teacher_precision, ("auto", *PRECISIONS))):

@@ -2,7 +2,7 @@
 
     python -m pytest -q tests/test_engines.py   # batched == sequential, tensor for tensor
 
-Registry `ENGINES` (each returns the round's `fusion.ClientUpdate`s sorted by client id, computed by
+Engines (config.CLIENT_ENGINES; each returns the round's `fusion.ClientUpdate`s sorted by client id, computed by
 `fusion.client_step`, the one implementation of a client's local training that Flower nodes run too):
   sequential  one client at a time, in client-id order.
   batched     with --client-kernels portable: as many clients at once as PyTorch has intra-op threads (the machine's
@@ -30,8 +30,6 @@ import torch
 from feddf.federated.config import TrainConfig
 from feddf.federated.fusion import ClientUpdate, client_step
 from feddf.federated.kernels import one_thread
-
-ENGINES = ("batched", "sequential")
 
 Progress = Callable[[str], None]
 
