@@ -5,32 +5,19 @@ local_epochs=1, train_limit=200, test_limit=100, distill_steps=5, eval_every=5, 
 
 Each function takes the command's options as keyword arguments (the fields of its config dataclass: `TrainConfig`,
 `GenConfig`, `AuditConfig`) and/or a config instance, runs exactly what the command runs, and returns the summary
-the command prints with `--json`. The CLI modules call these functions, so this file is the one place where options
-become configs. Errors are `feddf.FeddfError` (one line naming the bad value and the fix).
+the command prints with `--json`. The CLI modules call these functions, so this file (with feddf/audit/entry.py for
+`audit`, which the callable package `feddf.audit` runs without importing upward) is where options become configs.
+Errors are `feddf.FeddfError` (one line naming the bad value and the fix).
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
+from feddf.audit.entry import audit, default_audit_out  # noqa: F401 (feddf.api.audit: the audit command)
+from feddf.checks import check_options, merge_options
 from feddf.errors import FeddfError
-
-
-def _check_options(cls, options: dict, what: str) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise FeddfError(f"feddf.{what}(): unknown option(s) {', '.join(unknown)}; valid options are the fields of "
-                         f"{cls.__name__}: {', '.join(sorted(names))}")
-
-
-def _merge(cls, config, options: dict, what: str):
-    """config (an instance of cls, or None) with the given (non-None) options replacing its fields."""
-    if config is not None and not isinstance(config, cls):
-        raise FeddfError(f"feddf.{what}(): config must be a {cls.__name__}, not a {type(config).__name__}")
-    _check_options(cls, options, what)
-    return dataclasses.replace(config, **options) if config is not None else cls(**options)
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -40,7 +27,7 @@ def train_config(config=None, *, config_file: str | None = None, **options: Any)
     from feddf.federated.config import TrainConfig, config_from, load_toml
 
     given = {k: v for k, v in options.items() if v is not None}
-    _check_options(TrainConfig, given, "train")
+    check_options(TrainConfig, given, "train")
     if isinstance(given.get("archs"), str):  # "resnet8,mypkg.nets:build" as on the command line
         given["archs"] = [a.strip() for a in given["archs"].split(",") if a.strip()]
     if config is not None and not isinstance(config, TrainConfig):
@@ -85,43 +72,5 @@ def gen(config=None, *, force: bool = False, progress: bool = True, **options: A
     `feddf.gen(generator="dcgan-fashion-mnist", n=1000, out="cache/d.h5")`."""
     from feddf.generators.sample import GenConfig, run_gen
 
-    cfg = _merge(GenConfig, config, options, "gen")
+    cfg = merge_options(GenConfig, config, options, "gen")
     return run_gen(cfg, force=force, progress=progress)
-
-
-# ---------------------------------------------------------------------------------------------------- audit
-def default_audit_out(sources: list[str]) -> Path:
-    from feddf.audit.sources import unique_names
-
-    return Path("reports") / ("audit-" + "+".join(unique_names(list(sources))[:3]))
-
-
-def audit(sources: str | Iterable[str] | None = None, *, config=None, out: str | None = None, write: bool = True,
-          progress: bool = True, **options: Any) -> dict:
-    """Run `feddf audit` on one or more caches; writes report.json/md/html + figures to `out` (default
-    reports/audit-<source>; write=False writes nothing) and returns report.json's dict. A failed
-    min_effective_classes gate is `report["gate"]["passed"] == False` (the CLI exits 1 on it).
-
-    `feddf.audit("cache/d.h5", labeler="runs/demo")["sources"][0]["labeler"]["effective_classes"]`."""
-    from feddf.audit import report as rep
-    from feddf.audit.fid import save_stats
-    from feddf.audit.run import AuditConfig, run_audit
-
-    if sources is not None:
-        options["sources"] = [sources] if isinstance(sources, (str, Path)) else [str(s) for s in sources]
-    if config is None and "sources" not in options:
-        raise FeddfError("feddf.audit(): give the caches to audit, e.g. feddf.audit('cache/x.h5')")
-    cfg = _merge(AuditConfig, config, options, "audit")
-    out_dir = Path(out) if out else default_audit_out(cfg.sources)
-    if write:
-        from feddf.utils import check_can_create
-
-        check_can_create(out_dir)  # an unwritable --out fails before the audit runs, not after
-    result = run_audit(cfg, progress=progress)
-    result.report["out"] = str(out_dir) if write else None
-    if write:
-        rep.write_files(out_dir, result.report, result.figures, rep.audit_markdown(result.report),
-                        rep.audit_html(result.report, result.figures))
-        for name, (mu, sigma, n, desc) in result.source_stats.items():
-            save_stats(out_dir / f"fid-stats-{name}.npz", mu, sigma, n, desc)   # reusable as --reference
-    return result.report

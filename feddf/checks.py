@@ -7,7 +7,8 @@ Configs arrive from click (typed), from TOML files (any TOML type) and from Pyth
 what it holds: each field's value against its annotation (`int`, `float`, `bool`, `str`, `list[str]`, `X | None`),
 then the caller's range checks through `check_range(...)`, which also refuses NaN and +-inf. A TOML string such as
 "false" for a boolean is refused with one line instead of being read as true; an int where a float is expected is
-accepted (TOML `alpha = 1`), a bool where a number is expected is not.
+accepted (TOML `alpha = 1`), a bool where a number is expected is not. The Python API's keyword options are
+checked against the same dataclasses (`check_options`, `merge_options`).
 """
 from __future__ import annotations
 
@@ -101,3 +102,20 @@ def check_seed(flag: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
         raise FeddfError(f"{flag} {value}: seeds must be integers in [0, 2^63 - 1] (larger seeds would alias "
                          "smaller ones)")
+
+
+def check_options(cls, options: dict, what: str) -> None:
+    """Keyword options of the Python API function feddf.<what>() must be fields of its config dataclass `cls`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise FeddfError(f"feddf.{what}(): unknown option(s) {', '.join(unknown)}; valid options are the fields of "
+                         f"{cls.__name__}: {', '.join(sorted(names))}")
+
+
+def merge_options(cls, config, options: dict, what: str):
+    """config (an instance of cls, or None) with the given (non-None) options replacing its fields."""
+    if config is not None and not isinstance(config, cls):
+        raise FeddfError(f"feddf.{what}(): config must be a {cls.__name__}, not a {type(config).__name__}")
+    check_options(cls, options, what)
+    return dataclasses.replace(config, **options) if config is not None else cls(**options)

@@ -46,7 +46,7 @@ def test_custom_factory_trained_by_the_cli_and_reloaded_by_audit_labeler(fmnist_
     ckpt = run / "models" / f"{CUSTOM}.pt"
     assert ckpt.is_file()
 
-    from feddf.cache.importers import import_source
+    from feddf.data.importers import import_source
 
     cache = import_source("fashion-mnist:test[:200]", tmp_path / "real.h5", progress=False)
     proc = run_cli("audit", str(cache), "--labeler", str(run), "--out", str(tmp_path / "rep"), "--json", "--quiet",
@@ -235,7 +235,7 @@ def test_seeded_splits_derived_statistics_and_caches_as_datasets(tmp_path):
     assert info.details["split_rule"].startswith("seeded split")
     assert torch.equal(get_dataset(f"npz:{tmp_path / 'one.npz'}").images, tr.images)  # the split is fixed
     # a labelled feddf cache (here imported from that npz) is a dataset too, names from its label_names
-    from feddf.cache.importers import import_source
+    from feddf.data.importers import import_source
 
     np.savez(tmp_path / "named.npz", x=x, y=y, class_names=np.array(list("abcde")))
     cache = import_source(f"npz:{tmp_path / 'named.npz'}", tmp_path / "c.h5", progress=False)

@@ -172,7 +172,7 @@ def test_gen_refuses_non_finite_generator_outputs_naming_generator_and_batch(tmp
 
 # ------------------------------------------------------------------ import labels
 def test_npz_labels_are_bounded_by_the_declared_or_derived_classes(tmp_path):
-    from feddf.cache.importers import MAX_CLASSES, import_source
+    from feddf.data.importers import MAX_CLASSES, import_source
 
     x = np.zeros((4, 1, 8, 8), np.uint8)
     huge = tmp_path / "huge.npz"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from feddf.cache.importers import import_source
+from feddf.data.importers import import_source
 from feddf.cache.reader import open_cache
 from feddf.cache.stream import CacheStream
 from feddf.cache.verify import verify_cache
@@ -242,7 +242,7 @@ def test_bad_sources_are_refused(tmp_path, source, match):
 
 
 def test_split_option_takes_a_slice(tmp_path, fmnist_available):
-    from feddf.cache.importers import import_source
+    from feddf.data.importers import import_source
     from feddf.cache.reader import open_cache
     from feddf.data import get_dataset
     from feddf.errors import FeddfError

@@ -7,8 +7,8 @@ next to it (same folder, so the swap is a rename on one filesystem). The old cac
 the new one is marked complete; then `swap` fsyncs the new file, renames it over the old name and fsyncs the folder.
 A run that fails or is interrupted (an exception, Ctrl-C, SIGTERM, kill -9) leaves the old cache byte-identical and
 the staged file behind; the same `--force` command resumes the staged file (same identity) or starts it again.
-Only the holder of the cache's writer lock (`.<name>.lock`, feddf.cache.writer) creates, resumes or swaps a staged
-file. Multi-process caches (torchrun) stage every shard and swap shards and the joined cache together at the end
+Only the holder of the cache's writer lock (`.<name>.lock`, feddf.cache.writer, which calls this module) creates,
+resumes or swaps a staged file. Multi-process caches (torchrun) stage every shard and swap shards and the joined cache together at the end
 (`swap_all`, called by rank 0 once every shard is complete).
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+from feddf.cache.probe import probe_cache
 from feddf.errors import FeddfError
 
 SUFFIX = ".replacing"  # no .h5 ending: globs for caches (`*.h5`, e.g. the newest generated cache) never see it
@@ -30,8 +31,6 @@ def staging_path(path: str | os.PathLike) -> Path:
 
 def resumable(staging: Path, identity: dict) -> bool:
     """True when `staging` is a staged cache of exactly this identity (the same --force command, interrupted)."""
-    from feddf.cache.writer import probe_cache
-
     if not staging.is_file():
         return False
     old = probe_cache(staging)

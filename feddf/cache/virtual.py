@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from feddf.cache import format as fmt
+from feddf.cache.probe import open_h5_read, probe_cache
 from feddf.cache.replace import swap_all
-from feddf.cache.writer import _writer_lock, open_h5_read, probe_cache
+from feddf.cache.writer import _writer_lock
 from feddf.errors import FeddfError
 
 

@@ -22,10 +22,12 @@ How crash safety works (docs/cache-format.md has the contract):
   written" and "committed advanced" can never double count.
 - The file is opened straight into SWMR-write mode (a plain write open would make SWMR readers fail while it lasts);
   `complete` (root attribute, created False) is flipped in place once the last block is committed.
+The file's datasets and attributes are made by feddf.cache.layout, blocks are encoded and committed by
+feddf.cache.blocks, and an existing path is looked at by feddf.cache.probe; this module owns the writer's life
+(lock, create or resume, --force staging, append, finish, close).
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import time
@@ -36,26 +38,13 @@ from typing import Any
 import numpy as np
 
 from feddf.cache import format as fmt
-from feddf.cache import replace
+from feddf.cache import layout, replace
 from feddf.cache.blocks import COMMIT_BYTES, BlockPipeline
-from feddf.cache.codec import Pipeline, deflate_encoder
-from feddf.cache.superblock import clear_write_flags, is_hdf5
+from feddf.cache.codec import Pipeline
+from feddf.cache.layout import CHUNK_ALIGN, COMPRESSIONS, DEFAULT_COMPRESSION, GZIP_LEVEL  # noqa: F401 (public here)
+from feddf.cache.probe import open_h5_read, probe_cache  # noqa: F401 (public here: docs/CONTRACTS.md)
+from feddf.cache.superblock import clear_write_flags
 from feddf.errors import FeddfError
-
-COMPRESSIONS = ("gzip", "none", "lzf")
-DEFAULT_COMPRESSION = "gzip"  # deflate: a filter every HDF5 build has (lzf exists only inside h5py)
-GZIP_LEVEL = 1  # level 1 keeps 97-99% of level 6's saving at 2-3x its speed (docs/cache-format.md, Compression)
-
-
-def _compression_kwargs(compression: str | None, itemsize: int = 1) -> dict[str, Any]:
-    """h5py filter arguments; shuffle only where it can help (multi-byte elements: labels, confidences)."""
-    if compression in (None, "none"):
-        return {}
-    if compression == "lzf":
-        return {"compression": "lzf"}
-    if compression == "gzip":
-        return {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": itemsize > 1}
-    raise FeddfError(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
 
 
 def default_workers() -> int:
@@ -67,40 +56,6 @@ def default_workers() -> int:
     return max(1, min(8, cpus))
 
 
-def _attr_value(v: Any) -> Any:
-    """h5py attribute values: dicts/lists/tuples become JSON strings, paths strings."""
-    if isinstance(v, (dict, list, tuple)):
-        from feddf.utils import to_jsonable
-
-        return json.dumps(to_jsonable(v), sort_keys=True)
-    if isinstance(v, Path):
-        return str(v)
-    return v
-
-
-def open_h5_read(path: str | os.PathLike):
-    """Open a cache read-only for a reader: SWMR mode (works while a writer runs and on caches whose writer was
-    killed), falling back to a plain open for files whose superblock predates SWMR."""
-    import h5py
-
-    try:
-        return h5py.File(path, "r", swmr=True, locking=False)
-    except OSError:
-        return h5py.File(path, "r", locking=False)
-
-
-def probe_cache(path: str | os.PathLike) -> dict[str, Any] | None:
-    """Root attributes of the feddf cache at `path`, or None when `path` is anything else (never modifies it)."""
-    if not is_hdf5(path):
-        return None
-    try:
-        with open_h5_read(path) as f:
-            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-    except (OSError, KeyError, ValueError):
-        return None
-    return attrs if attrs.get("format") == fmt.FORMAT_NAME else None
-
-
 def _writer_lock(path: Path):
     """Exclusive flock on `.<name>.lock` next to the cache (feddf.runfolder.FolderLock, the one lock implementation);
     the kernel drops it when the holder dies (kill -9)."""
@@ -109,9 +64,6 @@ def _writer_lock(path: Path):
     return FolderLock(path.with_name(f".{path.name}.lock"),
                       lambda pid: f"{path} is being written by another process (pid {pid}); wait for it or choose "
                                   "another --out")
-
-
-CHUNK_ALIGN = 1 << 20  # file alignment of uncompressed image chunks (see CacheWriter._fapl)
 
 
 class CacheWriter(BlockPipeline):
@@ -140,7 +92,7 @@ class CacheWriter(BlockPipeline):
         self.n, self.channels, self.resolution = int(n), int(channels), int(resolution)
         self.num_labels, self.num_targets, self.labeler_classes = int(num_labels), int(num_targets), int(labeler_classes)
         self.chunk = int(min(chunk or fmt.chunk_images(channels, resolution), n))
-        _compression_kwargs(compression)  # validates the name
+        layout.compression_kwargs(compression)  # validates the name
         self.compression = compression or "none"
         if workers is not None and workers < 1:
             raise FeddfError(f"--workers {workers} must be >= 1")
@@ -219,43 +171,14 @@ class CacheWriter(BlockPipeline):
         self._open_rw()
 
     def _create(self, attrs: dict[str, Any]) -> None:
-        import h5py
-
-        from feddf import __version__
-        from feddf.utils import versions
-
-        n, c, r, k = self.n, self.channels, self.resolution, self.chunk
         self.committed = 0
         self._check_space()  # before any file exists: a refusal leaves nothing behind
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         try:
-            fid = h5py.h5f.create(os.fsencode(tmp), h5py.h5f.ACC_TRUNC, fapl=self._fapl())
-            with h5py.File(fid) as f:
-                # (N, C, R, R) in chunks of k whole images; never h5py's auto-chunking (it splits images)
-                f.create_dataset(fmt.IMAGES, shape=(n, c, r, r), dtype="u1", chunks=(k, c, r, r), fletcher32=True,
-                                 **_compression_kwargs(self.compression))
-                per_image = [(fmt.LABELS, "i8", fmt.UNLABELED)]
-                if self.num_targets:
-                    per_image.append((fmt.TARGETS, "i8", fmt.UNLABELED))
-                if self.labeler_classes:
-                    per_image += [(fmt.LABELER_PRED, "i8", fmt.UNLABELED), (fmt.LABELER_CONF, "f4", 0.0)]
-                for name, dtype, fill in per_image:
-                    f.create_dataset(name, shape=(n,), dtype=dtype, chunks=(k,), fillvalue=fill, fletcher32=True,
-                                     **_compression_kwargs(self.compression, np.dtype(dtype).itemsize))
-                f.create_dataset(fmt.COMMITTED, data=np.int64(0))
-                f.create_group(fmt.COVERAGE)
-                for name, size, dtype in self._coverage_specs():
-                    f.create_dataset(name, data=np.zeros(size, dtype))
-                all_attrs = {
-                    "format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION, "package_version": __version__,
-                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "versions": versions(), "n_requested": n, "channels": c, "resolution": r,
-                    "compression": self.compression, "chunk_images": k,
-                    "deflate_encoder": deflate_encoder(GZIP_LEVEL) if self.compression == "gzip" else None, **attrs,
-                    "identity": json.dumps(self.identity, sort_keys=True), "complete": False}
-                for key, v in all_attrs.items():
-                    if v is not None:
-                        f.attrs[key] = _attr_value(v)
+            layout.create(tmp, self._fapl(), n=self.n, channels=self.channels, resolution=self.resolution,
+                          chunk=self.chunk, compression=self.compression, num_labels=self.num_labels,
+                          num_targets=self.num_targets, labeler_classes=self.labeler_classes, attrs=attrs,
+                          identity=self.identity)
             os.replace(tmp, self.path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
@@ -265,12 +188,7 @@ class CacheWriter(BlockPipeline):
             raise
 
     def _coverage_specs(self) -> list[tuple[str, int, str]]:
-        specs = [(fmt.LABEL_COUNTS, self.num_labels, "i8")]
-        if self.num_targets:
-            specs.append((fmt.TARGET_COUNTS, self.num_targets, "i8"))
-        if self.labeler_classes:
-            specs += [(fmt.LABELER_COUNTS, self.labeler_classes, "i8"), (fmt.LABELER_CONF_SUM, self.labeler_classes, "f8")]
-        return specs
+        return layout.coverage_specs(self.num_labels, self.num_targets, self.labeler_classes)
 
     def _open_rw(self) -> None:
         import h5py
@@ -313,24 +231,8 @@ class CacheWriter(BlockPipeline):
             self._recount()
 
     def _fapl(self, latest: bool = False):
-        import h5py
-
-        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-        if latest:
-            fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
-        # The lowest bounds SWMR works with (superblock v3, fixed-array chunk index: HDF5 1.10). Never 'latest': with
-        # h5py's bundled HDF5 2.0 that writes object versions HDF5 <= 1.14 cannot read (h5ls prints "*ERROR*").
-        else:
-            fapl.set_libver_bounds(*fmt.libver_bounds())
-        fapl.set_file_locking(False, True)  # our flock on .<name>.lock is the writer lock; readers use SWMR
         chunk_bytes = self.chunk * self.channels * self.resolution * self.resolution + 4  # + fletcher32
-        if self.compression == "none" and chunk_bytes <= CHUNK_ALIGN:
-            # Start every image chunk on a 1 MiB boundary (< 0.2% of space at ~1 MiB chunks; compressed chunks would
-            # waste the space they saved, so only uncompressed caches). The kernel then caches each chunk in large
-            # page-cache folios, and the stream's mapped reads fault and unmap faster: bench_stream ratio 0.67-0.70
-            # -> 0.71-0.73 on the 2-core machine (before pagecache.recache). Objects under 64 KiB (labels, metadata) stay packed.
-            fapl.set_alignment(64 << 10, CHUNK_ALIGN)
-        return fapl
+        return layout.file_access(chunk_bytes, self.compression, latest)
 
     def _recount(self) -> None:
         """Coverage from the committed per-image arrays (exact even if a kill hit between coverage and commit)."""
@@ -400,12 +302,7 @@ class CacheWriter(BlockPipeline):
         return min((self.committed_queued // self.chunk + 1) * self.chunk, self.n)
 
     def _per_image_names(self) -> list[str]:
-        names = [fmt.IMAGES, fmt.LABELS]
-        if self.num_targets:
-            names.append(fmt.TARGETS)
-        if self.labeler_classes:
-            names += [fmt.LABELER_PRED, fmt.LABELER_CONF]
-        return names
+        return layout.per_image_names(self.num_targets, self.labeler_classes)
 
     def _check_space(self) -> None:
         """Refuse to start when the rest of the cache cannot fit on its file system. The estimate is the uncompressed

@@ -44,7 +44,7 @@ def import_cmd(source, out, split, resolution, limit, compression, workers, forc
     Labels are stored for audits only; distillation never uses them. An interrupted import resumes when re-run with
     the same arguments; an existing cache is never overwritten without --force.
     """
-    from feddf.cache.importers import import_source
+    from feddf.data.importers import import_source
     from feddf.cache.reader import open_cache
 
     path = import_source(source, out, split=split, resolution=resolution, limit=limit, compression=compression,

@@ -13,7 +13,7 @@ Specs are `KIND:PATH[:train|:test][[start:stop]]`, the same split/slice syntax a
 Channels, resolution and class names come from the data; the normalisation statistics are the per-channel mean/std
 of the training split unless given (npz arrays `mean`/`std`, or `PATH/dataset.json` with "mean", "std" and
 optionally "class_names" for a folder). Everything derived is in `DatasetInfo.details` and so in config.json.
-Decoders are those of `feddf cache import` (feddf/cache/importers.py); a loaded set is memoised per process.
+Decoders are those of `feddf cache import` (feddf/data/decode.py); a loaded set is memoised per process.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def _seeded_split(images: np.ndarray, labels: np.ndarray) -> dict:
 
 def _read_folder(root: Path, classes: list[str] | None = None):
     """One ImageFolder -> (uint8 NCHW, labels, class names), ordered by (file name, class)."""
-    from feddf.cache.importers import folder_decoder, folder_files
+    from feddf.data.decode import folder_decoder, folder_files
 
     _, files, found = folder_files(str(root))
     if not found:
@@ -140,7 +140,7 @@ def _load_folder(path: Path) -> Loaded:
 
 
 def _load_npz(path: Path) -> Loaded:
-    from feddf.cache.importers import npz_labels, npz_names, open_npz, to_nchw_uint8
+    from feddf.data.decode import npz_labels, npz_names, open_npz, to_nchw_uint8
 
     p, z = open_npz(str(path))
     with z:

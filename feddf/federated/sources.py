@@ -217,7 +217,7 @@ def resolve_source(name: str, channels: int, resolution: int, *, cache: str | No
         path = Path(cache) if cache else newest_generated_cache(cache_dir)
         return CacheSource(path, channels, resolution, resize, memory_bytes, name="gan")
     if name in REAL_SOURCES:
-        from feddf.cache.importers import import_source
+        from feddf.data.importers import import_source
 
         spec = REAL_SOURCES[name]
         out = Path(cache) if cache else Path(cache_dir) / f"{_import_name(spec)}.h5"

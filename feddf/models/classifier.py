@@ -104,7 +104,7 @@ def _resolve(path: Path, arch: str | None) -> Path:
 
 def load_classifier(path: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu") -> Classifier:
     """Load a `save_classifier` file, or the model of a `feddf train` run folder (its only one, or `arch`)."""
-    from feddf.models import get_model
+    from feddf.models.zoo import get_model
 
     file = _resolve(Path(path).expanduser(), arch)
     try:
