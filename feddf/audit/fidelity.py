@@ -55,9 +55,11 @@ def _t(x, a: int, b: int, device, dtype) -> torch.Tensor:
 
 
 def _sqdist(a: torch.Tensor, b: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    """(n, D), (m, D) and their squared norms -> (n, m) squared Euclidean distances (the expansion sklearn uses),
-    one fused addmm and two in-place passes: at D ~ 100 the element-wise passes cost as much as the product."""
-    return torch.addmm(b2[None, :], a, b.T, alpha=-2.0).add_(a2[:, None]).clamp_min_(0.0)
+    """(n, D), (m, D) and their squared norms -> (n, m) squared Euclidean distances (the expansion sklearn uses):
+    (|a|^2 + |b|^2) - 2 a.b in one addmm. The norms are summed first, and addition commutes exactly, so d(x, y) and
+    d(y, x) round alike: a point's k-th neighbour, which sits exactly on its ball's radius, is then outside that
+    ball whichever side computed the distance (prdc's strict `<`), on every CPU's BLAS."""
+    return torch.addmm(a2[:, None] + b2[None, :], a, b.T, alpha=-2.0).clamp_min_(0.0)
 
 
 def _rows_per_block(cols: int) -> int:
@@ -76,8 +78,7 @@ def knn_radii(x, k: int, device="cpu", dtype=torch.float64) -> torch.Tensor:
 
     "Other" excludes the row itself (by index, not by distance 0): exact duplicates are neighbours at distance 0,
     which is what prdc's (k+1)-th smallest distance including self gives. Rows x cols blocks with a running top-k
-    merge: memory O(BLOCK_ELEMS + N k). Rows are ranked by |b|^2 - 2 a.b (|a|^2 is constant along a row and added
-    to the k winners only)."""
+    merge: memory O(BLOCK_ELEMS + N k). Distances come from `_sqdist`, the function prdc() compares them with."""
     n = len(x)
     out = torch.empty(n, dtype=dtype, device=device)
     whole = _resident(x, device, dtype)
@@ -91,14 +92,14 @@ def knn_radii(x, k: int, device="cpu", dtype=torch.float64) -> torch.Tensor:
         best = torch.full((r1 - r0, k), float("inf"), dtype=dtype, device=device)
         for c0 in range(0, n, cb):
             c1 = min(n, c0 + cb)
-            e = torch.addmm(norms[None, c0:c1], a, get(c0, c1).T, alpha=-2.0)     # (b, c) = d - |a|^2
+            e = _sqdist(a, get(c0, c1), norms[r0:r1], norms[c0:c1])                # (b, c), as prdc() does
             lo, hi = max(r0, c0), min(r1, c1)
             if lo < hi:                 # the block holds rows' own columns: a row is not its own neighbour
                 i = torch.arange(lo, hi, device=device)
                 e[i - r0, i - c0] = float("inf")
             cand = torch.cat([best, e.topk(min(k, c1 - c0), dim=1, largest=False).values], dim=1)
             best = cand.topk(k, dim=1, largest=False).values
-        out[r0:r1] = (best.max(dim=1).values + norms[r0:r1]).clamp_min_(0.0)
+        out[r0:r1] = best.max(dim=1).values
     return out
 
 
