@@ -102,23 +102,13 @@ class LocalFlower:
 
     def __enter__(self) -> "LocalFlower":
         self.dir.mkdir(parents=True, exist_ok=True)
-        home = self.dir / "flwr-home"
-        home.mkdir(exist_ok=True)
+        (self.dir / "flwr-home").mkdir(exist_ok=True)
         self.port = self.port or free_port()
         try:
             if self._want_secure:  # keys a killed launcher left behind: never reused
                 shutil.rmtree(self.dir / SECRETS, ignore_errors=True)
             self.secure = security.prepare(self._want_secure, self.dir / SECRETS, len(self.nodes))
-            (home / "config.toml").write_text(f'[superlink]\ndefault = "feddf"\n\n[superlink.feddf]\n'
-                                              f'address = "{self.connect}:{self.port}"\n'
-                                              f'{security.connection(self.secure)}\n')
-            self._spawn("superlink", [_exe("flower-superlink"), *security.superlink_args(self.secure),
-                                      "--disable-runtime-dependency-installation", "--host", self.host,
-                                      "--port", str(self.port)] + (["--simulation"] if self.simulation else []))
-            self._wait_port(self.port, "superlink")
-            self._remember()
-            for pub in self.secure.public_keys if self.secure else ():
-                self.register(pub)
+            self._start_superlink()
             for k, arch in enumerate(self.nodes):
                 self.start_supernode(f"supernode-{k}", k, arch, security.supernode_args(self.secure, k))
         except BaseException:
@@ -126,22 +116,44 @@ class LocalFlower:
             raise
         return self
 
+    def _start_superlink(self) -> None:
+        args = [_exe("flower-superlink"), *security.superlink_args(self.secure),
+                "--disable-runtime-dependency-installation"] + (["--simulation"] if self.simulation else [])
+        keys = self.secure.public_keys if self.secure else ()
+        if keys and not self.nodes:
+            # Nodes on other machines may connect the moment the SuperLink listens, and one whose key is not yet
+            # registered is refused for good: register the keys first, on a private port, into a database the
+            # SuperLink then serves. The database also keeps the nodes' identities over a SuperLink restart (a
+            # --resume with the same --state-dir): running SuperNodes reconnect by themselves.
+            db = self.dir / "superlink.db"
+            if not db.exists():
+                (self.dir / security.REGISTERED).unlink(missing_ok=True)
+            args += ["--database", str(db)]
+            setup = free_port()
+            self._write_connection(setup)
+            self._spawn("superlink-setup", [*args, "--host", self.connect, "--port", str(setup)])
+            self._wait_port(setup, "superlink-setup")
+            security.sync_keys(self.flwr, keys, self.dir / security.REGISTERED)
+            self._stop({"superlink-setup": self.procs.pop("superlink-setup")})
+        self._write_connection(self.port)
+        self._spawn("superlink", [*args, "--host", self.host, "--port", str(self.port)])
+        self._wait_port(self.port, "superlink")
+        self._remember()
+        if keys and self.nodes:  # the nodes started here start after this
+            security.sync_keys(self.flwr, keys, None)
+
+    def _write_connection(self, port: int) -> None:
+        """FLWR_HOME/config.toml: the connection `feddf` that every flwr command here uses."""
+        (self.dir / "flwr-home" / "config.toml").write_text(
+            f'[superlink]\ndefault = "feddf"\n\n[superlink.feddf]\naddress = "{self.connect}:{port}"\n'
+            f'{security.connection(self.secure)}\n')
+
     def start_supernode(self, name: str, k: int, arch: str | None, tls: list[str],
                         extra: tuple[str, ...] = ()) -> subprocess.Popen:
         """A SuperNode for partition k of len(nodes), with `tls` (security.supernode_args) as its TLS/auth flags."""
-        return self._spawn(name, [_exe("flower-supernode"), *tls, "--superlink", f"{self.connect}:{self.port}", "--host",
-                                  HOST, "--port", str(free_port()), "--node-config",
+        return self._spawn(name, [_exe("flower-supernode"), *tls, "--superlink", f"{self.connect}:{self.port}",
+                                  "--host", HOST, "--port", str(free_port()), "--node-config",
                                   node_config(k, len(self.nodes), arch), *extra])
-
-    def register(self, public_key: Path) -> None:
-        """Register a SuperNode public key on the SuperLink (node authentication admits only registered keys)."""
-        res = self.flwr("supernode", "register", str(public_key), "feddf", "--format", "json")
-        try:
-            ok = json.loads(res.stdout).get("success") is True
-        except ValueError:
-            ok = False
-        if not ok:
-            raise FeddfError(f"flwr supernode register {public_key} failed: {(res.stdout + res.stderr).strip()[-300:]}")
 
     def _wait_port(self, port: int, name: str, timeout: float = 60) -> None:
         t0 = time.monotonic()
@@ -161,34 +173,38 @@ class LocalFlower:
         self.close(keep=exc[0] is not None)
 
     def close(self, keep: bool = False) -> None:
-        """Stop every process started, with the process groups of their descendants (the SuperLink's SuperExec
-        detaches into a group of its own) and the groups seen earlier that still hold a process of this FLWR_HOME
-        (a killed SuperLink orphans its SuperExec's ServerApp): SIGTERM, then SIGKILL after 10 s; remove a
-        temporary state dir."""
+        """Stop every process started (`_stop`) and the groups seen earlier that still hold a process of this
+        FLWR_HOME (a killed SuperLink orphans its SuperExec's ServerApp); remove generated keys and a temporary
+        state dir."""
         home = f"FLWR_HOME={self.dir / 'flwr-home'}".encode()
-        groups = ({p.pid for p in self.procs.values()} | _descendant_groups({p.pid for p in self.procs.values()})
-                  | {g for g in self._groups if _group_has_env(g, home)})
+        self._stop(self.procs, {g for g in self._groups if _group_has_env(g, home)})
+        self.procs.clear()
+        if self._want_secure:  # throwaway keys made here: useless once the processes are gone
+            shutil.rmtree(self.dir / SECRETS, ignore_errors=True)
+        if self._tmp and not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def _stop(procs: dict[str, subprocess.Popen], extra: set[int] = frozenset()) -> None:
+        """Stop `procs` with the process groups of their descendants (the SuperLink's SuperExec detaches into a
+        group of its own) and the groups `extra`: SIGTERM, then SIGKILL after 10 s."""
+        groups = {p.pid for p in procs.values()} | _descendant_groups({p.pid for p in procs.values()}) | set(extra)
         groups.discard(os.getpgrp())
         for g in groups:
             _signal_group(g, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        for p in self.procs.values():
+        for p in procs.values():
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
         for g in groups:
             _signal_group(g, signal.SIGKILL)  # whatever is left: superexec, client/server apps
-        for p in self.procs.values():
+        for p in procs.values():
             p.wait()
         for g in groups:  # SIGKILL is asynchronous: return once every member is gone
             while _group_alive(g) and time.monotonic() < deadline + 5:
                 time.sleep(0.05)
-        self.procs.clear()
-        if self._want_secure:  # throwaway keys made here: useless once the processes are gone
-            shutil.rmtree(self.dir / SECRETS, ignore_errors=True)
-        if self._tmp and not keep:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
     # ---- one run of the app ----------------------------------------------------------------------------------
     def flwr(self, *args: str, timeout: float | None = 120) -> subprocess.CompletedProcess:

@@ -21,12 +21,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import ipaddress
+import json
 import os
+import subprocess
 from pathlib import Path
+from typing import Callable
 
 from feddf.errors import FeddfError
 
 LOOPBACK = "127.0.0.1"
+REGISTERED = "registered.json"  # in the state dir, next to the SuperLink's database: key fingerprint -> node id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +68,47 @@ def supernode_args(sec: Secure | None, k: int) -> list[str]:
 
 def connection(sec: Secure | None) -> str:
     return sec.connection() if sec else "insecure = true"
+
+
+def sync_keys(flwr: Callable[..., subprocess.CompletedProcess], public_keys, record: Path | None) -> None:
+    """Make the SuperLink's registered SuperNode keys exactly `public_keys`, with `flwr(*args)` running the flwr CLI
+    on its connection. record (a SuperLink with a database): the keys an earlier launch registered there; those
+    still wanted stay registered (their nodes keep their identity), the others are unregistered."""
+    import hashlib
+
+    done = json.loads(record.read_text()) if record is not None and record.exists() else {}
+    want = {}
+    for p in public_keys:  # the fingerprint of the key itself, not of its comment
+        want[hashlib.sha256(Path(p).read_bytes().split()[1]).hexdigest()[:16]] = Path(p)
+    for fp, node in list(done.items()):
+        if fp not in want:
+            supernode_cmd(flwr, "unregister", str(node))
+            del done[fp]
+            _save(record, done)
+    for fp, p in want.items():
+        if fp not in done:
+            done[fp] = supernode_cmd(flwr, "register", str(p))["node-id"]
+            _save(record, done)
+
+
+def supernode_cmd(flwr, verb: str, arg: str) -> dict:
+    """`flwr supernode VERB ARG` (register PUBKEY, unregister NODE_ID) on the connection; its JSON, or one line."""
+    res = flwr("supernode", verb, arg, "feddf", "--format", "json")
+    try:
+        out = json.loads(res.stdout)
+    except ValueError:
+        out = {}
+    if out.get("success") is not True:
+        detail = " ".join(str(out.get("error-message") or res.stdout + res.stderr).split())
+        raise FeddfError(f"flwr supernode {verb} {arg} failed: {detail[-300:]}")
+    return out
+
+
+def _save(record: Path | None, done: dict) -> None:
+    if record is not None:
+        from feddf.utils import atomic_write_json
+
+        atomic_write_json(record, done)
 
 
 # ---- making key material -------------------------------------------------------------------------------------
@@ -170,6 +215,12 @@ def generate(folder: str | os.PathLike, nodes: int, hosts: list[str] = (), days:
     """A CA, a SuperLink certificate for `hosts` (+ 127.0.0.1) and `nodes` SuperNode key pairs in `folder` (made
     0700). The CA's private key is deleted unless keep_ca: nothing more is ever signed with a throwaway CA."""
     folder = Path(folder)
+    names = ["ca.key", "ca.crt", "superlink.key", "superlink.crt", *(f"node-{k}{e}" for k in range(nodes)
+                                                                     for e in ("", ".pub"))]
+    taken = [n for n in names if (folder / n).exists()]
+    if taken:  # checked before anything is written: never half a set
+        raise FeddfError(f"{folder / taken[0]} already exists: choose another --out (existing keys and certificates "
+                         "are never overwritten)")
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     ca_cert, ca_key = make_ca(folder, days)
