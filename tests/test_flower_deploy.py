@@ -92,22 +92,25 @@ def launch_and_kill(args, out: Path, state: Path, rounds: int, target: str, sig:
 
 
 def test_tls_and_node_auth_refuse_intruders_the_run_goes_on_and_no_private_key_is_written(tmp_path):
+    """`local` with the user's own TLS files (as `--ssl-*` gives them); the node keys are made for the run."""
     from feddf.federated.config import TrainConfig
     from feddf.flower import security
     from feddf.flower.launch import LocalFlower, prepare
 
     os.environ.update(ENV)
     run, state = tmp_path / "run", tmp_path / "state"
+    own = security.generate(tmp_path / "own", 0)
+    users = security.from_files(own.ca, own.cert, own.key)
     cfg = prepare(TrainConfig(dataset="fashion-mnist", arch="cnn", aggregator="fedavg", clients=2, fraction=1.0,
                               local_epochs=1, train_limit=200, test_limit=200, eval_batch_size=200, rounds=1,
                               progress=False, out=str(run)))
     other = security.generate(tmp_path / "other-ca", 0)          # someone else's CA
     stranger = security.make_node_key(tmp_path / "stranger")     # a key nobody registered
     spare = security.make_node_key(tmp_path / "spare")           # registered, but its node trusts the other CA
-    with LocalFlower([None] * 2, state_dir=state, stream=False, secure=True) as fl:
+    with LocalFlower([None] * 2, state_dir=state, stream=False, secure=users) as fl:
         sec = fl.secure
-        assert sec.key.parent == state / "secrets" and mode(sec.key.parent) == 0o700
-        assert all(mode(p) == 0o600 for p in (sec.key, *sec.node_keys))
+        assert sec.cert == own.cert and {p.parent for p in sec.node_keys} == {state / "secrets"}
+        assert mode(state / "secrets") == 0o700 and all(mode(p) == 0o600 for p in (sec.key, *sec.node_keys))
         private = [p.read_bytes() for p in (sec.key, *sec.node_keys)]
         security.supernode_cmd(fl.flwr, "register", f"{spare}.pub")
         # each claims a partition a real node holds: had the SuperLink let one in, the run would fail its node check
@@ -134,8 +137,9 @@ def test_tls_and_node_auth_refuse_intruders_the_run_goes_on_and_no_private_key_i
     assert sorted(json.loads((run / "config.json").read_text())["engine"]["nodes"].values()) == online
     assert [(r["round"], r["replied"], r["missing"]) for r in metrics(run)] == [(1, [0, 1], [])]
     assert "SuperNode authentication is disabled" not in (state / "superlink.log").read_text()
-    # throwaway keys are gone with the processes; none was ever written to the run folder or a log
-    assert not (state / "secrets").exists()
+    # the run's node keys are gone with the processes, the user's files are untouched; no private key was ever
+    # written to the run folder or a log
+    assert not (state / "secrets").exists() and own.key.read_bytes() == private[0]
     body = [ln for key in private for ln in key.splitlines() if len(ln) >= 40 and b"PRIVATE KEY" not in ln]
     assert len(body) >= 9
     for f in [*run.rglob("*"), *state.rglob("*")]:

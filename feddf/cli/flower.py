@@ -157,6 +157,9 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
                              f"give one of them")
         given["clients"] = nodes
     cfg = prepare(config_from(load_toml(config_file) if config_file else {}, given))
+    if remote and len(secure.public_keys) < cfg.clients:
+        raise FeddfError(f"--clients {cfg.clients} but {len(secure.public_keys)} --node-public-key: give one key "
+                         "per SuperNode (partition)")
     archs = [None] * cfg.clients if simulation else assign_archs(cfg.clients, cfg.archs)
     for item in node_arch:
         k, _, arch = item.partition("=")

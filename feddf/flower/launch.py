@@ -1,6 +1,8 @@
 """Start Flower on 127.0.0.1, run the feddf app, read the run's status and stop every process that was started:
-`feddf flower simulate` (a SuperLink in simulation mode: Flower's Ray engine plays the clients) and
-`feddf flower local` (a SuperLink + one SuperNode per partition, a real deployment on loopback).
+`feddf flower simulate` (a SuperLink in simulation mode: Flower's Ray engine plays the clients),
+`feddf flower local` (a SuperLink + one SuperNode per partition, a real deployment on loopback; --secure: TLS and
+SuperNode authentication, feddf/flower/security.py) and `feddf flower server` (a TLS SuperLink whose SuperNodes run
+on other machines).
 
     python -c "from feddf.flower.launch import LocalFlower; print(LocalFlower.__doc__)"
 
@@ -58,8 +60,11 @@ class LocalFlower:
     """A SuperLink (+ SuperNodes) on 127.0.0.1 as a context manager; `run(cfg)` runs the app once on it.
 
     nodes: one entry per SuperNode, its arch (None = no arch in its node config; the server derives it); empty for
-    simulation=True. state_dir keeps FLWR_HOME, every process's log and processes.json (name -> pid); a temporary
-    folder (removed on success) when None.
+    simulation=True and for SuperNodes that run elsewhere. state_dir keeps FLWR_HOME, every process's log and
+    processes.json (name -> pid), and (secure) the generated keys while the processes run and the SuperLink's
+    database of registered keys; a temporary folder (removed on success) when None. secure: False (plaintext),
+    True (throwaway key material) or a security.Secure (the user's files). host/port: where the SuperLink listens
+    (port 0: a free one).
     """
 
     def __init__(self, nodes: list[str | None] | None = None, simulation: bool = False,
@@ -105,6 +110,9 @@ class LocalFlower:
         (self.dir / "flwr-home").mkdir(exist_ok=True)
         self.port = self.port or free_port()
         try:
+            if isinstance(self._want_secure, Secure) and any(
+                    (self.dir / SECRETS) in p.resolve().parents for p in self._want_secure.files()):
+                raise FeddfError(f"keep your TLS files outside {self.dir / SECRETS}: that folder is replaced")
             if self._want_secure:  # keys a killed launcher left behind: never reused
                 shutil.rmtree(self.dir / SECRETS, ignore_errors=True)
             self.secure = security.prepare(self._want_secure, self.dir / SECRETS, len(self.nodes))
@@ -164,7 +172,8 @@ class LocalFlower:
                 if s.connect_ex((self.connect, port)) == 0:
                     return
             time.sleep(0.2)
-        raise FeddfError(f"{name} did not listen on {self.connect}:{port} within {timeout:g} s: see {self.dir}/{name}.log")
+        raise FeddfError(f"{name} did not listen on {self.connect}:{port} within {timeout:g} s: see "
+                         f"{self.dir}/{name}.log")
 
     def _remember(self) -> None:
         self._groups |= _descendant_groups({p.pid for p in self.procs.values()})

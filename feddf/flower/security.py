@@ -5,8 +5,8 @@ EC key pair per SuperNode, made with `cryptography`), checks of a user's own fil
 
 What Flower 1.42 does with them (read in flwr/superlink, flwr/supernode; every flag below was run):
   SuperLink  `--ssl-ca-certfile CA --ssl-certfile CERT --ssl-keyfile KEY` serve Fleet, Control and Runtime APIs
-             over HTTPS on one port; the SuperExec it starts connects back to 127.0.0.1:PORT and verifies CERT
-             against CA, so CERT must name 127.0.0.1 as well as the address the nodes use.
+             over HTTPS on one port; the SuperExec it starts connects back to --host:PORT (0.0.0.0 -> 127.0.0.1)
+             and verifies CERT against CA, so CERT must name that address as well as the one the nodes use.
              `--enable-supernode-auth`: a SuperNode may only activate with a public key registered beforehand
              through the Control API (`flwr supernode register KEY.pub`); every Fleet request is signed with the
              node's private key (ECDSA over a timestamp) and checked against the registered key.
@@ -52,6 +52,9 @@ class Secure:
 
     def supernode_args(self, k: int) -> list[str]:
         return ["--root-certificates", str(self.ca), "--auth-supernode-private-key", str(self.node_keys[k])]
+
+    def files(self) -> list[Path]:
+        return [self.ca, self.cert, self.key, *self.node_keys, *self.public_keys]
 
     def connection(self) -> str:
         """The TLS line of the flwr connection in config.toml."""
@@ -133,8 +136,8 @@ def _name(cn: str):
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "feddf"), x509.NameAttribute(NameOID.COMMON_NAME,
-                                                                                                 cn)])
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "feddf"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def _pem_key(key) -> bytes:
@@ -173,11 +176,8 @@ def make_server_cert(folder: Path, ca_cert, ca_key, hosts: list[str], days: int)
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    names, seen = [], set()
-    for h in [*hosts, LOOPBACK, "localhost"]:
-        if h in seen:
-            continue
-        seen.add(h)
+    names = []
+    for h in dict.fromkeys([*hosts, LOOPBACK, "localhost"]):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(h)))
         except ValueError:
