@@ -41,7 +41,7 @@ def leftovers(pids) -> list[str]:
     also finds a ClientApp a killed SuperNode left behind) or started with `--parent-pid` one of them (Flower's
     SuperExec, which detaches into a group of its own); zombies count as gone."""
     pids = {int(p) for p in pids}
-    ps = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True, check=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "pgid=,stat=,args="], capture_output=True, text=True, check=True).stdout
     out = []
     for line in ps.splitlines():
         pgid, stat, args = line.split(None, 2)
@@ -59,9 +59,12 @@ def dcgan_cache(tmp_path_factory, fmnist_available):
 
 
 def test_help():
-    for args, flags in ((["flower"], ["simulate", "local"]),
+    for args, flags in ((["flower"], ["simulate", "local", "server", "certs"]),
                         (["flower", "simulate"], ["--min-replies", "--archs", "--distill-source", "--state-dir"]),
-                        (["flower", "local"], ["--nodes", "--node-arch", "--round-timeout", "--aggregator"])):
+                        (["flower", "local"], ["--nodes", "--node-arch", "--round-timeout", "--aggregator", "--secure",
+                                               "--ssl-certfile", "--resume"]),
+                        (["flower", "server"], ["--node-public-key", "--ssl-ca-certfile", "--host", "--port"]),
+                        (["flower", "certs"], ["--out", "--host", "--nodes", "--days"])):
         p = run_cli(*args, "--help", check=True)
         assert all(f in p.stdout for f in flags), p.stdout
 

@@ -1,9 +1,11 @@
-"""`feddf flower simulate|local`: the FedDF rounds of `feddf train` on Flower (pip install 'feddf[flower]').
+"""`feddf flower simulate|local|server|certs`: the FedDF rounds of `feddf train` on Flower (pip install
+'feddf[flower]').
 
-    feddf flower local --nodes 3 --archs cnn,resnet8 --fraction 1 --rounds 2 --distill-source noise \
+    feddf flower local --secure --nodes 3 --archs cnn,resnet8 --fraction 1 --rounds 2 --distill-source noise \
         --train-limit 600 --test-limit 500 --local-epochs 1 --distill-steps 20 --eval-every 10 --out runs/flower
 
-Both take `feddf train`'s options (same defaults, same run folder) plus the Flower ones below; docs/flower.md.
+simulate, local and server take `feddf train`'s options (same defaults, same run folder, --resume) plus the Flower
+ones below; `server` is the SuperLink of a multi-machine deployment, `certs` makes its key material; docs/flower.md.
 """
 from __future__ import annotations
 
@@ -28,11 +30,26 @@ FLOWER_OPTIONS = [
 ]
 
 
-def _flower_command(fn):
+# the SuperLink's TLS files (Flower's own flag names); `local --secure` makes throwaway ones instead
+TLS_OPTIONS = [
+    click.option("--ssl-ca-certfile", type=click.Path(dir_okay=False), default=None,
+                 help="CA certificate the SuperNodes verify the SuperLink against (PEM)."),
+    click.option("--ssl-certfile", type=click.Path(dir_okay=False), default=None,
+                 help="SuperLink certificate, issued by that CA, naming 127.0.0.1 and the address nodes use (PEM)."),
+    click.option("--ssl-keyfile", type=click.Path(dir_okay=False), default=None,
+                 help="SuperLink private key (PEM, unencrypted)."),
+]
+
+
+def _flower_command(fn, extra=()):
     fn = _command(fn)
-    for o in reversed(FLOWER_OPTIONS):
+    for o in reversed([*FLOWER_OPTIONS, *extra]):
         fn = o(fn)
     return fn
+
+
+def _tls_command(fn):
+    return _flower_command(fn, TLS_OPTIONS)
 
 
 @click.group("flower")
@@ -43,6 +60,11 @@ def command() -> None:
     Examples:
       feddf flower simulate --clients 4 --arch cnn --aggregator fedavg --rounds 2 --out runs/flower-sim
       feddf flower local --nodes 3 --archs cnn,resnet8 --distill-source noise --out runs/flower-local
+      feddf flower local --secure --nodes 2 --rounds 3 --aggregator fedavg --out runs/flower-tls
+      feddf flower local --secure --nodes 2 --rounds 6 --aggregator fedavg --out runs/flower-tls --resume
+      feddf flower certs --out certs --host server.example.org --nodes 3
+      feddf flower server --ssl-ca-certfile certs/ca.crt --ssl-certfile certs/superlink.crt \\
+          --ssl-keyfile certs/superlink.key --node-public-key certs/node-0.pub ... --host 0.0.0.0 --out runs/x
     """
 
 
@@ -57,13 +79,59 @@ def simulate(**options) -> None:
 @click.option("--nodes", type=int, default=None, help="SuperNodes to start (one per client; default --clients).")
 @click.option("--node-arch", "node_arch", multiple=True, metavar="K=ARCH",
               help="Give SuperNode K this arch in its --node-config (default archs[K*A//N]); repeatable.")
-@_flower_command
-def local(nodes, node_arch, **options) -> None:
+@click.option("--secure", is_flag=True,
+              help="TLS + SuperNode authentication with a throwaway CA, certificate and one key pair per SuperNode "
+                   "(0600, in the state dir, deleted when the processes stop); implied by --ssl-*.")
+@_tls_command
+def local(nodes, node_arch, secure, ssl_ca_certfile, ssl_certfile, ssl_keyfile, **options) -> None:
     """A real deployment on 127.0.0.1: flower-superlink + one flower-supernode per partition, then `flwr run`."""
-    _run(options, simulation=False, nodes=nodes, node_arch=node_arch)
+    from feddf.flower.security import from_files
+
+    if ssl_ca_certfile or ssl_certfile or ssl_keyfile:
+        secure = from_files(ssl_ca_certfile, ssl_certfile, ssl_keyfile)
+    _run(options, simulation=False, nodes=nodes, node_arch=node_arch, secure=secure)
 
 
-def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: tuple = ()) -> None:
+@command.command("server")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the SuperLink listens on (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=9093, show_default=True, help="The SuperLink's port (Fleet, Control and "
+              "Runtime APIs share it).")
+@click.option("--node-public-key", "public_keys", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="OpenSSH public key of a SuperNode allowed in (one per node; repeatable).")
+@_tls_command
+def server(host, port, public_keys, ssl_ca_certfile, ssl_certfile, ssl_keyfile, **options) -> None:
+    """The server of a multi-machine deployment: a SuperLink with TLS and node authentication (your certificate and
+    the nodes' public keys) that runs the app once; start `flower-supernode` on each client machine (docs/flower.md)."""
+    from feddf.flower.security import from_files
+
+    secure = from_files(ssl_ca_certfile, ssl_certfile, ssl_keyfile, public_keys=public_keys,
+                        host="127.0.0.1" if host == "0.0.0.0" else host)
+    _run(options, simulation=False, remote=True, secure=secure, host=host, port=port)
+
+
+@command.command("certs")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the files (made 0700).")
+@click.option("--host", "hosts", multiple=True, metavar="NAME",
+              help="Name or IP address the SuperNodes reach the SuperLink at (repeatable; 127.0.0.1 is always in).")
+@click.option("--nodes", type=int, required=True, help="SuperNode key pairs to make (node-0 .. node-N-1).")
+@click.option("--days", type=int, default=365, show_default=True, help="Validity of the certificates.")
+def certs(out, hosts, nodes, days) -> None:
+    """A CA (ca.crt, ca.key), a SuperLink certificate (superlink.crt, superlink.key) and SuperNode key pairs
+    (node-K, node-K.pub) for `feddf flower server` / flower-supernode; private keys 0600, never overwritten."""
+    from feddf.errors import FeddfError
+    from feddf.flower.security import generate
+
+    if nodes < 1 or days < 1:
+        raise FeddfError(f"--nodes {nodes} --days {days}: both must be at least 1")
+    sec = generate(out, nodes, list(hosts), days=days, keep_ca=True)
+    click.echo(f"wrote {out}: ca.crt, ca.key, {sec.cert.name}, {sec.key.name}, node-0..node-{nodes - 1} (+ .pub); "
+               f"the SuperLink keeps superlink.*, node-*.pub; client machine K gets ca.crt and node-K")
+
+
+def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: tuple = (), secure=False,
+         remote: bool = False, host: str = "127.0.0.1", port: int = 0) -> None:
+    """remote: start no SuperNodes (they run on other machines and connect to host:port)."""
     import json
     import sys
 
@@ -80,8 +148,6 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     as_json, quiet, config_file = options.pop("as_json"), options.pop("quiet"), options.pop("config_file")
     flower = {k: options.pop(k) for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval",
                                           "state_dir")}
-    if options.pop("resume", None):
-        raise FeddfError("--resume: a Flower run cannot be resumed; start a new --out")
     given = {k: v for k, v in options.items() if v is not None}
     if "archs" in given:
         given["archs"] = [a.strip() for a in given["archs"].split(",") if a.strip()]
@@ -91,6 +157,9 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
                              f"give one of them")
         given["clients"] = nodes
     cfg = prepare(config_from(load_toml(config_file) if config_file else {}, given))
+    if remote and len(secure.public_keys) < cfg.clients:
+        raise FeddfError(f"--clients {cfg.clients} but {len(secure.public_keys)} --node-public-key: give one key "
+                         "per SuperNode (partition)")
     archs = [None] * cfg.clients if simulation else assign_archs(cfg.clients, cfg.archs)
     for item in node_arch:
         k, _, arch = item.partition("=")
@@ -107,8 +176,11 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     folder = claim(cfg.out, kind="flower", settings=run_settings(cfg))
     try:
         folder.mark()
-        with LocalFlower([] if simulation else archs, simulation=simulation, state_dir=flower["state_dir"],
-                         log=log, stream=not quiet) as fl:
+        with LocalFlower([] if simulation or remote else archs, simulation=simulation, state_dir=flower["state_dir"],
+                         log=log, stream=not quiet, secure=secure, host=host, port=port) as fl:
+            if remote:
+                log(f"SuperLink on {host}:{fl.port} (TLS, {len(secure.public_keys)} registered SuperNode keys): "
+                    f"waiting {flower['node_timeout']:g} s for {cfg.clients} SuperNodes")
             res = fl.run(cfg, engine, min_replies=flower["min_replies"], node_timeout=flower["node_timeout"],
                          round_timeout=flower["round_timeout"], poll_interval=flower["poll_interval"])
     finally:

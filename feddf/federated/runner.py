@@ -88,7 +88,7 @@ def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None]) -> dict:
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not cfg.resume:
         raise FeddfError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    ckpt = _load_checkpoint(ckpt_path, cfg) if cfg.resume and ckpt_path.exists() else None
+    ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume and ckpt_path.exists() else None
     task = load_task(cfg, log)
     folder.mark()
     (out / "models").mkdir(exist_ok=True)
@@ -99,24 +99,14 @@ def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None]) -> dict:
 
     agg = get_aggregator(cfg.aggregator, weighting=cfg.weighting, server_momentum=cfg.server_momentum)
     server = {a: task.initial_state(a) for a in cfg.archs}
-    rows: list[dict] = []
-    start = 0
-    if ckpt is not None:
-        start, rows = int(ckpt["round"]), list(ckpt["metrics"])
-        server = {a: ckpt["server"][a] for a in cfg.archs}
-        agg.load_state_dict(ckpt["aggregator"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        _write_outputs(out, task, server, rows)  # undo anything a killed round wrote after its checkpoint
-        log(f"resuming {out} after round {start}/{cfg.rounds}")
+    start, rows = restore(ckpt, cfg, out, task, agg, server, log)
 
     bar = Progress(cfg.rounds, start, cfg.progress)
     try:
         for r in range(start + 1, cfg.rounds + 1):
             row = _round(r, cfg, task, agg, server, device, bar)
             rows.append(row)
-            _write_outputs(out, task, server, rows, checkpoint={
-                "version": CHECKPOINT_VERSION, "round": r, "server": server, "aggregator": agg.state_dict(),
-                "metrics": rows, "config": dataclasses.asdict(cfg), "rng": {"torch": torch.get_rng_state()}})
+            _write_outputs(out, task, server, rows, checkpoint=checkpoint(r, cfg, server, agg, rows))
             bar.advance()
     finally:
         bar.close()
@@ -142,7 +132,29 @@ def _round(r: int, cfg: TrainConfig, task: Task, agg, server: dict, device, bar:
             "distill_seconds": round(distill_seconds, 3), "server_seconds": fused.seconds, "selected": selected}
 
 
-# ---- run folder ----------------------------------------------------------------------------------------------
+# ---- run folder (shared with the Flower ServerApp, feddf/flower/server_app.py) --------------------------------
+def checkpoint(r: int, cfg: TrainConfig, server: dict, agg, rows: list[dict]) -> dict:
+    """checkpoint.pt after round r: everything --resume needs to continue as the uninterrupted run would."""
+    return {"version": CHECKPOINT_VERSION, "round": r, "server": server, "aggregator": agg.state_dict(),
+            "metrics": rows, "config": dataclasses.asdict(cfg), "rng": {"torch": torch.get_rng_state()}}
+
+
+def restore(ckpt: dict | None, cfg: TrainConfig, out: Path, task: Task, agg, server: dict,
+            log: Callable[[str], None]) -> tuple[int, list[dict]]:
+    """(last finished round, its metrics rows) of a checkpoint (0, [] without one), with `server` (arch -> state,
+    updated in place), the aggregator and torch's RNG put back, and the run folder's models and metrics.jsonl
+    rewritten to that round (undoing whatever a killed round wrote after its checkpoint)."""
+    if ckpt is None:
+        return 0, []
+    start, rows = int(ckpt["round"]), list(ckpt["metrics"])
+    server.update({a: ckpt["server"][a] for a in cfg.archs})
+    agg.load_state_dict(ckpt["aggregator"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    _write_outputs(out, task, server, rows)
+    log(f"resuming {out} after round {start}/{cfg.rounds}")
+    return start, rows
+
+
 def _write_json(path: Path, obj) -> None:
     from feddf.utils import atomic_write_json
 
@@ -160,7 +172,7 @@ def _write_outputs(out: Path, task: Task, server: dict, rows: list[dict], checkp
     atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
 
 
-def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
+def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is a user-facing problem

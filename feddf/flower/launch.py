@@ -1,6 +1,8 @@
 """Start Flower on 127.0.0.1, run the feddf app, read the run's status and stop every process that was started:
-`feddf flower simulate` (a SuperLink in simulation mode: Flower's Ray engine plays the clients) and
-`feddf flower local` (a SuperLink + one SuperNode per partition, a real deployment on loopback).
+`feddf flower simulate` (a SuperLink in simulation mode: Flower's Ray engine plays the clients),
+`feddf flower local` (a SuperLink + one SuperNode per partition, a real deployment on loopback; --secure: TLS and
+SuperNode authentication, feddf/flower/security.py) and `feddf flower server` (a TLS SuperLink whose SuperNodes run
+on other machines).
 
     python -c "from feddf.flower.launch import LocalFlower; print(LocalFlower.__doc__)"
 
@@ -26,9 +28,12 @@ from pathlib import Path
 from typing import Callable
 
 from feddf.errors import FeddfError
+from feddf.flower import security
+from feddf.flower.security import Secure
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 HOST = "127.0.0.1"
+SECRETS = "secrets"   # in the state dir: generated keys (0600, in a 0700 folder), removed when the processes stop
 
 
 def free_port() -> int:
@@ -55,17 +60,29 @@ class LocalFlower:
     """A SuperLink (+ SuperNodes) on 127.0.0.1 as a context manager; `run(cfg)` runs the app once on it.
 
     nodes: one entry per SuperNode, its arch (None = no arch in its node config; the server derives it); empty for
-    simulation=True. state_dir keeps FLWR_HOME, every process's log and processes.json (name -> pid); a temporary
-    folder (removed on success) when None.
+    simulation=True and for SuperNodes that run elsewhere. state_dir keeps FLWR_HOME, every process's log and
+    processes.json (name -> pid), and (secure) the generated keys while the processes run and the SuperLink's
+    database of registered keys; a temporary folder (removed on success) when None. secure: False (plaintext),
+    True (throwaway key material) or a security.Secure (the user's files). host/port: where the SuperLink listens
+    (port 0: a free one).
     """
 
     def __init__(self, nodes: list[str | None] | None = None, simulation: bool = False,
-                 state_dir: str | Path | None = None, log: Callable[[str], None] = print, stream: bool = True):
+                 state_dir: str | Path | None = None, log: Callable[[str], None] = print, stream: bool = True,
+                 secure: "bool | Secure" = False, host: str = HOST, port: int = 0):
         self.nodes, self.simulation, self.log, self.stream = list(nodes or []), simulation, log, stream
         self._tmp = state_dir is None
         self.dir = Path(tempfile.mkdtemp(prefix="feddf-flower-") if state_dir is None else state_dir).resolve()
         self.procs: dict[str, subprocess.Popen] = {}
-        self.port = 0
+        self._groups: set[int] = set()  # process groups seen under ours (close stops them even once orphaned)
+        # host: where the SuperLink listens; this machine's own connections (flwr, local SuperNodes, Flower's
+        # SuperExec) go to `connect`, which a bind-all address maps to loopback
+        self.host, self.port = host, port
+        self.connect = HOST if host == "0.0.0.0" else host
+        # secure: True = a throwaway CA, certificate and node keys in dir/secrets; a Secure = the user's TLS files
+        # (node keys that are missing for the nodes started here are made in dir/secrets)
+        self.secure: Secure | None = None
+        self._want_secure = secure
 
     # ---- processes -------------------------------------------------------------------------------------------
     def env(self) -> dict:
@@ -90,24 +107,61 @@ class LocalFlower:
 
     def __enter__(self) -> "LocalFlower":
         self.dir.mkdir(parents=True, exist_ok=True)
-        home = self.dir / "flwr-home"
-        home.mkdir(exist_ok=True)
-        self.port = free_port()
-        (home / "config.toml").write_text(f'[superlink]\ndefault = "feddf"\n\n[superlink.feddf]\n'
-                                          f'address = "{HOST}:{self.port}"\ninsecure = true\n')
+        (self.dir / "flwr-home").mkdir(exist_ok=True)
+        self.port = self.port or free_port()
         try:
-            self._spawn("superlink", [_exe("flower-superlink"), "--insecure",
-                                      "--disable-runtime-dependency-installation", "--host", HOST,
-                                      "--port", str(self.port)] + (["--simulation"] if self.simulation else []))
-            self._wait_port(self.port, "superlink")
+            if isinstance(self._want_secure, Secure) and any(
+                    (self.dir / SECRETS) in p.resolve().parents for p in self._want_secure.files()):
+                raise FeddfError(f"keep your TLS files outside {self.dir / SECRETS}: that folder is replaced")
+            if self._want_secure:  # keys a killed launcher left behind: never reused
+                shutil.rmtree(self.dir / SECRETS, ignore_errors=True)
+            self.secure = security.prepare(self._want_secure, self.dir / SECRETS, len(self.nodes))
+            self._start_superlink()
             for k, arch in enumerate(self.nodes):
-                self._spawn(f"supernode-{k}", [_exe("flower-supernode"), "--insecure", "--superlink",
-                                               f"{HOST}:{self.port}", "--host", HOST, "--port", str(free_port()),
-                                               "--node-config", node_config(k, len(self.nodes), arch)])
+                self.start_supernode(f"supernode-{k}", k, arch, security.supernode_args(self.secure, k))
         except BaseException:
             self.close(keep=True)
             raise
         return self
+
+    def _start_superlink(self) -> None:
+        args = [_exe("flower-superlink"), *security.superlink_args(self.secure),
+                "--disable-runtime-dependency-installation"] + (["--simulation"] if self.simulation else [])
+        keys = self.secure.public_keys if self.secure else ()
+        if keys and not self.nodes:
+            # Nodes on other machines may connect the moment the SuperLink listens, and one whose key is not yet
+            # registered is refused for good: register the keys first, on a private port, into a database the
+            # SuperLink then serves. The database also keeps the nodes' identities over a SuperLink restart (a
+            # --resume with the same --state-dir): running SuperNodes reconnect by themselves.
+            db = self.dir / "superlink.db"
+            if not db.exists():
+                (self.dir / security.REGISTERED).unlink(missing_ok=True)
+            args += ["--database", str(db)]
+            setup = free_port()
+            self._write_connection(setup)
+            self._spawn("superlink-setup", [*args, "--host", self.connect, "--port", str(setup)])
+            self._wait_port(setup, "superlink-setup")
+            security.sync_keys(self.flwr, keys, self.dir / security.REGISTERED)
+            self._stop({"superlink-setup": self.procs.pop("superlink-setup")})
+        self._write_connection(self.port)
+        self._spawn("superlink", [*args, "--host", self.host, "--port", str(self.port)])
+        self._wait_port(self.port, "superlink")
+        self._remember()
+        if keys and self.nodes:  # the nodes started here start after this
+            security.sync_keys(self.flwr, keys, None)
+
+    def _write_connection(self, port: int) -> None:
+        """FLWR_HOME/config.toml: the connection `feddf` that every flwr command here uses."""
+        (self.dir / "flwr-home" / "config.toml").write_text(
+            f'[superlink]\ndefault = "feddf"\n\n[superlink.feddf]\naddress = "{self.connect}:{port}"\n'
+            f'{security.connection(self.secure)}\n')
+
+    def start_supernode(self, name: str, k: int, arch: str | None, tls: list[str],
+                        extra: tuple[str, ...] = ()) -> subprocess.Popen:
+        """A SuperNode for partition k of len(nodes), with `tls` (security.supernode_args) as its TLS/auth flags."""
+        return self._spawn(name, [_exe("flower-supernode"), *tls, "--superlink", f"{self.connect}:{self.port}",
+                                  "--host", HOST, "--port", str(free_port()), "--node-config",
+                                  node_config(k, len(self.nodes), arch), *extra])
 
     def _wait_port(self, port: int, name: str, timeout: float = 60) -> None:
         t0 = time.monotonic()
@@ -115,37 +169,51 @@ class LocalFlower:
             if self.procs[name].poll() is not None:
                 raise FeddfError(f"{name} exited ({self.procs[name].returncode}) at start: see {self.dir}/{name}.log")
             with socket.socket() as s:
-                if s.connect_ex((HOST, port)) == 0:
+                if s.connect_ex((self.connect, port)) == 0:
                     return
             time.sleep(0.2)
-        raise FeddfError(f"{name} did not listen on {HOST}:{port} within {timeout:g} s: see {self.dir}/{name}.log")
+        raise FeddfError(f"{name} did not listen on {self.connect}:{port} within {timeout:g} s: see "
+                         f"{self.dir}/{name}.log")
+
+    def _remember(self) -> None:
+        self._groups |= _descendant_groups({p.pid for p in self.procs.values()})
 
     def __exit__(self, *exc) -> None:
         self.close(keep=exc[0] is not None)
 
     def close(self, keep: bool = False) -> None:
-        """Stop every process started, with the process groups of their descendants (the SuperLink's SuperExec
-        detaches into a group of its own): SIGTERM, then SIGKILL after 10 s; remove a temporary state dir."""
-        groups = {p.pid for p in self.procs.values()} | _descendant_groups({p.pid for p in self.procs.values()})
+        """Stop every process started (`_stop`) and the groups seen earlier that still hold a process of this
+        FLWR_HOME (a killed SuperLink orphans its SuperExec's ServerApp); remove generated keys and a temporary
+        state dir."""
+        home = f"FLWR_HOME={self.dir / 'flwr-home'}".encode()
+        self._stop(self.procs, {g for g in self._groups if _group_has_env(g, home)})
+        self.procs.clear()
+        if self._want_secure:  # throwaway keys made here: useless once the processes are gone
+            shutil.rmtree(self.dir / SECRETS, ignore_errors=True)
+        if self._tmp and not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def _stop(procs: dict[str, subprocess.Popen], extra: set[int] = frozenset()) -> None:
+        """Stop `procs` with the process groups of their descendants (the SuperLink's SuperExec detaches into a
+        group of its own) and the groups `extra`: SIGTERM, then SIGKILL after 10 s."""
+        groups = {p.pid for p in procs.values()} | _descendant_groups({p.pid for p in procs.values()}) | set(extra)
         groups.discard(os.getpgrp())
         for g in groups:
             _signal_group(g, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        for p in self.procs.values():
+        for p in procs.values():
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
         for g in groups:
             _signal_group(g, signal.SIGKILL)  # whatever is left: superexec, client/server apps
-        for p in self.procs.values():
+        for p in procs.values():
             p.wait()
         for g in groups:  # SIGKILL is asynchronous: return once every member is gone
             while _group_alive(g) and time.monotonic() < deadline + 5:
                 time.sleep(0.05)
-        self.procs.clear()
-        if self._tmp and not keep:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
     # ---- one run of the app ----------------------------------------------------------------------------------
     def flwr(self, *args: str, timeout: float | None = 120) -> subprocess.CompletedProcess:
@@ -176,14 +244,19 @@ class LocalFlower:
                 m = re.search(r"Successfully started run (\d+)", line)
                 if m:
                     run_id = m.group(1)
+                    self._remember()
                 if self.stream:
                     self.log(line.rstrip("\n"))
             p.wait()
         if run_id is None:
             raise FeddfError(f"flwr run did not start a run (exit {p.returncode}): see {self.dir}/run.log")
+        link = self.procs.get("superlink")
+        if link is not None and link.poll() is not None:
+            raise FeddfError(f"the SuperLink exited ({link.returncode}) during Flower run {run_id}: see "
+                             f"{self.dir}/superlink.log{_resume_hint(cfg)}")
         status, details = self.status(run_id)
         if status != "finished:completed":
-            raise FeddfError(f"the Flower run {run_id} ended {status}: {details}")
+            raise FeddfError(f"the Flower run {run_id} ended {status}: {details}{_resume_hint(cfg)}")
         return {"run_id": run_id, "status": status, "out": cfg.out}
 
     def status(self, run_id: str) -> tuple[str, str]:
@@ -199,6 +272,18 @@ class LocalFlower:
             if str(row["status"]).startswith("finished") or time.monotonic() - t0 > 60:
                 return str(row["status"]), str(row.get("status-details", ""))
             time.sleep(1)
+
+
+def _resume_hint(cfg) -> str:
+    """'; --resume continues after round N' when the run folder holds a checkpoint."""
+    import torch
+
+    ckpt = Path(cfg.out) / "checkpoint.pt"
+    try:
+        r = torch.load(ckpt, map_location="cpu", weights_only=True)["round"] if ckpt.exists() else None
+    except Exception:  # noqa: BLE001 - a hint only; --resume itself reports a damaged checkpoint
+        return ""
+    return f"; --resume continues after round {r}" if r is not None else ""
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -231,13 +316,27 @@ def _descendant_groups(roots: set[int]) -> set[int]:
     return {pgid for pid, _, pgid, state in procs if pid in found and state != "Z"}
 
 
+def _group_has_env(pgid: int, entry: bytes) -> bool:
+    """Whether a live process of group pgid has `entry` (b"KEY=value") in its environment: a group id remembered
+    earlier is only signalled while it still holds one of our processes (never a stranger that reused the id)."""
+    for pid, _, g, state in _processes():
+        if g == pgid and state != "Z":
+            try:
+                if entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether a live (non-zombie) process is still in group pgid."""
     return any(g == pgid and state != "Z" for _, _, g, state in _processes())
 
 
 def prepare(cfg):
-    """The resolved cfg with an absolute `out`, checked like `feddf train` checks it, before any process starts."""
+    """The resolved cfg with an absolute `out`, checked like `feddf train` checks it (a --resume against the run's
+    checkpoint), before any process starts."""
     import dataclasses
 
     cfg = cfg.resolved()
@@ -248,8 +347,15 @@ def prepare(cfg):
                               data_root=str(Path(cfg.data_root).resolve()) if cfg.data_root else None)
     if cfg.distill_source.endswith(".h5"):
         cfg = dataclasses.replace(cfg, distill_source=str(Path(cfg.distill_source).resolve()))
-    if (out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists():
-        raise FeddfError(f"{out} already holds a run: choose another --out")
+    from feddf.federated.runner import load_checkpoint
+    from feddf.federated.teachers import resolve_precision
+    from feddf.utils import resolve_device
+
+    # as the ServerApp resolves it (same machine), so a --resume compares like with like
+    cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision,
+                                                                       resolve_device(cfg.device)))
+    if not cfg.resume and ((out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists()):
+        raise FeddfError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if cfg.aggregator == "feddf":  # a missing cache or one that does not fit the task: one line, nothing started
         from feddf.data import dataset_info
         from feddf.federated.sources import resolve_source
@@ -259,6 +365,8 @@ def prepare(cfg):
                              resize=cfg.source_resize, memory_bytes=0, progress=False)
         if cfg.distill_source == "gan" and cfg.cache is None:  # the newest cache now, not when the ServerApp looks
             cfg = dataclasses.replace(cfg, cache=str(Path(src.path).resolve()))
+    if cfg.resume and (out / "checkpoint.pt").exists():
+        load_checkpoint(out / "checkpoint.pt", cfg)  # other settings or too few --rounds: one line, nothing started
     return cfg
 
 

@@ -129,11 +129,13 @@ def main(grid: Grid, context: Context) -> None:
 
 def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float = 120,
         round_timeout: float = 3600, poll_interval: float = 0.2) -> None:
+    """The run in cfg.out, or (cfg.resume and a checkpoint there) its continuation after the last finished round,
+    with `feddf train`'s run-folder helpers: the same checkpoint.pt, so either engine resumes the other's run."""
     import dataclasses
 
     import flwr
 
-    from feddf.federated.runner import CHECKPOINT_VERSION, _write_json, _write_outputs
+    from feddf.federated.runner import _write_json, _write_outputs, checkpoint, load_checkpoint, restore
     from feddf.federated.setup import load_task, print_partition, print_summary
     from feddf.federated.teachers import resolve_precision
     from feddf.flower.strategy import FedDF
@@ -145,31 +147,50 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision, device))
     out = Path(cfg.out)
-    if (out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists():
-        raise FeddfError(f"{out} already holds a run: choose another --out")
+    ckpt_path = out / "checkpoint.pt"
+    if not cfg.resume and (ckpt_path.exists() or (out / "metrics.jsonl").exists()):
+        raise FeddfError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume and ckpt_path.exists() else None
     task = load_task(cfg, print)   # a distillation source that does not fit the task fails here, before the data
     nodes = learn_nodes(grid, cfg, node_timeout)
     task.client_arch[:] = [nodes[k][1] for k in range(cfg.clients)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(exist_ok=True)
-    _write_json(out / "partition.json", task.partition_record())
-    _write_json(out / "config.json", {**task.config_record(), "engine": {
-        "name": engine, "flwr": flwr.__version__, "min_replies": min_replies, "poll_interval": poll_interval,
-        "nodes": {str(k): str(nodes[k][0]) for k in sorted(nodes)}}})
+    if ckpt is None:
+        _write_json(out / "partition.json", task.partition_record())
+        _write_json(out / "config.json", {**task.config_record(), "engine": {
+            "name": engine, "flwr": flwr.__version__, "min_replies": min_replies, "poll_interval": poll_interval,
+            "nodes": {str(k): str(nodes[k][0]) for k in sorted(nodes)}}})
+    else:
+        check_same_archs(out, task)
     print_partition(task, print)
-    rows: list[dict] = []
 
     def on_round(row: dict, server: dict) -> None:
         rows.append(row)
-        _write_outputs(out, task, server, rows, checkpoint={
-            "version": CHECKPOINT_VERSION, "round": row["round"], "server": server,
-            "aggregator": strategy.agg.state_dict(), "metrics": rows, "config": dataclasses.asdict(cfg),
-            "rng": {"torch": __import__("torch").get_rng_state()}})
+        _write_outputs(out, task, server, rows, checkpoint=checkpoint(row["round"], cfg, server, strategy.agg, rows))
         lost = f", missing partitions {row['missing']}" if row["missing"] else ""
         print(f"round {row['round']}/{cfg.rounds}: " + " ".join(
             f"{a}={FedDF._final_acc(row, a):.4f}" for a in cfg.archs) + lost, flush=True)
 
     strategy = FedDF(cfg, task, {k: v[0] for k, v in nodes.items()}, device, on_round, min_replies=min_replies)
-    strategy.start(grid, strategy.global_arrays(), num_rounds=cfg.rounds, timeout=round_timeout,
-                   train_config=ConfigRecord({CONFIG_KEY: config_to_json(cfg)}))
+    start, rows = restore(ckpt, cfg, out, task, strategy.agg, strategy.server, print)
+    strategy.offset = start  # Flower counts this run's rounds from 1: round r of the run is Flower's r - start
+    if start < cfg.rounds:
+        strategy.start(grid, strategy.global_arrays(), num_rounds=cfg.rounds - start, timeout=round_timeout,
+                       train_config=ConfigRecord({CONFIG_KEY: config_to_json(cfg)}))
     print_summary(rows, cfg.archs, print)
+
+
+def check_same_archs(out: Path, task) -> None:
+    """A resumed run's nodes must hold the architectures the run's nodes held (the rest of the split follows from the
+    settings, which load_checkpoint compares)."""
+    import json
+
+    try:
+        saved = [c["arch"] for c in json.loads((out / "partition.json").read_text())["clients"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FeddfError(f"--resume: {out}/partition.json is missing or damaged: start a new --out") from None
+    for k, (a, b) in enumerate(zip(saved, task.client_arch)):
+        if a != b:
+            raise FeddfError(f"--resume: partition {k} is now arch={b!r} but the run in {out} was started with "
+                             f"arch={a!r}: give each SuperNode the node config it had")

@@ -41,6 +41,7 @@ class FedDF(FedAvg):
         self.on_round, self.min_replies, self.phase = on_round, min_replies, phase
         self.agg = get_aggregator(cfg.aggregator, weighting=cfg.weighting, server_momentum=cfg.server_momentum)
         self.server = {a: task.initial_state(a) for a in cfg.archs}
+        self.offset = 0  # rounds a resumed run finished before: Flower's round 1 is the run's round offset + 1
         self._round: dict = {}
 
     # ---- helpers ---------------------------------------------------------------------------------------------
@@ -66,6 +67,7 @@ class FedDF(FedAvg):
         from feddf.federated.precision import encode
         from feddf.flower.wire import to_record
 
+        server_round += self.offset
         selected = sample_clients(self.cfg, server_round)
         alive = set(grid.get_node_ids())
         sent = [k for k in selected if self.nodes.get(k) in alive]
@@ -87,6 +89,7 @@ class FedDF(FedAvg):
         from feddf.federated.precision import decode
         from feddf.flower.wire import payload_from_record
 
+        server_round += self.offset
         valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         client_seconds = time.perf_counter() - self._round["t0"]
         got: dict[int, Message] = {}
