@@ -1,20 +1,22 @@
 """FedDF on Flower: wall seconds per round of one small FedDF config run three ways - `feddf train` (in-process),
-`feddf flower simulate` (Flower's Ray simulation engine) and `feddf flower local` (a SuperLink + SuperNodes on
-127.0.0.1) - as ratios to `feddf train`, with where Flower's overhead goes.
+`feddf flower local` (a SuperLink + SuperNodes on 127.0.0.1; by default `--isolation process` with one long-lived
+feddf ClientApp worker per node, and with Flower's own `--isolation subprocess`, a ClientApp process per message)
+and `feddf flower simulate` (Flower's Ray simulation engine) - as ratios to `feddf train`, with where Flower's
+overhead goes.
 
     .venv/bin/python benchmarks/bench_flower.py            # 3 clients (cnn, resnet8), 2 rounds, noise source
-    .venv/bin/python benchmarks/bench_flower.py --skip-simulate
+    .venv/bin/python benchmarks/bench_flower.py --skip-simulate --skip-subprocess
 
 Per round (from metrics.jsonl): `client_seconds` (sending the models out until the last reply is in; feddf train:
-the local training loop) + `distill_seconds` (fusion.fuse, identical code in every engine). For the deployment the
-clients' own timings (`node_seconds`) split each reply into `process` (Flower starting a fresh ClientApp process for
-the message: interpreter + flwr import, until our train() runs), `load` (our imports - torch, feddf - and loading the
+the local training loop) + `distill_seconds` (fusion.fuse, identical code in every engine). For a deployment the
+clients' own timings (`node_seconds`) split each reply into `process` (Flower handing the message to our train():
+with the worker, from claiming the task to our handler - pulling the message, loading the app; with a process per
+message, the process's age: interpreter + flwr import), `load` (our imports - torch, feddf - and loading the
 partition), `train` (fusion.client_step); the rest of client_seconds is Flower's messaging (SuperNodes poll the
-SuperLink). `deploy-3s` is the deployment with the ServerApp pulling replies every 3 s as Flower's Grid does (ours:
-0.2 s, --poll-interval). Also measured: one QUERY-sized import of the ClientApp module with our lazy imports vs
-importing the training code eagerly (what every message would pay without them). The accuracies of all runs are
-compared (they must be equal). Ends with one JSON line: `ratio` = deployment / feddf train, `ratio_simulate` =
-simulation / feddf train (seconds per round).
+SuperLink every 3 s when idle). Also measured: one QUERY-sized import of the ClientApp module with our lazy imports
+vs importing the training code eagerly (what every message of a process-per-message node would pay without them).
+The accuracies of all runs are compared (they must be equal). Ends with one JSON line: `ratio` = deployment (the
+default, worker) / feddf train, `ratio_subprocess`, `ratio_simulate` (seconds per round).
 """
 from __future__ import annotations
 
@@ -51,6 +53,15 @@ def per_round(rs: list[dict]) -> float:
     return statistics.mean(r["client_seconds"] + r["distill_seconds"] for r in rs)
 
 
+def node_split(rs: list[dict]) -> tuple[dict, float, float]:
+    """(mean process/load/train seconds per reply, Flower's messaging seconds, client phase seconds) per round."""
+    nodes = [v for r in rs for v in r["node_seconds"].values()]
+    split = {k: statistics.mean(v[k] for v in nodes) for k in ("process", "load", "train")}
+    client = statistics.mean(r["client_seconds"] for r in rs)
+    slowest = statistics.mean(max(sum(v.values()) for v in r["node_seconds"].values()) for r in rs)
+    return split, client - slowest, client
+
+
 def import_seconds(code: str, repeats: int = 3) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -63,10 +74,13 @@ def import_seconds(code: str, repeats: int = 3) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--skip-simulate", action="store_true", help="Leave out Flower's simulation engine (Ray).")
+    ap.add_argument("--skip-subprocess", action="store_true",
+                    help="Leave out the deployment with Flower's --isolation subprocess (a process per message).")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-flower-"))
-    runs = {"train": ("train",), "deployment": ("flower", "local"),
-            "deploy-3s": ("flower", "local", "--poll-interval", "3")}  # Flower's own reply polling: before ours
+    runs = {"train": ("train",), "deployment": ("flower", "local")}
+    if not args.skip_subprocess:
+        runs["subprocess"] = ("flower", "local", "--isolation", "subprocess")
     if not args.skip_simulate:
         runs["simulation"] = ("flower", "simulate")
     wall, res = {}, {}
@@ -80,13 +94,11 @@ def main() -> None:
         print(f"{name:<12} {per_round(rs):8.2f} {per_round(rs) / base:6.2f} "
               f"{statistics.mean(r['client_seconds'] for r in rs):9.2f} "
               f"{statistics.mean(r['distill_seconds'] for r in rs):7.2f} {wall[name]:10.1f}")
-    nodes = [v for r in res["deployment"] for v in r["node_seconds"].values()]
-    split = {k: statistics.mean(v[k] for v in nodes) for k in ("process", "load", "train")}
-    client = statistics.mean(r["client_seconds"] for r in res["deployment"])
-    slowest = statistics.mean(max(sum(v.values()) for v in r["node_seconds"].values()) for r in res["deployment"])
-    print(f"deployment, per reply (mean over nodes and rounds): process start {split['process']:.2f} s, "
-          f"our imports + data {split['load']:.2f} s, local training {split['train']:.2f} s; "
-          f"Flower messaging {client - slowest:.2f} s of the {client:.2f} s client phase")
+    splits = {name: node_split(res[name]) for name in ("deployment", "subprocess") if name in res}
+    for name, (split, messaging, client) in splits.items():
+        print(f"{name}, per reply (mean over nodes and rounds): to our handler {split['process']:.2f} s, "
+              f"our imports + data {split['load']:.2f} s, local training {split['train']:.2f} s; "
+              f"Flower messaging {messaging:.2f} s of the {client:.2f} s client phase")
     lazy = import_seconds("import feddf.flower.client_app")
     eager = import_seconds("import feddf.flower.client_app, feddf.federated.fusion, feddf.federated.setup")
     print(f"ClientApp import per message: lazy {lazy:.2f} s vs eager {eager:.2f} s "
@@ -94,11 +106,16 @@ def main() -> None:
     print(f"accuracies identical across engines: {same}")
     out = {"ratio": round(per_round(res["deployment"]) / base, 2), "seconds_per_round_train": round(base, 2),
            "seconds_per_round_deployment": round(per_round(res["deployment"]), 2),
-           "deployment_split_seconds": {k: round(v, 2) for k, v in split.items()},
-           "deployment_messaging_seconds": round(client - slowest, 2),
-           "seconds_per_round_deploy_3s": round(per_round(res["deploy-3s"]), 2),
+           "seconds_per_round_by_round": {k: [round(r["client_seconds"] + r["distill_seconds"], 2) for r in rs]
+                                          for k, rs in res.items()},
            "import_lazy_seconds": round(lazy, 2), "import_eager_seconds": round(eager, 2),
            "command_seconds": {k: round(v, 1) for k, v in wall.items()}, "identical": same}
+    for name, (split, messaging, _) in splits.items():
+        out[f"{name}_split_seconds"] = {k: round(v, 2) for k, v in split.items()}
+        out[f"{name}_messaging_seconds"] = round(messaging, 2)
+    if "subprocess" in res:
+        out["ratio_subprocess"] = round(per_round(res["subprocess"]) / base, 2)
+        out["seconds_per_round_subprocess"] = round(per_round(res["subprocess"]), 2)
     if "simulation" in res:
         out["ratio_simulate"] = round(per_round(res["simulation"]) / base, 2)
         out["seconds_per_round_simulation"] = round(per_round(res["simulation"]), 2)

@@ -57,13 +57,17 @@ def simulate(**options) -> None:
 @click.option("--nodes", type=int, default=None, help="SuperNodes to start (one per client; default --clients).")
 @click.option("--node-arch", "node_arch", multiple=True, metavar="K=ARCH",
               help="Give SuperNode K this arch in its --node-config (default archs[K*A//N]); repeatable.")
+@click.option("--isolation", type=click.Choice(["process", "subprocess"]), default="process", show_default=True,
+              help="process: each SuperNode runs --isolation process with one long-lived feddf ClientApp worker "
+                   "(imports and data kept across messages); subprocess: Flower's default, a process per message.")
 @_flower_command
-def local(nodes, node_arch, **options) -> None:
+def local(nodes, node_arch, isolation, **options) -> None:
     """A real deployment on 127.0.0.1: flower-superlink + one flower-supernode per partition, then `flwr run`."""
-    _run(options, simulation=False, nodes=nodes, node_arch=node_arch)
+    _run(options, simulation=False, nodes=nodes, node_arch=node_arch, isolation=isolation)
 
 
-def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: tuple = ()) -> None:
+def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: tuple = (),
+         isolation: str = "process") -> None:
     import json
     import sys
 
@@ -108,7 +112,7 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     try:
         folder.mark()
         with LocalFlower([] if simulation else archs, simulation=simulation, state_dir=flower["state_dir"],
-                         log=log, stream=not quiet) as fl:
+                         log=log, stream=not quiet, isolation=isolation) as fl:
             res = fl.run(cfg, engine, min_replies=flower["min_replies"], node_timeout=flower["node_timeout"],
                          round_timeout=flower["round_timeout"], poll_interval=flower["poll_interval"])
     finally:

@@ -56,12 +56,18 @@ class LocalFlower:
 
     nodes: one entry per SuperNode, its arch (None = no arch in its node config; the server derives it); empty for
     simulation=True. state_dir keeps FLWR_HOME, every process's log and processes.json (name -> pid); a temporary
-    folder (removed on success) when None.
+    folder (removed on success) when None. isolation: "process" (default) runs each SuperNode with
+    `--isolation process` and one long-lived feddf.flower.worker that runs its ClientApp messages; "subprocess" is
+    Flower's default, a fresh ClientApp process per message.
     """
 
     def __init__(self, nodes: list[str | None] | None = None, simulation: bool = False,
-                 state_dir: str | Path | None = None, log: Callable[[str], None] = print, stream: bool = True):
+                 state_dir: str | Path | None = None, log: Callable[[str], None] = print, stream: bool = True,
+                 isolation: str = "process"):
         self.nodes, self.simulation, self.log, self.stream = list(nodes or []), simulation, log, stream
+        if isolation not in ("process", "subprocess"):
+            raise FeddfError(f"isolation={isolation!r}: choose process (a feddf worker per node) or subprocess")
+        self.isolation = isolation
         self._tmp = state_dir is None
         self.dir = Path(tempfile.mkdtemp(prefix="feddf-flower-") if state_dir is None else state_dir).resolve()
         self.procs: dict[str, subprocess.Popen] = {}
@@ -101,13 +107,23 @@ class LocalFlower:
                                       "--port", str(self.port)] + (["--simulation"] if self.simulation else []))
             self._wait_port(self.port, "superlink")
             for k, arch in enumerate(self.nodes):
+                runtime_port = free_port()
                 self._spawn(f"supernode-{k}", [_exe("flower-supernode"), "--insecure", "--superlink",
-                                               f"{HOST}:{self.port}", "--host", HOST, "--port", str(free_port()),
-                                               "--node-config", node_config(k, len(self.nodes), arch)])
+                                               f"{HOST}:{self.port}", "--host", HOST, "--port", str(runtime_port),
+                                               "--node-config", node_config(k, len(self.nodes), arch),
+                                               "--isolation", self.isolation])
+                if self.isolation == "process":
+                    self._spawn_worker(k, runtime_port)
         except BaseException:
             self.close(keep=True)
             raise
         return self
+
+    def _spawn_worker(self, k: int, runtime_port: int) -> None:
+        """SuperNode k's ClientApp process (feddf.flower.worker): it connects once the node's Runtime API listens
+        and exits with the node (--parent-pid)."""
+        self._spawn(f"clientapp-{k}", [sys.executable, "-m", "feddf.flower.worker", "--runtime-api-address",
+                                       f"{HOST}:{runtime_port}", "--parent-pid", str(self.procs[f"supernode-{k}"].pid)])
 
     def _wait_port(self, port: int, name: str, timeout: float = 60) -> None:
         t0 = time.monotonic()
