@@ -60,14 +60,18 @@ def simulate(**options) -> None:
 @click.option("--isolation", type=click.Choice(["process", "subprocess"]), default="process", show_default=True,
               help="process: each SuperNode runs --isolation process with one long-lived feddf ClientApp worker "
                    "(imports and data kept across messages); subprocess: Flower's default, a process per message.")
+@click.option("--node-poll", type=click.FloatRange(0, 3, min_open=True), default=0.5, show_default=True,
+              help="Seconds between an idle SuperNode's pulls for a message (Flower's flower-supernode: 3, which "
+                   "this value selects).")
 @_flower_command
-def local(nodes, node_arch, isolation, **options) -> None:
+def local(nodes, node_arch, isolation, node_poll, **options) -> None:
     """A real deployment on 127.0.0.1: flower-superlink + one flower-supernode per partition, then `flwr run`."""
-    _run(options, simulation=False, nodes=nodes, node_arch=node_arch, isolation=isolation)
+    _run(options, simulation=False, nodes=nodes, node_arch=node_arch, nodes_opts={"isolation": isolation,
+                                                                                 "idle_poll": node_poll})
 
 
 def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: tuple = (),
-         isolation: str = "process") -> None:
+         nodes_opts: dict | None = None) -> None:
     import json
     import sys
 
@@ -112,7 +116,7 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     try:
         folder.mark()
         with LocalFlower([] if simulation else archs, simulation=simulation, state_dir=flower["state_dir"],
-                         log=log, stream=not quiet, isolation=isolation) as fl:
+                         log=log, stream=not quiet, **(nodes_opts or {})) as fl:
             res = fl.run(cfg, engine, min_replies=flower["min_replies"], node_timeout=flower["node_timeout"],
                          round_timeout=flower["round_timeout"], poll_interval=flower["poll_interval"])
     finally:

@@ -58,16 +58,17 @@ class LocalFlower:
     simulation=True. state_dir keeps FLWR_HOME, every process's log and processes.json (name -> pid); a temporary
     folder (removed on success) when None. isolation: "process" (default) runs each SuperNode with
     `--isolation process` and one long-lived feddf.flower.worker that runs its ClientApp messages; "subprocess" is
-    Flower's default, a fresh ClientApp process per message.
+    Flower's default, a fresh ClientApp process per message. idle_poll: seconds between an idle SuperNode's pulls
+    (feddf.flower.supernode; 3 = Flower's own flower-supernode).
     """
 
     def __init__(self, nodes: list[str | None] | None = None, simulation: bool = False,
                  state_dir: str | Path | None = None, log: Callable[[str], None] = print, stream: bool = True,
-                 isolation: str = "process"):
+                 isolation: str = "process", idle_poll: float = 0.5):
         self.nodes, self.simulation, self.log, self.stream = list(nodes or []), simulation, log, stream
         if isolation not in ("process", "subprocess"):
             raise FeddfError(f"isolation={isolation!r}: choose process (a feddf worker per node) or subprocess")
-        self.isolation = isolation
+        self.isolation, self.idle_poll = isolation, float(idle_poll)
         self._tmp = state_dir is None
         self.dir = Path(tempfile.mkdtemp(prefix="feddf-flower-") if state_dir is None else state_dir).resolve()
         self.procs: dict[str, subprocess.Popen] = {}
@@ -108,7 +109,7 @@ class LocalFlower:
             self._wait_port(self.port, "superlink")
             for k, arch in enumerate(self.nodes):
                 runtime_port = free_port()
-                self._spawn(f"supernode-{k}", [_exe("flower-supernode"), "--insecure", "--superlink",
+                self._spawn(f"supernode-{k}", [*self._supernode_exe(), "--insecure", "--superlink",
                                                f"{HOST}:{self.port}", "--host", HOST, "--port", str(runtime_port),
                                                "--node-config", node_config(k, len(self.nodes), arch),
                                                "--isolation", self.isolation])
@@ -118,6 +119,12 @@ class LocalFlower:
             self.close(keep=True)
             raise
         return self
+
+    def _supernode_exe(self) -> list[str]:
+        """Flower's flower-supernode, or the same SuperNode polling every idle_poll s (feddf.flower.supernode)."""
+        if self.idle_poll >= 3:
+            return [_exe("flower-supernode")]
+        return [sys.executable, "-m", "feddf.flower.supernode", "--idle-poll", f"{self.idle_poll:g}"]
 
     def _spawn_worker(self, k: int, runtime_port: int) -> None:
         """SuperNode k's ClientApp process (feddf.flower.worker): it connects once the node's Runtime API listens

@@ -34,6 +34,8 @@ class FedDF(FedAvg):
                  min_replies: int = 1, phase: Callable[[str, bool], None] = lambda text, force=False: None):
         super().__init__(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_train_nodes=1,
                          min_available_nodes=1)
+        import torch._dynamo  # noqa: F401 - the first torch.optim optimizer imports it (2-5 s): now, not in round 1
+
         from feddf.federated.aggregate import get_aggregator
 
         self.cfg, self.task, self.nodes, self.device = cfg, task, dict(nodes), device
