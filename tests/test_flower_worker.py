@@ -90,19 +90,36 @@ def test_one_worker_process_answers_every_message_and_survives_a_clientapp_error
     assert not leftovers(pids)
 
 
-def test_the_supernode_idle_poll_is_capped_in_flowers_loop_only(monkeypatch):
+def test_the_supernode_waits_are_shortened_in_flowers_loop_only(monkeypatch):
     import time as time_module
 
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
     from flwr.supernode import start_client_internal as loop
 
-    from feddf.flower.supernode import shorten_idle_poll
+    from feddf.flower.supernode import LOCAL_WAIT, patch_loop
 
-    monkeypatch.setattr(loop, "time", time_module)  # restored after the test
-    shorten_idle_poll(0.5)
+    monkeypatch.setattr(loop, "time", time_module)  # both restored after the test
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
+    assert patch_loop(0.5)
     slept: list[float] = []
     monkeypatch.setattr(time_module, "sleep", slept.append)
-    loop.time.sleep(3)      # the loop's idle wait
-    loop.time.sleep(0.2)    # shorter waits stay as they are
+    loop.time.sleep(3)      # the loop's idle wait for a message
+    loop.time.sleep(0.5)    # its wait for the ClientApp's reply
+    loop.time.sleep(0.01)   # shorter waits stay as they are
     time.sleep(3)           # everyone else's time module is untouched
-    assert slept == [0.5, 0.2, 3]
+    assert slept == [0.5, LOCAL_WAIT, 0.01, 3]
     assert loop.time is not time_module and loop.time.monotonic is time_module.monotonic
+    monkeypatch.undo()  # the real time.sleep back, for Flower's pull backoff
+    monkeypatch.setattr(loop, "time", time_module)
+    monkeypatch.setattr(loop, "pull_objects", loop.pull_objects)
+    patch_loop(0.5)
+    tries = []
+
+    def pull(object_id):  # an object the SuperLink has only from the third try on
+        tries.append(object_id)
+        if len(tries) < 3:
+            raise ObjectUnavailableError(object_id)
+        return b"content"
+
+    assert loop.pull_objects(["obj"], pull_object_fn=pull) == {"obj": b"content"} and len(tries) == 3
+    assert loop.pull_objects.keywords["initial_backoff"] == LOCAL_WAIT  # Flower's own: 1 s
