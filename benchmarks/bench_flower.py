@@ -13,8 +13,9 @@ clients' own timings (`node_seconds`) split each reply into `process` (Flower ha
 with the worker, from claiming the task to our handler - pulling the message, loading the app; with a process per
 message, the process's age: interpreter + flwr import), `load` (our imports - torch, feddf - and loading the
 partition), `train` (fusion.client_step); the rest of client_seconds is Flower's messaging (an idle SuperNode
-polls the SuperLink every --node-poll s: 0.5 by default, Flower's own 3). Also measured: one QUERY-sized import of the ClientApp module with our lazy imports
-vs importing the training code eagerly (what every message of a process-per-message node would pay without them).
+polls the SuperLink every --node-poll s: 0.5 by default, Flower's own 3). Also measured: one QUERY-sized import of
+the ClientApp module with our lazy imports vs importing the training code eagerly (what every message of a
+process-per-message node would pay without them).
 `node-poll-3` is the default deployment with Flower's own flower-supernode (3 s idle poll) and `subprocess` also
 with Flower's process per message (what `feddf flower local` did before). Every engine runs --repeats times, in
 turn, and its fastest run counts. The accuracies of all runs are compared (they must be equal). Ends with one JSON
