@@ -62,7 +62,7 @@ def test_help():
     for args, flags in ((["flower"], ["simulate", "local", "server", "certs"]),
                         (["flower", "simulate"], ["--min-replies", "--archs", "--distill-source", "--state-dir"]),
                         (["flower", "local"], ["--nodes", "--node-arch", "--round-timeout", "--aggregator", "--secure",
-                                               "--ssl-certfile", "--resume"]),
+                                               "--ssl-certfile", "--resume", "--isolation", "--node-poll"]),
                         (["flower", "server"], ["--node-public-key", "--ssl-ca-certfile", "--host", "--port"]),
                         (["flower", "certs"], ["--out", "--host", "--nodes", "--days"])):
         p = run_cli(*args, "--help", check=True)
@@ -129,9 +129,10 @@ def test_deployment_feddf_from_dcgan_cache_equals_feddf_train_and_compare_and_au
     for a in ("cnn", "resnet8"):
         m1, m2 = load_classifier(fl / "models" / f"{a}.pt"), load_classifier(tr / "models" / f"{a}.pt")
         assert all(torch.equal(x, y) for x, y in zip(m1.model.state_dict().values(), m2.model.state_dict().values()))
-    # every process the command started is gone
+    # one long-lived ClientApp worker per node answered its QUERY and both TRAINs; every process is gone
+    assert all((state / f"clientapp-{k}.log").read_text().count(" completed in ") == 3 for k in range(3))
     pids = json.loads((state / "processes.json").read_text())
-    assert {"superlink", "supernode-0", "supernode-2"} <= set(pids) and not leftovers(pids.values())
+    assert {"superlink", "supernode-0", "supernode-2", "clientapp-2"} <= set(pids) and not leftovers(pids.values())
     rep = run_cli("compare", str(fl), str(tr), "--out", str(tmp_path / "rep"), "--json", check=True)
     report = json.loads(rep.stdout)
     assert {r["run"] for r in report["rows"]} == {"flower", "train"} and len(report["rows"]) == 4
@@ -176,10 +177,11 @@ def test_fedavg_equals_feddf_train_and_a_supernode_killed_after_round_2_is_recor
 
 @pytest.mark.slow
 def test_a_failing_serverapp_exits_1_with_its_error_and_stops_everything(tmp_path):
+    """With Flower's own SuperNode and ClientApp process per message (--isolation subprocess --node-poll 3)."""
     state = tmp_path / "state"
     p = run_cli("flower", "local", "--nodes", "1", *TINY[:2], *TINY[4:], "--arch", "cnn", "--aggregator", "fedavg",
                 "--rounds", "1", "--node-arch", "0=nonet", "--out", str(tmp_path / "r"), "--state-dir", str(state),
-                env=ENV, timeout=300)
+                "--isolation", "subprocess", "--node-poll", "3", env=ENV, timeout=300)
     assert p.returncode == 1, p.stdout + p.stderr[-2000:]
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and "unknown architecture arch='nonet'" in errors[0]

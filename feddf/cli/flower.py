@@ -82,14 +82,22 @@ def simulate(**options) -> None:
 @click.option("--secure", is_flag=True,
               help="TLS + SuperNode authentication with a throwaway CA, certificate and one key pair per SuperNode "
                    "(0600, in the state dir, deleted when the processes stop); implied by --ssl-*.")
+@click.option("--isolation", type=click.Choice(["process", "subprocess"]), default="process", show_default=True,
+              help="process: each SuperNode runs --isolation process with one long-lived feddf ClientApp worker "
+                   "(imports and data kept across messages); subprocess: Flower's default, a process per message.")
+@click.option("--node-poll", type=click.FloatRange(0, 3, min_open=True), default=0.5, show_default=True,
+              help="Seconds between an idle SuperNode's pulls for a message (Flower's flower-supernode: 3, which "
+                   "this value selects).")
 @_tls_command
-def local(nodes, node_arch, secure, ssl_ca_certfile, ssl_certfile, ssl_keyfile, **options) -> None:
+def local(nodes, node_arch, secure, isolation, node_poll, ssl_ca_certfile, ssl_certfile, ssl_keyfile,
+          **options) -> None:
     """A real deployment on 127.0.0.1: flower-superlink + one flower-supernode per partition, then `flwr run`."""
     from feddf.flower.security import from_files
 
     if ssl_ca_certfile or ssl_certfile or ssl_keyfile:
         secure = from_files(ssl_ca_certfile, ssl_certfile, ssl_keyfile)
-    _run(options, simulation=False, nodes=nodes, node_arch=node_arch, secure=secure)
+    _run(options, simulation=False, nodes=nodes, node_arch=node_arch, secure=secure,
+         nodes_opts={"isolation": isolation, "idle_poll": node_poll})
 
 
 @command.command("server")
@@ -130,8 +138,9 @@ def certs(out, hosts, nodes, days) -> None:
 
 
 def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: tuple = (), secure=False,
-         remote: bool = False, host: str = "127.0.0.1", port: int = 0) -> None:
-    """remote: start no SuperNodes (they run on other machines and connect to host:port)."""
+         remote: bool = False, host: str = "127.0.0.1", port: int = 0, nodes_opts: dict | None = None) -> None:
+    """remote: start no SuperNodes (they run on other machines and connect to host:port). nodes_opts: LocalFlower's
+    isolation / idle_poll for the SuperNodes it starts."""
     import json
     import sys
 
@@ -177,7 +186,7 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     try:
         folder.mark()
         with LocalFlower([] if simulation or remote else archs, simulation=simulation, state_dir=flower["state_dir"],
-                         log=log, stream=not quiet, secure=secure, host=host, port=port) as fl:
+                         log=log, stream=not quiet, secure=secure, host=host, port=port, **(nodes_opts or {})) as fl:
             if remote:
                 log(f"SuperLink on {host}:{fl.port} (TLS, {len(secure.public_keys)} registered SuperNode keys): "
                     f"waiting {flower['node_timeout']:g} s for {cfg.clients} SuperNodes")

@@ -10,7 +10,10 @@ Modules (import flwr only through these; `pip install 'feddf[flower]'`):
                  architecture's model, replies grouped by architecture and fused by feddf.federated.fusion.fuse.
   client_app.py  the ClientApp: QUERY (partition id / architecture of the node) and TRAIN (fusion.client_step).
   server_app.py  the ServerApp: learns the nodes, runs the strategy, writes the `feddf train` run folder.
-  launch.py      `feddf flower simulate|local`: starts a SuperLink (+ SuperNodes) on 127.0.0.1, runs the app, reads
-                 the run's status, stops every process it started.
+  worker.py      a long-lived ClientApp process per SuperNode (`--isolation process`): imports and the loaded
+                 partition stay across messages (Flower's flwr-clientapp handles one message and exits).
+  supernode.py   flower-supernode with a shorter idle poll (Flower's loop sleeps a hard-coded 3 s).
+  launch.py      `feddf flower simulate|local`: starts a SuperLink (+ SuperNodes and their workers) on 127.0.0.1,
+                 runs the app, reads the run's status, stops every process it started.
   app/           the Flower App (pyproject.toml) that `flwr run` ships to the SuperLink.
 """

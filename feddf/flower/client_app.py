@@ -8,8 +8,10 @@ which every TRAIN message carries), so Flower and `feddf train` split the data i
 node config's `arch` (deployment) or, when the node config has none (simulation: Flower only sets partition-id and
 num-partitions), the one the server derived from the run config and the partition id.
 
-Flower's deployment engine starts a fresh ClientApp process per message, so this module imports torch and feddf's
-training code only inside TRAIN: a QUERY never pays for them (docs/benchmarks.md, "FedDF on Flower").
+With Flower's own `--isolation subprocess` every message gets a fresh ClientApp process, so this module imports
+torch and feddf's training code only inside TRAIN: a QUERY never pays for them. `feddf flower local` runs the
+SuperNodes with `--isolation process` and one long-lived feddf.flower.worker each instead, where the imports and
+the loaded partition (`_TASKS`) stay across messages (docs/benchmarks.md, "FedDF on Flower").
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 app = ClientApp()
-_TASKS: dict = {}  # config JSON -> Task: a long-lived ClientApp process (Ray simulation) loads its data once
+_TASKS: dict = {}  # config JSON -> Task: a long-lived ClientApp process (Ray, feddf worker) loads its data once
+task_claimed_at: float | None = None  # perf_counter when feddf.flower.worker claimed the current task
 
 
 def node_info(node_config) -> dict:
@@ -30,9 +33,13 @@ def node_info(node_config) -> dict:
 
 
 def _process_age(now: float) -> float:
-    """Seconds this process lived before `now` (perf_counter): Flower's process start + interpreter + imports."""
+    """Seconds from Flower handing out the message to our handler at `now` (perf_counter): in a feddf worker, since
+    it claimed the task (pulling the message, loading the app); else this process's age (Flower's process start,
+    interpreter, imports)."""
     import os
 
+    if task_claimed_at is not None:
+        return max(0.0, now - task_claimed_at)
     try:  # Linux: /proc/self's ctime is the process start
         return max(0.0, time.time() - (time.perf_counter() - now) - os.stat(f"/proc/{os.getpid()}").st_ctime)
     except OSError:
@@ -52,7 +59,7 @@ def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
     from feddf.errors import FeddfError
     from feddf.federated.fusion import client_step
-    from feddf.flower.wire import CONFIG_KEY, config_from_json, from_record, payload_to_record
+    from feddf.flower.wire import CONFIG_KEY, config_from_json, model_from_record, payload_to_record
     from feddf.utils import resolve_device
 
     conf = msg.content["config"]
@@ -72,7 +79,7 @@ def train(msg: Message, context: Context) -> Message:
         task = _TASKS[text] = load_task(cfg, log=lambda s: None, source=False)
     task.client_arch[k] = arch
     t1 = time.perf_counter()
-    state = from_record(msg.content["arrays"], task.initial_state(arch))
+    state = model_from_record(msg.content["arrays"], task.initial_state(arch))
     upd = client_step(cfg, task, r, k, state, resolve_device(str(context.node_config.get("device", cfg.device))))
     t2 = time.perf_counter()
     metrics = MetricRecord({"num-examples": upd.n, "class-counts": upd.class_counts, "partition-id": k,

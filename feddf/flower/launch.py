@@ -64,13 +64,20 @@ class LocalFlower:
     processes.json (name -> pid), and (secure) the generated keys while the processes run and the SuperLink's
     database of registered keys; a temporary folder (removed on success) when None. secure: False (plaintext),
     True (throwaway key material) or a security.Secure (the user's files). host/port: where the SuperLink listens
-    (port 0: a free one).
+    (port 0: a free one). isolation: "process" (default) runs each SuperNode with `--isolation process` and one
+    long-lived feddf.flower.worker that runs its ClientApp messages; "subprocess" is Flower's default, a fresh
+    ClientApp process per message. idle_poll: seconds between an idle SuperNode's pulls (feddf.flower.supernode;
+    3 = Flower's own flower-supernode).
     """
 
     def __init__(self, nodes: list[str | None] | None = None, simulation: bool = False,
                  state_dir: str | Path | None = None, log: Callable[[str], None] = print, stream: bool = True,
-                 secure: "bool | Secure" = False, host: str = HOST, port: int = 0):
+                 secure: "bool | Secure" = False, host: str = HOST, port: int = 0,
+                 isolation: str = "process", idle_poll: float = 0.5):
         self.nodes, self.simulation, self.log, self.stream = list(nodes or []), simulation, log, stream
+        if isolation not in ("process", "subprocess"):
+            raise FeddfError(f"isolation={isolation!r}: choose process (a feddf worker per node) or subprocess")
+        self.isolation, self.idle_poll = isolation, float(idle_poll)
         self._tmp = state_dir is None
         self.dir = Path(tempfile.mkdtemp(prefix="feddf-flower-") if state_dir is None else state_dir).resolve()
         self.procs: dict[str, subprocess.Popen] = {}
@@ -159,9 +166,26 @@ class LocalFlower:
     def start_supernode(self, name: str, k: int, arch: str | None, tls: list[str],
                         extra: tuple[str, ...] = ()) -> subprocess.Popen:
         """A SuperNode for partition k of len(nodes), with `tls` (security.supernode_args) as its TLS/auth flags."""
-        return self._spawn(name, [_exe("flower-supernode"), *tls, "--superlink", f"{self.connect}:{self.port}",
-                                  "--host", HOST, "--port", str(free_port()), "--node-config",
-                                  node_config(k, len(self.nodes), arch), *extra])
+        runtime_port = free_port()
+        proc = self._spawn(name, [*self._supernode_exe(), *tls, "--superlink", f"{self.connect}:{self.port}",
+                                  "--host", HOST, "--port", str(runtime_port), "--node-config",
+                                  node_config(k, len(self.nodes), arch), "--isolation", self.isolation, *extra])
+        if self.isolation == "process":
+            self._spawn_worker(name, runtime_port, proc.pid)
+        return proc
+
+    def _supernode_exe(self) -> list[str]:
+        """Flower's flower-supernode, or the same SuperNode polling every idle_poll s (feddf.flower.supernode)."""
+        if self.idle_poll >= 3:
+            return [_exe("flower-supernode")]
+        return [sys.executable, "-m", "feddf.flower.supernode", "--idle-poll", f"{self.idle_poll:g}"]
+
+    def _spawn_worker(self, node: str, runtime_port: int, node_pid: int) -> None:
+        """A SuperNode's ClientApp process (feddf.flower.worker): it connects once the node's Runtime API listens
+        and exits with the node (--parent-pid)."""
+        self._spawn(f"clientapp-{node.removeprefix('supernode-')}",
+                    [sys.executable, "-m", "feddf.flower.worker", "--runtime-api-address", f"{HOST}:{runtime_port}",
+                     "--parent-pid", str(node_pid)])
 
     def _wait_port(self, port: int, name: str, timeout: float = 60) -> None:
         t0 = time.monotonic()

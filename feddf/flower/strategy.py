@@ -5,8 +5,8 @@
 Per round r (`Strategy.start` drives it):
   configure_train   sample the round's clients with `fusion.sample_clients` over the sorted partition ids (Flower's
                     own sampling uses random node ids and the global `random`), send each sampled node its own
-                    architecture's model (fp32 ArrayRecord) and the run's config; nodes that are no longer
-                    connected are not sent anything and count as missing.
+                    architecture's model (one fp32 payload, wire.model_to_record) and the run's config; nodes
+                    that are no longer connected are not sent anything and count as missing.
   aggregate_train   replies grouped by architecture (Flower's FedAvg refuses mixed key sets) and sorted by
                     partition id, then `fusion.fuse`: FedAvg/FedProx/FedAvgM per architecture and, for FedDF,
                     ensemble distillation into every architecture's average with best-on-validation, exactly as
@@ -34,6 +34,8 @@ class FedDF(FedAvg):
                  min_replies: int = 1, phase: Callable[[str, bool], None] = lambda text, force=False: None):
         super().__init__(fraction_train=cfg.fraction, fraction_evaluate=0.0, min_train_nodes=1,
                          min_available_nodes=1)
+        import torch._dynamo  # noqa: F401 - the first torch.optim optimizer imports it (2-5 s): now, not in round 1
+
         from feddf.federated.aggregate import get_aggregator
 
         self.cfg, self.task, self.nodes, self.device = cfg, task, dict(nodes), device
@@ -64,17 +66,16 @@ class FedDF(FedAvg):
     # ---- train -----------------------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid) -> list[Message]:
         from feddf.federated.fusion import sample_clients
-        from feddf.federated.precision import encode
-        from feddf.flower.wire import to_record
+        from feddf.flower.wire import model_to_record
 
         server_round += self.offset
         selected = sample_clients(self.cfg, server_round)
         alive = set(grid.get_node_ids())
         sent = [k for k in selected if self.nodes.get(k) in alive]
         self._round = {"selected": selected, "sent": sent, "t0": time.perf_counter()}
-        records = {a: to_record(self.server[a]) for a in {self.task.client_arch[k] for k in sent}}
-        # what a node downloads: its architecture's fp32 state, counted as `feddf train` counts it
-        self._download_bytes = {a: len(encode(self.server[a], "fp32")) for a in records}
+        records = {a: model_to_record(self.server[a]) for a in {self.task.client_arch[k] for k in sent}}
+        # what a node downloads: its architecture's fp32 payload, the bytes `feddf train` counts
+        self._download_bytes = {a: int(r["payload"].numpy().size) for a, r in records.items()}
         msgs = []
         for k in sent:
             arch = self.task.client_arch[k]

@@ -1,13 +1,16 @@
-"""What travels between the Flower ServerApp and ClientApps: model states as `ArrayRecord`s and the run's resolved
-`TrainConfig` as a JSON string in a `ConfigRecord`.
+"""What travels between the Flower ServerApp and ClientApps: model states (each way one encoded payload in a
+one-array `ArrayRecord`; the run's global models as a plain ArrayRecord) and the run's resolved `TrainConfig` as a
+JSON string in a `ConfigRecord`.
 
     python -c "import torch; from feddf.flower.wire import to_record, from_record; \
 s = {'w': torch.ones(2), 'n': torch.tensor(3)}; print(from_record(to_record(s), s))"
 
-ArrayRecord cannot hold bf16 and Flower's own averaging turns integer buffers (BatchNorm's num_batches_tracked) into
-floats, so every tensor travels as fp32 and `from_record` casts each one back to the dtype of a template state (the
-architecture's initial state). fp32 -> fp32 is exact, and integers below 2**24 survive the round trip, so a model
-that went over the wire is bit-identical to the one that was sent.
+A node's model (model_to_record) is feddf.federated.precision's fp32 payload: floats as fp32, integer buffers as
+they are. `to_record` (the global models Flower's Result holds) stores every tensor as fp32, because ArrayRecord
+cannot hold bf16 and Flower's own averaging turns integer buffers (BatchNorm's num_batches_tracked) into floats;
+`from_record` casts each one back to the dtype of a template state (the architecture's initial state): fp32 -> fp32
+is exact and integers below 2**24 survive it. Either way a model that went over the wire is bit-identical to the
+one that was sent.
 """
 from __future__ import annotations
 
@@ -26,9 +29,29 @@ def to_record(state: dict):
 
 def from_record(record, template: dict) -> dict:
     """An ArrayRecord back to a state_dict with the keys, dtypes and shapes of `template` (one line when not)."""
+    return fit(record.to_torch_state_dict(), template)
+
+
+def model_to_record(state: dict):
+    """What the server sends a node: the model as one fp32 payload (precision.encode(state, "fp32"), the bytes
+    `feddf train` counts as the download) in a one-array record. One Flower object per message instead of two per
+    tensor: every object is a request on each hop (ServerApp -> SuperLink -> SuperNode -> ClientApp)."""
+    from feddf.federated.precision import encode
+
+    return payload_to_record(encode(state, "fp32"))
+
+
+def model_from_record(record, template: dict) -> dict:
+    """model_to_record's state with the keys, dtypes and shapes of `template`; exact (fp32 and integers as sent)."""
+    from feddf.federated.precision import decode
+
+    return fit(decode(payload_from_record(record))[1], template)
+
+
+def fit(state: dict, template: dict) -> dict:
+    """`state` (from the wire) cast to the dtypes of `template`, after checking its keys and shapes."""
     from feddf.errors import FeddfError
 
-    state = record.to_torch_state_dict()
     if set(state) != set(template):
         extra, missing = sorted(set(state) - set(template)), sorted(set(template) - set(state))
         raise FeddfError(f"model on the wire does not fit its architecture (missing {missing[:3]}, "
@@ -57,8 +80,8 @@ def payload_from_record(record) -> bytes:
 
     state = record.to_torch_state_dict()
     if list(state) != ["payload"]:
-        raise FeddfError("a node replied with a model state instead of an encoded payload: every node must run the "
-                         "same feddf version")
+        raise FeddfError("a model state arrived instead of an encoded payload: the server and every node must run "
+                         "the same feddf version")
     return state["payload"].numpy().tobytes()
 
 
