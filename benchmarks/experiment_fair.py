@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="comma list of METHODS keys")
     ap.add_argument("--gan-sizes", default="", help="extra FedDF + DCGAN rows, one per cache size, e.g. 5000,100000")
     ap.add_argument("--target-acc", type=float, default=0.80)
+    ap.add_argument("--train-limit", type=int, default=None, help="reduced grid: a seeded subset of the train split")
     ap.add_argument("--table-only", action="store_true", help="tabulate finished runs; train nothing")
     args = ap.parse_args()
     keys = [k for k in args.methods.split(",") if k]
@@ -72,7 +73,8 @@ def main() -> None:
     rows = [(k, *METHODS[k]) for k in keys]
     rows += [(f"feddf-gan{n}", f"FedDF + DCGAN, {n // 1000}k images", f"gan{n}", []) for n in sizes
              if n != args.gan_n]
-    arch = [] if args.arch == "cnn" else ["--arch", args.arch]
+    arch = ([] if args.arch == "cnn" else ["--arch", args.arch]) + \
+        (["--train-limit", str(args.train_limit)] if args.train_limit else [])
     results: dict = {}
     t0 = time.time()
     for alpha in [float(a) for a in args.alphas.split(",")]:

@@ -120,7 +120,8 @@ class FedDF(FedAvg):
         fused = fuse(server_round, self.cfg, self.task, self.agg, self.server, updates, self.device, phase=self.phase)
         self.server.update(fused.server)
         row = {"round": server_round, **fused.metrics, "client_seconds": round(client_seconds, 3),
-               "distill_seconds": round(time.perf_counter() - t1, 3), "selected": selected,
+               "distill_seconds": round(time.perf_counter() - t1, 3), "server_seconds": fused.seconds,
+               "selected": selected,
                "replied": sorted(got), "missing": missing,
                "failed": {str(k): v for k, v in failed.items() if k is not None},
                "node_seconds": {str(k): {key.split("-")[0]: round(float(got[k].content["metrics"][key]), 3)
