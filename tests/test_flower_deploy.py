@@ -244,3 +244,25 @@ def test_users_files_are_checked_in_one_line_and_certs_never_overwrites(tmp_path
     p = run_cli("flower", "certs", "--out", str(tmp_path / "a"), "--nodes", "2")
     assert p.returncode == 1 and "already exists" in p.stderr and "Traceback" not in p.stderr
     assert {q: q.read_bytes() for q in (tmp_path / "a").iterdir()} == before  # nothing written, nothing replaced
+
+
+def test_a_resume_with_other_settings_rounds_or_node_archs_is_one_line_before_anything_starts(tmp_path, train3):
+    import shutil
+    from types import SimpleNamespace
+
+    from feddf.errors import FeddfError
+    from feddf.flower.server_app import check_same_archs
+
+    out, state = tmp_path / "run", tmp_path / "state"
+    shutil.copytree(train3, out)  # feddf train's checkpoint: the same format the ServerApp writes
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    args = ["flower", "local", "--nodes", "2", *TINY, "--out", str(out), "--state-dir", str(state), "--resume"]
+    for extra, message in ((["--rounds", "4", "--alpha", "0.3"], "--resume with different settings"),
+                           (["--rounds", "2"], "already completed 3 rounds, more than --rounds 2"),
+                           (["--rounds", "4"], "holds a feddf train run, not a flower run")):
+        p = run_cli(*args, *extra, env=ENV)
+        assert p.returncode == 1 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not state.exists() and {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    with pytest.raises(FeddfError, match="partition 1 is now arch='resnet8' but the run .* with arch='cnn'"):
+        check_same_archs(out, SimpleNamespace(client_arch=["cnn", "resnet8"]))
+    check_same_archs(out, SimpleNamespace(client_arch=["cnn", "cnn"]))
