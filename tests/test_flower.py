@@ -77,7 +77,14 @@ def test_wire_round_trip_is_exact_and_restores_dtypes():
     state = {k: (v + 7 if v.dtype == torch.int64 else v) for k, v in state.items()}
     back = from_record(to_record(state), state)
     assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in state.items())
-    assert {a.dtype for a in to_record(state).values()} == {"float32"}  # what travels
+    assert {a.dtype for a in to_record(state).values()} == {"float32"}  # what travels in Flower's Result
+    from feddf.federated.precision import encode
+    from feddf.flower.wire import model_from_record, model_to_record
+
+    record = model_to_record(state)  # what a node is sent: one array, the fp32 payload feddf train counts
+    assert list(record) == ["payload"] and record["payload"].numpy().tobytes() == encode(state, "fp32")
+    back = model_from_record(record, state)
+    assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in state.items())
 
 
 def test_node_checks_are_one_line():
