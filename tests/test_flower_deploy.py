@@ -77,7 +77,9 @@ def launch_and_kill(args, out: Path, state: Path, rounds: int, target: str, sig:
     try:
         deadline = time.time() + 500
         while not ((out / "metrics.jsonl").exists() and len(metrics(out)) >= rounds):
-            assert p.poll() is None and time.time() < deadline, p.communicate()[1][-2000:] if p.poll() else "timeout"
+            assert p.poll() is None, p.communicate()[1][-2000:]
+            if time.time() > deadline:  # a guard against a hung run, not a speed check
+                pytest.fail(f"metrics.jsonl of {out} did not reach {rounds} rounds in 500 s")
             time.sleep(0.2)
         link = json.loads((state / "processes.json").read_text())["superlink"]
         os.kill(link if target == "superlink" else by_parent("flwr-serverapp", by_parent("flower-superexec", link)),
