@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from experiment_fmnist import ROOT, _header, finish, grid_parser, mean_std, sh, summarise, train_run  # noqa: E402
+from experiment_fmnist import (ROOT, _header, finish, finished, grid_parser, mean_std, sh, summarise,  # noqa: E402
+                              train_run)
 from experiment_precision import upload_mb  # noqa: E402
 
 BS, LC = ["--local-loss", "balanced-softmax"], ["--local-loss", "fedlc"]
@@ -85,12 +86,9 @@ def main() -> None:
                 if source is not None:
                     path = src[f"gan{args.gan_n}"] if source == "gan" else src[source]
                     flags = ["--aggregator", "feddf", "--distill-source", str(path), *extra]
-                done = (run / "metrics.jsonl").exists() and \
-                    len((run / "metrics.jsonl").read_text().splitlines()) >= args.rounds
-                if not done:
-                    if args.table_only:
-                        continue
-                    train_run(run, alpha, seed, args, [*arch, *flags])
+                if args.table_only and not finished(run, args.rounds):
+                    continue
+                train_run(run, alpha, seed, args, [*arch, *flags])  # skips a finished run
                 res = summarise(run, args.target_acc, args.rounds)
                 res["upload_mb"] = upload_mb(run, args.rounds)
                 results.setdefault(f"{alpha:g}|{key}|{label}", []).append(res)

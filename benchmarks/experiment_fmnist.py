@@ -178,8 +178,7 @@ def main() -> None:
                     tag = tag.replace(":", "").replace("[", "").replace("]", "")
                 run = out / tag
                 if args.table_only:  # tabulate the finished runs only (a grid filled by several invocations)
-                    m = run / "metrics.jsonl"
-                    if not m.exists() or len(m.read_text().splitlines()) < args.rounds:
+                    if not finished(run, args.rounds):
                         continue
                 else:
                     train_run(run, alpha, seed, args, [*limit, *extra])
@@ -205,9 +204,15 @@ def grid_parser(description: str, out: str) -> argparse.ArgumentParser:
     return ap
 
 
+def finished(run: Path, rounds: int) -> bool:
+    """The run folder already holds at least `rounds` rounds."""
+    m = run / "metrics.jsonl"
+    return m.exists() and len(m.read_text().splitlines()) >= rounds
+
+
 def train_run(run: Path, alpha: float, seed: int, args, extra: list[str]) -> None:
     """One `feddf train` of a grid with the script's settings (resumed; skipped once it has args.rounds rounds)."""
-    if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= args.rounds:
+    if finished(run, args.rounds):
         return
     sh(["train", "--dataset", "fashion-mnist", "--arch", "cnn", "--clients", "20", "--fraction", "0.4",
         "--alpha", str(alpha), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
