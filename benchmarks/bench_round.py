@@ -4,13 +4,15 @@
     .venv/bin/python benchmarks/bench_round.py --quick       # a 12 000-image subset (smoke)
 
 A round here is what `feddf train` does in it with --aggregator fedavg: the 8 sampled clients' local training
-(feddf.federated.engines.train_clients) then the server step (fusion.fuse: the average and its test accuracy).
+(feddf.federated.engines.train_clients) then the server step (fusion.fuse: the average, its test accuracy and the
+clients' ensemble's test pass).
 Methods, timed in interleaved order --repeats times (best repeat reported; the machine may be shared):
-  sequential           --client-engine sequential --client-kernels legacy: the engine every run used before these
-                       options (NCHW, all of PyTorch's threads on each client in turn)
-  sequential-portable  --client-engine sequential with the default --client-kernels portable (one thread a client,
-                       channels_last), clients in turn
-  default              --client-engine batched --client-kernels portable: as many clients at once as there are cores
+  sequential           --client-engine sequential --client-kernels legacy --server-kernels legacy: the round every
+                       run computed before these options (NCHW, all of PyTorch's threads on each client in turn, and
+                       on each model the server evaluates)
+  sequential-portable  --client-engine sequential with the default portable kernels (one thread a client,
+                       channels_last; the server's test passes one thread a chunk), clients in turn
+  default              --client-engine batched, portable kernels: as many clients at once as there are cores
 `equal`: default's client uploads and new server model == sequential-portable's, tensor for tensor (the engines'
 contract); `legacy_max_abs_diff`: how far the legacy kernels' server model is from it (other floats: a different
 trajectory, not an error). Last line: JSON with sequential_s, default_s, ratio (= sequential_s / default_s), equal,
@@ -35,8 +37,8 @@ from feddf.federated.engines import train_clients  # noqa: E402
 from feddf.federated.fusion import fuse, sample_clients  # noqa: E402
 from feddf.federated.setup import load_task  # noqa: E402
 
-METHODS = {"sequential": ("sequential", "legacy"), "sequential-portable": ("sequential", "portable"),
-           "default": (TrainConfig.client_engine, TrainConfig.client_kernels)}
+METHODS = {"sequential": ("sequential", "legacy", "legacy"), "sequential-portable": ("sequential", "portable", "portable"),
+           "default": (TrainConfig.client_engine, TrainConfig.client_kernels, TrainConfig.server_kernels)}
 
 
 def one_round(cfg, task):
@@ -65,8 +67,9 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, alpha {cfg.alpha:g}", flush=True)
     best: dict[str, dict] = {}
     for rep in range(args.repeats):
-        for name, (engine, kernels) in METHODS.items():
-            res = one_round(dataclasses.replace(cfg, client_engine=engine, client_kernels=kernels), task)
+        for name, (engine, kernels, server) in METHODS.items():
+            res = one_round(dataclasses.replace(cfg, client_engine=engine, client_kernels=kernels,
+                                                server_kernels=server), task)
             print(f"  repeat {rep + 1} {name:>20}: round {res['round_s']:6.2f} s (clients {res['clients_s']:6.2f} s)"
                   f"  acc {res['acc']:.4f}", flush=True)
             if name not in best or res["round_s"] < best[name]["round_s"]:

@@ -90,7 +90,7 @@ def test_ensemble_fedavg_adds_each_architectures_average_as_a_teacher(tmp_path, 
     res = fuse(1, cfg, task, get_aggregator("feddf"), server, ups, torch.device("cpu"))
     assert res.metrics["teachers"] == len(ups) + 1  # + the cnn FedAvg model; resnet8 had no replies
     avg = task.new_model("cnn", weighted_average([u.model.state_dict() for u in ups], [u.n for u in ups]))
-    logits = torch.stack([task.test_logits(m, "cpu") for m in [u.model for u in ups] + [avg]])
+    logits = task.test_logits([u.model for u in ups] + [avg], "cpu")
     assert res.metrics["ensemble_acc"] == accuracy(ensemble_scores(logits, cfg.ensemble), task.test_labels)
 
 
@@ -115,7 +115,7 @@ def test_logit_adjust_subtracts_each_teachers_label_prior(tmp_path, fmnist_avail
     avg = task.new_model("cnn", weighted_average([u.model.state_dict() for u in ups], [u.n for u in ups]))
     counts = [u.class_counts for u in ups] + [np.sum([u.class_counts for u in ups], 0).tolist()]
     adj = label_prior_adjustment(counts, 0.7)
-    logits = torch.stack([task.test_logits(m, "cpu") for m in [u.model for u in ups] + [avg]]) - adj[:, None, :]
+    logits = task.test_logits([u.model for u in ups] + [avg], "cpu") - adj[:, None, :]
     assert res.metrics["ensemble_acc"] == accuracy(ensemble_scores(logits, cfg.ensemble), task.test_labels)
     ups[1].class_counts = None
     with pytest.raises(FeddfError, match="label counts"):

@@ -76,3 +76,43 @@ def test_classifier_bad_files(tmp_path):
     torch.save({"foo": 1}, tmp_path / "other.pt")
     with pytest.raises(FeddfError, match="not a feddf classifier"):
         load_classifier(tmp_path / "other.pt")
+
+
+def _relu_first(model):
+    """A copy in the textbook order conv-norm-ReLU-pool (the zoo pools first): same modules, swapped back."""
+    import copy
+
+    m = copy.deepcopy(model)
+    layers = list(m.features)
+    for i in range(len(layers) - 1):
+        if isinstance(layers[i], torch.nn.MaxPool2d) and isinstance(layers[i + 1], torch.nn.ReLU):
+            layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    m.features = torch.nn.Sequential(*layers)
+    return m
+
+
+@pytest.mark.parametrize("name,channels,size", [("cnn", 1, 28), ("vgg9", 3, 32)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pool_before_relu_is_the_same_floats(name, channels, size, channels_last):
+    # the zoo runs max-pool before ReLU (a 4x smaller ReLU pass); the outputs, every gradient and the weights after
+    # SGD steps must equal the conv-norm-ReLU-pool order's bit for bit, in both memory formats
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    new = get_model(name, 10, channels).to(memory_format=fmt)
+    old = _relu_first(new)
+    assert [type(x) for x in old.features] != [type(x) for x in new.features]
+    x = torch.randn(16, channels, size, size).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (16,))
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (new, old)]
+    for _ in range(3):
+        outs = []
+        for m, opt in zip((new, old), opts):
+            opt.zero_grad()
+            out = m(x)
+            torch.nn.functional.cross_entropy(out, y).backward()
+            outs.append(out.detach())
+        assert torch.equal(outs[0], outs[1])
+        assert all(torch.equal(p.grad, q.grad) for p, q in zip(new.parameters(), old.parameters()))
+        for opt in opts:
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(new.state_dict().values(), old.state_dict().values()))

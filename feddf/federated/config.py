@@ -59,6 +59,7 @@ class TrainConfig:
     server_momentum: float | None = None  # FedAvgM beta; None -> 0.9 for fedavgm
     client_engine: str = "batched"        # engines.py: clients trained together (one per core) or one at a time
     client_kernels: str = "portable"      # kernels.py: portable (1 thread a client, channels_last) | legacy
+    server_kernels: str = "portable"      # evaluation.py: portable (1 thread a chunk, BN folded) | legacy
     # FedDF distillation
     distill_source: str = "gan"
     cache: str | None = None
@@ -150,6 +151,7 @@ class TrainConfig:
                                  ("client-engine", self.client_engine, CLIENT_ENGINES),
                                  ("local-loss", self.local_loss, LOCAL_LOSSES),
                                  ("client-kernels", self.client_kernels, KERNELS),
+                                 ("server-kernels", self.server_kernels, KERNELS),
                                  ("teacher-precision", self.teacher_precision, ("auto", *PRECISIONS))):
             if v not in choices:
                 bad(flag, repr(v), f"choose one of {', '.join(choices)}")

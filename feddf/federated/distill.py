@@ -20,6 +20,7 @@ round and reused whenever the sample comes back (`TargetCache`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import queue
 import threading
@@ -30,6 +31,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from feddf.federated.kernels import input_format, one_thread, to_kernels
 from feddf.federated.teachers import TeacherEnsemble, distill_loss
 
 Batch = tuple  # (ids LongTensor (B,) or None, float input (B, C, H, W))
@@ -46,6 +48,9 @@ class DistillSpec:
     prefetch: int = 2           # batches prepared ahead by the background thread (0 = no thread)
     bn: str = "running"         # BN normalises with, and keeps, the start's statistics; "train": the paper code's
     #                             train mode (statistics re-estimated on the transfer batches)
+    one_thread: bool = False    # --server-kernels portable: each student step with one intra-op thread (the same
+    #                             floats on any core count; the teachers' thread has the other core)
+    channels_last: frozenset = frozenset()  # students (by name) that train in channels_last (kernels.probe)
 
 
 @dataclass
@@ -139,8 +144,9 @@ def prefetched(it: Iterator, depth: int) -> Iterator:
 class _Student:
     """One architecture's student: optimiser, schedule, early-stopping state and its best weights."""
 
-    def __init__(self, model: nn.Module, spec: DistillSpec, init_val: float):
-        self.model = model
+    def __init__(self, model: nn.Module, spec: DistillSpec, init_val: float, channels_last: bool = False):
+        self.model = to_kernels(model, channels_last)
+        self.channels_last = channels_last
         self.opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, spec.steps))
         self.result = DistillResult(init_val=init_val, best_val=init_val, best_step=0)
@@ -157,11 +163,12 @@ class _Student:
         self.model.train()
         for m in self.frozen_bn:
             m.eval()
-        loss = distill_loss(self.model(x), probs, const, spec.temperature)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), spec.clip)
-        self.opt.step()
+        with one_thread() if spec.one_thread else contextlib.nullcontext():
+            loss = distill_loss(self.model(input_format(x, self.channels_last)), probs, const, spec.temperature)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), spec.clip)
+            self.opt.step()
         self.sched.step()
         self.loss_sum = self.loss_sum + loss.detach()  # a tensor: no host sync per step (matters on a GPU)
         self.loss_n += 1
@@ -211,7 +218,7 @@ def distill(students: dict[str, nn.Module], ensemble: TeacherEnsemble, batches: 
     """
     timing = {} if timing is None else timing
     t = time.perf_counter()
-    state = {a: _Student(m, spec, validate(m)) for a, m in students.items()}
+    state = {a: _Student(m, spec, validate(m), a in spec.channels_last) for a, m in students.items()}
     timing["validation"] = time.perf_counter() - t
     last_val = {a: s.result.init_val for a, s in state.items()}
     it = iter(batches.bind(ensemble, students) if hasattr(batches, "bind") else batches)

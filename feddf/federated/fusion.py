@@ -171,7 +171,7 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
                 counts.append(None if any(m.class_counts is None for m in members)
                               else np.sum([m.class_counts for m in members], 0).tolist())
     adjust = teacher_adjustment(cfg, task, counts) if teachers else None
-    test_logits = torch.stack([task.test_logits(t, device) for t in teachers]) if teachers else None
+    test_logits = task.test_logits(teachers, device) if teachers else None  # (T, N, K)
     if adjust is not None:
         test_logits = test_logits - adjust[:, None, :]  # the ensemble as it teaches: (T, N, K) - (T, 1, K)
     ensemble_acc = accuracy(ensemble_scores(test_logits, cfg.ensemble), task.test_labels) if teachers else None
@@ -184,13 +184,15 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
     new_states = dict(fedavg_states)
     if cfg.aggregator == "feddf" and teachers:
         students = {a: task.new_model(a, fedavg_states[a]).to(device) for a in cfg.archs}
+        portable = cfg.server_kernels == "portable"  # evaluation.py; one thread + channels_last students
+        cl = frozenset(a for a in cfg.archs if portable and task.kernel_probe(a).channels_last)
         ens = TeacherEnsemble(teachers, mode=cfg.ensemble, temperature=cfg.temperature,
                               precision=resolve_precision(cfg.teacher_precision, device), compile=cfg.compile_teachers,
                               batched="auto" if torch.device(device).type == "cuda" else False, device=device)
         ens.adjust = adjust
         batches, cache = task.distill_batches(cfg, seed_of(cfg.seed, r, 3), device)
         dspec = DistillSpec(cfg.distill_steps, cfg.distill_lr, cfg.temperature, cfg.eval_every, cfg.patience,
-                            prefetch=cfg.prefetch, bn=cfg.distill_bn)
+                            prefetch=cfg.prefetch, bn=cfg.distill_bn, one_thread=portable, channels_last=cl)
 
         def show(step, vals):
             phase(f"distill {step}/{cfg.distill_steps} val " + " ".join(f"{a}={v:.3f}" for a, v in vals.items()),
@@ -201,7 +203,8 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
                           timing=clock.parts)
         clock.lap("distill")
         for a, res in results.items():
-            new_states[a] = {k: v.detach().cpu().clone() for k, v in students[a].state_dict().items()}
+            # contiguous: a channels_last student's weights go back to the layout every model loads (same values)
+            new_states[a] = {k: v.detach().cpu().contiguous().clone() for k, v in students[a].state_dict().items()}
             acc[a]["distilled"] = task.test_accuracy(students[a], device)
             steps[a], best[a] = res.steps, res.best_step
         clock.lap("student_test")

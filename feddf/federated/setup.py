@@ -20,7 +20,7 @@ import torch
 
 from feddf.errors import FeddfError
 from feddf.federated import partition as part
-from feddf.federated.client import accuracy, make_transform, predict_logits
+from feddf.federated.client import accuracy, make_transform
 from feddf.federated.config import TrainConfig
 
 # settings that may differ between a run and its --resume (they do not change the results)
@@ -29,7 +29,7 @@ RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache
 
 # What a run folder whose config predates a key did, where that is not today's default: such a run resumes only
 # with the old behaviour asked for explicitly (the refusal names the key).
-PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legacy"}
+PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legacy", "server_kernels": "legacy"}
 
 
 def same_run(saved: dict, now: dict) -> str:
@@ -103,15 +103,21 @@ class Task:
                         resolution=self.info.size, class_names=list(self.info.class_names))
 
     # ---- evaluation ------------------------------------------------------------------------------------------
-    def test_logits(self, model, device) -> torch.Tensor:
-        return predict_logits(model, self.test_images, self.eval_tf, self.cfg.eval_batch_size, device)
+    def test_logits(self, models: list, device) -> torch.Tensor:
+        """(T, N, K) logits of `models` on the test split, with the run's --server-kernels (evaluation.py)."""
+        from feddf.federated.evaluation import eval_logits
+
+        return eval_logits(models, self.test_images, self.eval_tf, self.cfg.eval_batch_size, device,
+                           self.cfg.server_kernels)
 
     def test_accuracy(self, model, device) -> float:
-        return accuracy(self.test_logits(model, device), self.test_labels)
+        return accuracy(self.test_logits([model], device)[0], self.test_labels)
 
     def val_accuracy(self, model, device) -> float:
-        return accuracy(predict_logits(model, self.val_images, self.eval_tf, self.cfg.eval_batch_size, device),
-                        self.val_labels)
+        from feddf.federated.evaluation import eval_logits
+
+        return accuracy(eval_logits([model], self.val_images, self.eval_tf, self.cfg.eval_batch_size, device,
+                                    self.cfg.server_kernels)[0], self.val_labels)
 
     # ---- distillation batches --------------------------------------------------------------------------------
     def distill_batches(self, cfg: TrainConfig, seed: int, device):

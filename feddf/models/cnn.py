@@ -21,8 +21,11 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         cin = in_channels
         for cout in (16, 32, 64):  # 28 -> 14 -> 7 -> 3 (32 -> 16 -> 8 -> 4)
+            # pool before ReLU: max and ReLU commute exactly (ReLU is monotone), so the outputs and every gradient
+            # are the same floats as conv-norm-ReLU-pool, and the ReLU pass runs on a 4x smaller tensor
+            # (tests/test_models.py checks the equality against the other order)
             layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"), norm2d(norm, cout),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+                       nn.MaxPool2d(2), nn.ReLU(inplace=True)]
             cin = cout
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(3))  # -> (B, 64, 3, 3) whatever the input size
         self.classifier = nn.Sequential(nn.Linear(64 * 9, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
