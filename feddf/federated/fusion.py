@@ -142,12 +142,13 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
     """The server step of round r (1-based). `server` is not modified; the result holds the new states."""
     torch.manual_seed(seed_of(cfg.seed, r, 4))  # whatever draws from the global RNG here: the same in every engine
     clock = _Clock()
+    sk = cfg.server_kernels  # every evaluation of the round: evaluation.py
     # ---- FedAvg per architecture (after --drop-worst) --------------------------------------------------------
     keep_avg = keep_teach = list(range(len(clients)))
     dropped: list[int] = []
     if cfg.drop_worst:
         phase("drop-worst: validating clients", True)
-        val_accs = [task.val_accuracy(c.model, device) for c in clients]
+        val_accs = [task.val_accuracy(c.model, device, sk) for c in clients]
         keep_avg, keep_teach = drop_worst(val_accs, task.info.num_classes)
         dropped = sorted({c.cid for c in clients} - {clients[i].cid for i in keep_teach})
     acc: dict[str, dict] = {}
@@ -157,7 +158,7 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
         # an architecture no client of this round trained keeps its state (agg returns a copy of server[a])
         fedavg_states[a] = agg.aggregate(a, server[a], [c.model.state_dict() for c in members],
                                          [c.n for c in members], task.param_names[a])
-        acc[a] = {"fedavg": task.test_accuracy(task.new_model(a, fedavg_states[a]).to(device), device),
+        acc[a] = {"fedavg": task.test_accuracy(task.new_model(a, fedavg_states[a]).to(device), device, sk),
                   "distilled": None}
 
     clock.lap("fedavg")  # --drop-worst validation, the averages and their test accuracy
@@ -171,7 +172,7 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
                 counts.append(None if any(m.class_counts is None for m in members)
                               else np.sum([m.class_counts for m in members], 0).tolist())
     adjust = teacher_adjustment(cfg, task, counts) if teachers else None
-    test_logits = task.test_logits(teachers, device) if teachers else None  # (T, N, K)
+    test_logits = task.test_logits(teachers, device, sk) if teachers else None  # (T, N, K)
     if adjust is not None:
         test_logits = test_logits - adjust[:, None, :]  # the ensemble as it teaches: (T, N, K) - (T, 1, K)
     ensemble_acc = accuracy(ensemble_scores(test_logits, cfg.ensemble), task.test_labels) if teachers else None
@@ -184,7 +185,7 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
     new_states = dict(fedavg_states)
     if cfg.aggregator == "feddf" and teachers:
         students = {a: task.new_model(a, fedavg_states[a]).to(device) for a in cfg.archs}
-        portable = cfg.server_kernels == "portable"  # evaluation.py; one thread + channels_last students
+        portable = sk == "portable"  # students: one thread + channels_last
         cl = frozenset(a for a in cfg.archs if portable and task.kernel_probe(a).channels_last)
         ens = TeacherEnsemble(teachers, mode=cfg.ensemble, temperature=cfg.temperature,
                               precision=resolve_precision(cfg.teacher_precision, device), compile=cfg.compile_teachers,
@@ -199,13 +200,13 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
                   step == cfg.distill_steps)
 
         clock.lap("setup")
-        results = distill(students, ens, batches, lambda mdl: task.val_accuracy(mdl, device), dspec, cache, show,
+        results = distill(students, ens, batches, lambda mdl: task.val_accuracy(mdl, device, sk), dspec, cache, show,
                           timing=clock.parts)
         clock.lap("distill")
         for a, res in results.items():
             # contiguous: a channels_last student's weights go back to the layout every model loads (same values)
             new_states[a] = {k: v.detach().cpu().contiguous().clone() for k, v in students[a].state_dict().items()}
-            acc[a]["distilled"] = task.test_accuracy(students[a], device)
+            acc[a]["distilled"] = task.test_accuracy(students[a], device, sk)
             steps[a], best[a] = res.steps, res.best_step
         clock.lap("student_test")
         extra = {"val_acc": {a: {"fedavg": res.init_val, "distilled": res.best_val} for a, res in results.items()},

@@ -103,21 +103,22 @@ class Task:
                         resolution=self.info.size, class_names=list(self.info.class_names))
 
     # ---- evaluation ------------------------------------------------------------------------------------------
-    def test_logits(self, models: list, device) -> torch.Tensor:
-        """(T, N, K) logits of `models` on the test split, with the run's --server-kernels (evaluation.py)."""
+    def test_logits(self, models: list, device, kernels: str | None = None) -> torch.Tensor:
+        """(T, N, K) logits of `models` on the test split with --server-kernels `kernels` (evaluation.py; None: the
+        task's own config; fusion.fuse passes its round's, so a caller may fuse one task under several configs)."""
         from feddf.federated.evaluation import eval_logits
 
         return eval_logits(models, self.test_images, self.eval_tf, self.cfg.eval_batch_size, device,
-                           self.cfg.server_kernels)
+                           kernels or self.cfg.server_kernels)
 
-    def test_accuracy(self, model, device) -> float:
-        return accuracy(self.test_logits([model], device)[0], self.test_labels)
+    def test_accuracy(self, model, device, kernels: str | None = None) -> float:
+        return accuracy(self.test_logits([model], device, kernels)[0], self.test_labels)
 
-    def val_accuracy(self, model, device) -> float:
+    def val_accuracy(self, model, device, kernels: str | None = None) -> float:
         from feddf.federated.evaluation import eval_logits
 
         return accuracy(eval_logits([model], self.val_images, self.eval_tf, self.cfg.eval_batch_size, device,
-                                    self.cfg.server_kernels)[0], self.val_labels)
+                                    kernels or self.cfg.server_kernels)[0], self.val_labels)
 
     # ---- distillation batches --------------------------------------------------------------------------------
     def distill_batches(self, cfg: TrainConfig, seed: int, device):
