@@ -93,3 +93,26 @@ def test_bad_server_kernels_is_one_line(tmp_path):
     assert "--server-kernels 'fast'" in p.stderr and "choose one of" in p.stderr
     assert not (tmp_path / "x").exists()
     assert "--server-kernels" in run_cli("train", "--help", check=True).stdout
+
+
+def test_fuse_evaluates_with_its_own_configs_kernels(tmp_path, fmnist_available, monkeypatch):
+    # a caller may fuse one task under several configs (bench_round does): the round's cfg decides, not the task's
+    from feddf.federated import evaluation
+    from feddf.federated.aggregate import get_aggregator
+    from feddf.federated.engines import train_clients
+    from feddf.federated.fusion import fuse, sample_clients
+    from feddf.federated.setup import load_task
+
+    cfg = TrainConfig(dataset="fashion-mnist", arch="cnn", train_limit=900, test_limit=200, clients=3, fraction=1.0,
+                      rounds=1, local_epochs=1, aggregator="feddf", distill_source="noise", distill_steps=4, eval_every=2,
+                      progress=False, out=str(tmp_path / "run")).resolved()
+    task = load_task(cfg, log=lambda s: None)
+    server = {"cnn": task.initial_state("cnn")}
+    ups = train_clients(cfg, task, 1, sample_clients(cfg, 1), server, "cpu")
+    seen = []
+    real = evaluation.eval_logits
+    monkeypatch.setattr(evaluation, "eval_logits", lambda *a, **k: seen.append(a[5]) or real(*a, **k))
+    for kernels in ("legacy", "portable"):
+        seen.clear()
+        fuse(1, dataclasses.replace(cfg, server_kernels=kernels), task, get_aggregator("feddf"), server, ups, "cpu")
+        assert len(seen) >= 4 and set(seen) == {kernels}  # fedavg test, ensemble test, validations, student test
