@@ -104,8 +104,8 @@ def test_fuse_evaluates_with_its_own_configs_kernels(tmp_path, fmnist_available,
     from feddf.federated.setup import load_task
 
     cfg = TrainConfig(dataset="fashion-mnist", arch="cnn", train_limit=900, test_limit=200, clients=3, fraction=1.0,
-                      rounds=1, local_epochs=1, aggregator="feddf", distill_source="noise", distill_steps=4, eval_every=2,
-                      progress=False, out=str(tmp_path / "run")).resolved()
+                      rounds=1, local_epochs=1, aggregator="feddf", distill_source="noise", distill_steps=4,
+                      eval_every=2, progress=False, out=str(tmp_path / "run")).resolved()
     task = load_task(cfg, log=lambda s: None)
     server = {"cnn": task.initial_state("cnn")}
     ups = train_clients(cfg, task, 1, sample_clients(cfg, 1), server, "cpu")
