@@ -37,7 +37,8 @@ from feddf.federated.engines import train_clients  # noqa: E402
 from feddf.federated.fusion import fuse, sample_clients  # noqa: E402
 from feddf.federated.setup import load_task  # noqa: E402
 
-METHODS = {"sequential": ("sequential", "legacy", "legacy"), "sequential-portable": ("sequential", "portable", "portable"),
+METHODS = {"sequential": ("sequential", "legacy", "legacy"),  # (client engine, client kernels, server kernels)
+           "sequential-portable": ("sequential", "portable", "portable"),
            "default": (TrainConfig.client_engine, TrainConfig.client_kernels, TrainConfig.server_kernels)}
 
 

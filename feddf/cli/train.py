@@ -76,7 +76,7 @@ OPTIONS = [
          "any machine, which batched needs) or legacy (NCHW, all threads: runs made before this option).",
          metavar="portable|legacy"),
     _opt("--server-kernels", str, "How the server computes (test and validation passes, distillation students): "
-         "portable (one thread per pass, BN folded, channels_last: the same floats on any machine) or legacy "
+         "portable (one thread per chunk of images, channels_last: the same floats on any machine) or legacy "
          "(NCHW, all threads: runs made before this option).", metavar="portable|legacy"),
     _opt("--server-momentum", float, "FedAvgM server momentum (0.9 for fedavgm when omitted).", metavar="B"),
     _opt("--distill-source", str, "gan (= --cache or the newest generated cache), noise, cifar100, stl10, "

@@ -59,7 +59,7 @@ class TrainConfig:
     server_momentum: float | None = None  # FedAvgM beta; None -> 0.9 for fedavgm
     client_engine: str = "batched"        # engines.py: clients trained together (one per core) or one at a time
     client_kernels: str = "portable"      # kernels.py: portable (1 thread a client, channels_last) | legacy
-    server_kernels: str = "portable"      # evaluation.py: portable (1 thread a chunk, BN folded) | legacy
+    server_kernels: str = "portable"      # evaluation.py: portable (1 thread a chunk, channels_last) | legacy
     # FedDF distillation
     distill_source: str = "gan"
     cache: str | None = None

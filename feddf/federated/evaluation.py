@@ -4,12 +4,12 @@
 
 `eval_logits(models, images, transform, batch_size, device, kernels)` -> (T, N, K) float32 eval-mode logits of T
 models on N uint8 images, in chunks of `batch_size` images. The names are kernels.KERNELS':
-  portable  every model through an eval-mode copy in channels_last (NCHW for a model whose first chunk refuses it),
+  portable  every model through an eval-mode copy in channels_last (NCHW for a model whose forward refuses it),
             under inference mode, each chunk computed with one intra-op thread, the chunks spread over as many
             threads as PyTorch has (the machine's cores). A chunk's logits depend on its images alone, so the
-            result is the same on any core count. Why: the test pass of a round's 8 teachers on 5 000 images cost
-            as much as the clients' training (7.9 s of an 11.6 s FedAvg round on 2 cores, NCHW); one thread a
-            chunk in channels_last it takes 2.4 s (docs/benchmarks.md, "Rounds").
+            result is the same on any core count. Why: the test pass of a round's 8 client models on 5 000 images
+            cost as much as the clients' training; legacy takes 7.3-9.4 s of it on 2 cores, one thread a chunk
+            in channels_last 2.4-3.1 s (docs/benchmarks.md, "Rounds").
   legacy    what runs before the option computed: each model as it is (NCHW), all threads, chunk after chunk.
 The distillation students train under the same switch (fusion.fuse): portable = one thread and channels_last.
 """
@@ -42,7 +42,7 @@ def eval_logits(models: Sequence[nn.Module], images: torch.Tensor, transform: Ca
             x = transform(images[chunk[0]:chunk[1]]).to(device)
             return torch.stack([m(input_format(x, c)).float().cpu() for m, c in zip(copies, cl)])
 
-    for i, m in enumerate(copies):  # the first chunk decides each copy's layout, before threads share the copies
+    for i, m in enumerate(copies):  # one image decides each copy's layout, before threads share the copies
         try:
             with torch.inference_mode():
                 m(input_format(transform(images[:1]).to(device), True))

@@ -106,19 +106,19 @@ class Task:
     def test_logits(self, models: list, device, kernels: str | None = None) -> torch.Tensor:
         """(T, N, K) logits of `models` on the test split with --server-kernels `kernels` (evaluation.py; None: the
         task's own config; fusion.fuse passes its round's, so a caller may fuse one task under several configs)."""
-        from feddf.federated.evaluation import eval_logits
-
-        return eval_logits(models, self.test_images, self.eval_tf, self.cfg.eval_batch_size, device,
-                           kernels or self.cfg.server_kernels)
+        return self._logits(models, self.test_images, device, kernels)
 
     def test_accuracy(self, model, device, kernels: str | None = None) -> float:
-        return accuracy(self.test_logits([model], device, kernels)[0], self.test_labels)
+        return accuracy(self._logits([model], self.test_images, device, kernels)[0], self.test_labels)
 
     def val_accuracy(self, model, device, kernels: str | None = None) -> float:
+        return accuracy(self._logits([model], self.val_images, device, kernels)[0], self.val_labels)
+
+    def _logits(self, models: list, images: torch.Tensor, device, kernels: str | None) -> torch.Tensor:
         from feddf.federated.evaluation import eval_logits
 
-        return accuracy(eval_logits([model], self.val_images, self.eval_tf, self.cfg.eval_batch_size, device,
-                                    kernels or self.cfg.server_kernels)[0], self.val_labels)
+        return eval_logits(models, images, self.eval_tf, self.cfg.eval_batch_size, device,
+                           kernels or self.cfg.server_kernels)
 
     # ---- distillation batches --------------------------------------------------------------------------------
     def distill_batches(self, cfg: TrainConfig, seed: int, device):
