@@ -10,9 +10,11 @@ Methods, timed in interleaved order --repeats times (best repeat reported; the m
   sequential           --client-engine sequential --client-kernels legacy --server-kernels legacy: the round every
                        run computed before these options (NCHW, all of PyTorch's threads on each client in turn, and
                        on each model the server evaluates)
-  sequential-portable  --client-engine sequential with the default portable kernels (one thread a client,
-                       channels_last; the server's test passes one thread a chunk), clients in turn
-  default              --client-engine batched, portable kernels: as many clients at once as there are cores
+  sequential-portable  --client-engine sequential with the default kernels (portable clients: one thread a client,
+                       channels_last; fused server: its test passes one thread a chunk on BN-folded copies),
+                       clients in turn
+  default              --client-engine batched, default kernels: as many clients at once as there are cores, and
+                       each finished client's test pass on a core the last clients leave idle
 `equal`: default's client uploads and new server model == sequential-portable's, tensor for tensor (the engines'
 contract); `legacy_max_abs_diff`: how far the legacy kernels' server model is from it (other floats: a different
 trajectory, not an error). Last line: JSON with sequential_s, default_s, ratio (= sequential_s / default_s), equal,
@@ -38,7 +40,7 @@ from feddf.federated.fusion import fuse, sample_clients  # noqa: E402
 from feddf.federated.setup import load_task  # noqa: E402
 
 METHODS = {"sequential": ("sequential", "legacy", "legacy"),  # (client engine, client kernels, server kernels)
-           "sequential-portable": ("sequential", "portable", "portable"),
+           "sequential-portable": ("sequential", TrainConfig.client_kernels, TrainConfig.server_kernels),
            "default": (TrainConfig.client_engine, TrainConfig.client_kernels, TrainConfig.server_kernels)}
 
 

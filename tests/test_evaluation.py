@@ -1,5 +1,6 @@
 """`--server-kernels` (feddf/federated/evaluation.py): the server's test and validation passes and its distillation
-students computed one thread at a time, so a run is the same floats on one core or two; legacy is the old path."""
+students computed one thread at a time, so a run is the same floats on one core or two (fused: on BN-folded copies;
+portable: on plain copies); legacy is the old path. The batched engine's precomputed test logits are fuse's."""
 import dataclasses
 import json
 
@@ -49,11 +50,16 @@ def test_portable_logits_are_the_same_floats_on_one_or_two_threads_and_close_to_
     models[0].train(), models[1].eval()
     images = torch.randint(0, 256, (1100, 1, 28, 28), dtype=torch.uint8)
     threads(1)
-    one = eval_logits(models, images, _tf, 250)
+    one = eval_logits(models, images, _tf, 250, kernels="portable")
+    fused_one = eval_logits(models, images, _tf, 250, kernels="fused")
     threads(2)
-    two = eval_logits(models, images, _tf, 250)
+    two = eval_logits(models, images, _tf, 250, kernels="portable")
     assert one.shape == (3, 1100, 10)
     assert torch.equal(one, two)
+    assert torch.equal(fused_one, eval_logits(models, images, _tf, 250, kernels="fused"))
+    torch.testing.assert_close(fused_one, one, rtol=1e-5, atol=1e-5)  # folded BatchNorm: float rounding only
+    assert not torch.equal(fused_one[:2], one[:2])  # (and it did fold: the floats moved)
+    assert torch.equal(fused_one[2], one[2])  # Viewing has no BatchNorm and no pool: nothing to rewrite
     legacy = eval_logits(models, images, _tf, 250, kernels="legacy")
     assert torch.equal(legacy[0], predict_logits(models[0], images, _tf, 250))
     torch.testing.assert_close(one, legacy, rtol=1e-4, atol=1e-4)
@@ -72,7 +78,7 @@ def test_a_feddf_run_is_the_same_on_one_core_or_two(tmp_path, fmnist_available):
         run_cli(*common, "--out", str(out), check=True, env={"OMP_NUM_THREADS": n})
         rows[n] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         states[n] = torch.load(out / "models" / "cnn.pt", weights_only=True)["state_dict"]
-        assert json.loads((out / "config.json").read_text())["server_kernels"] == "portable"
+        assert json.loads((out / "config.json").read_text())["server_kernels"] == "fused"
     strip = lambda r: {k: v for k, v in r.items() if not k.endswith("seconds")}  # noqa: E731 - timings differ
     assert [strip(r) for r in rows["1"]] == [strip(r) for r in rows["2"]]
     assert all(r["distill_steps"]["cnn"] > 0 for r in rows["1"])  # the students did train
@@ -85,12 +91,14 @@ def test_old_run_folders_resume_with_legacy_server_kernels():
     before = {k: v for k, v in now.items() if k != "server_kernels"}  # a config.json written before the option
     assert same_run(before, now) == ""
     assert "server_kernels" in same_run(before, {**now, "server_kernels": "portable"})
+    portable = {**now, "server_kernels": "portable"}  # a run folder written in session 9 resumes only as portable
+    assert "server_kernels" in same_run(portable, {**now, "server_kernels": "fused"})
 
 
 def test_bad_server_kernels_is_one_line(tmp_path):
     p = run_cli("train", "--server-kernels", "fast", "--out", str(tmp_path / "x"))
     assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert "--server-kernels 'fast'" in p.stderr and "choose one of" in p.stderr
+    assert "--server-kernels 'fast'" in p.stderr and "choose one of fused, portable, legacy" in p.stderr
     assert not (tmp_path / "x").exists()
     assert "--server-kernels" in run_cli("train", "--help", check=True).stdout
 
@@ -112,7 +120,36 @@ def test_fuse_evaluates_with_its_own_configs_kernels(tmp_path, fmnist_available,
     seen = []
     real = evaluation.eval_logits
     monkeypatch.setattr(evaluation, "eval_logits", lambda *a, **k: seen.append(a[5]) or real(*a, **k))
-    for kernels in ("legacy", "portable"):
+    for kernels in ("legacy", "portable", "fused"):
         seen.clear()
         fuse(1, dataclasses.replace(cfg, server_kernels=kernels), task, get_aggregator("feddf"), server, ups, "cpu")
         assert len(seen) >= 4 and set(seen) == {kernels}  # fedavg test, ensemble test, validations, student test
+
+
+def test_the_batched_engines_test_logits_are_the_floats_fuse_computes(tmp_path, fmnist_available):
+    # the batched engine computes each finished client's test pass on an idle core; fuse must get the same floats
+    from feddf.federated.engines import train_clients
+    from feddf.federated.fusion import sample_clients
+    from feddf.federated.setup import load_task
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = TrainConfig(dataset="fashion-mnist", arch="cnn", train_limit=900, test_limit=300, clients=3,
+                          fraction=1.0, rounds=1, local_epochs=1, eval_batch_size=128, progress=False,
+                          out=str(tmp_path / "run")).resolved()
+        task = load_task(cfg, log=lambda s: None)
+        ups = train_clients(cfg, task, 1, sample_clients(cfg, 1), {"cnn": task.initial_state("cnn")}, "cpu")
+        assert all(u.test_logits is not None and u.test_logits[0] == "fused" for u in ups)
+        fresh = task.test_logits([u.model for u in ups], "cpu", "fused")
+        assert torch.equal(torch.stack([u.test_logits[1] for u in ups]), fresh)
+        assert torch.equal(task.test_logits([u.model for u in ups], "cpu", "fused", [u.test_logits for u in ups]),
+                           fresh)
+        # logits of other kernels are not taken for these
+        mixed = task.test_logits([u.model for u in ups], "cpu", "portable", [u.test_logits for u in ups])
+        assert torch.equal(mixed, task.test_logits([u.model for u in ups], "cpu", "portable"))
+        seq = train_clients(dataclasses.replace(cfg, client_engine="sequential"), task, 1, sample_clients(cfg, 1),
+                            {"cnn": task.initial_state("cnn")}, "cpu")
+        assert all(u.test_logits is None for u in seq)  # sequential: nothing idle, fuse computes them
+    finally:
+        torch.set_num_threads(n)

@@ -59,7 +59,7 @@ class TrainConfig:
     server_momentum: float | None = None  # FedAvgM beta; None -> 0.9 for fedavgm
     client_engine: str = "batched"        # engines.py: clients trained together (one per core) or one at a time
     client_kernels: str = "portable"      # kernels.py: portable (1 thread a client, channels_last) | legacy
-    server_kernels: str = "portable"      # evaluation.py: portable (1 thread a chunk, channels_last) | legacy
+    server_kernels: str = "fused"         # evaluation.py: fused (portable + BN folded, exact pools) | portable | legacy
     # FedDF distillation
     distill_source: str = "gan"
     cache: str | None = None
@@ -123,7 +123,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         from feddf.data import DATASETS, check_dataset
-        from feddf.federated.kernels import KERNELS
+        from feddf.federated.kernels import KERNELS, SERVER_KERNELS
         from feddf.federated.losses import LOCAL_LOSSES
         from feddf.federated.partition import PARTITIONERS
         from feddf.federated.teachers import ENSEMBLES, PRECISIONS
@@ -151,7 +151,7 @@ class TrainConfig:
                                  ("client-engine", self.client_engine, CLIENT_ENGINES),
                                  ("local-loss", self.local_loss, LOCAL_LOSSES),
                                  ("client-kernels", self.client_kernels, KERNELS),
-                                 ("server-kernels", self.server_kernels, KERNELS),
+                                 ("server-kernels", self.server_kernels, SERVER_KERNELS),
                                  ("teacher-precision", self.teacher_precision, ("auto", *PRECISIONS))):
             if v not in choices:
                 bad(flag, repr(v), f"choose one of {', '.join(choices)}")

@@ -48,7 +48,7 @@ class DistillSpec:
     prefetch: int = 2           # batches prepared ahead by the background thread (0 = no thread)
     bn: str = "running"         # BN normalises with, and keeps, the start's statistics; "train": the paper code's
     #                             train mode (statistics re-estimated on the transfer batches)
-    one_thread: bool = False    # --server-kernels portable: each student step with one intra-op thread (the same
+    one_thread: bool = False    # --server-kernels fused|portable: each student step with one intra-op thread (the same
     #                             floats on any core count; the teachers' thread has the other core)
     channels_last: frozenset = frozenset()  # students (by name) that train in channels_last (kernels.probe)
 

@@ -11,7 +11,9 @@ Engines (config.CLIENT_ENGINES; each returns the round's `fusion.ClientUpdate`s 
               the sequential engine's (==, tests/test_engines.py). Clients that cannot run beside others train
               afterwards, one at a time: those of an architecture whose training draws from the global random
               generator (kernels.probe: dropout and the like), and every client under --client-kernels legacy
-              or on a GPU (one device: nothing to run beside).
+              or on a GPU (one device: nothing to run beside). Each finished client's test pass (the server's
+              ensemble accuracy, fusion.fuse) is queued behind the clients still waiting, so it fills the cores
+              the round's last clients leave idle; its logits are the floats fuse would compute.
 
 Why threads and not stacked parameters (torch.func.vmap over the clients, or grouped convolutions): on this 2-core
 CPU a client's step is bound by the convolution and BatchNorm kernels, not by per-operation overhead, and stacking
@@ -22,7 +24,7 @@ Two cores doing two clients' work is the gain there is (docs/benchmarks.md, "Rou
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Callable
 
 import torch
@@ -43,13 +45,26 @@ def train_clients(cfg: TrainConfig, task, r: int, selected: list[int], server: d
     if together:
         workers = min(torch.get_num_threads(), len(together))
         with one_thread(), ThreadPoolExecutor(workers, thread_name_prefix="feddf-client") as pool:
-            futures = {k: pool.submit(client_step, cfg, task, r, k, server[task.client_arch[k]], device,
-                                      counter.reporter(k)) for k in together}
-            for k, f in futures.items():
+            futures = {pool.submit(client_step, cfg, task, r, k, server[task.client_arch[k]], device,
+                                   counter.reporter(k)): k for k in together}
+            tests = {}
+            for f in as_completed(futures):
+                k = futures[f]
                 done[k] = f.result()
+                if cfg.server_kernels != "legacy":  # (legacy evaluates with all threads: only fuse can)
+                    # queued behind the clients not started yet: it runs on a core the last clients leave idle
+                    tests[k] = pool.submit(_test_logits, cfg, task, done[k], device)
+            for k, f in tests.items():
+                done[k].test_logits = (cfg.server_kernels, f.result())
     for k in alone:
         done[k] = client_step(cfg, task, r, k, server[task.client_arch[k]], device, counter.reporter(k))
     return [done[k] for k in selected]
+
+
+def _test_logits(cfg: TrainConfig, task, update: ClientUpdate, device) -> torch.Tensor:
+    """(N, K): the ensemble test pass's row for this client (fusion.fuse), one thread, as fuse would compute it."""
+    with one_thread():
+        return task.test_logits([update.model], device, cfg.server_kernels)[0]
 
 
 def plan(cfg: TrainConfig, task, selected: list[int], device) -> tuple[list[int], list[int]]:

@@ -53,6 +53,9 @@ class ClientUpdate:
     download_bytes: int = 0
     payload: bytes | None = None    # the encoded upload (precision.encode); what a Flower node puts on the wire
     class_counts: list[int] | None = None  # its training labels per class, sent with the model (--logit-adjust)
+    # (server kernels, (N, K) logits of `model` on the test split): the batched engine computes them on a core the
+    # round's last clients leave idle; fuse's ensemble test pass takes them instead of computing them (same floats)
+    test_logits: tuple[str, torch.Tensor] | None = None
 
 
 def sample_clients(cfg: TrainConfig, r: int) -> list[int]:
@@ -172,7 +175,8 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
                 counts.append(None if any(m.class_counts is None for m in members)
                               else np.sum([m.class_counts for m in members], 0).tolist())
     adjust = teacher_adjustment(cfg, task, counts) if teachers else None
-    test_logits = task.test_logits(teachers, device, sk) if teachers else None  # (T, N, K)
+    known = [clients[i].test_logits for i in keep_teach]  # the FedAvg teachers (--ensemble-fedavg) have none
+    test_logits = task.test_logits(teachers, device, sk, known) if teachers else None  # (T, N, K)
     if adjust is not None:
         test_logits = test_logits - adjust[:, None, :]  # the ensemble as it teaches: (T, N, K) - (T, 1, K)
     ensemble_acc = accuracy(ensemble_scores(test_logits, cfg.ensemble), task.test_labels) if teachers else None
@@ -185,7 +189,7 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
     new_states = dict(fedavg_states)
     if cfg.aggregator == "feddf" and teachers:
         students = {a: task.new_model(a, fedavg_states[a]).to(device) for a in cfg.archs}
-        portable = sk == "portable"  # students: one thread + channels_last
+        portable = sk != "legacy"  # fused and portable: the students train with one thread + channels_last
         cl = frozenset(a for a in cfg.archs if portable and task.kernel_probe(a).channels_last)
         ens = TeacherEnsemble(teachers, mode=cfg.ensemble, temperature=cfg.temperature,
                               precision=resolve_precision(cfg.teacher_precision, device), compile=cfg.compile_teachers,

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 KERNELS = ("portable", "legacy")
+SERVER_KERNELS = ("fused", *KERNELS)  # --server-kernels: evaluation.py
 
 
 @dataclass(frozen=True)

@@ -103,10 +103,20 @@ class Task:
                         resolution=self.info.size, class_names=list(self.info.class_names))
 
     # ---- evaluation ------------------------------------------------------------------------------------------
-    def test_logits(self, models: list, device, kernels: str | None = None) -> torch.Tensor:
+    def test_logits(self, models: list, device, kernels: str | None = None, known: list | None = None) -> torch.Tensor:
         """(T, N, K) logits of `models` on the test split with --server-kernels `kernels` (evaluation.py; None: the
-        task's own config; fusion.fuse passes its round's, so a caller may fuse one task under several configs)."""
-        return self._logits(models, self.test_images, device, kernels)
+        task's own config; fusion.fuse passes its round's, so a caller may fuse one task under several configs).
+        `known[i]`: (kernels, logits) already computed for models[i] (ClientUpdate.test_logits), used when its
+        kernels are these: a model's logits on a chunk do not depend on the other models or on the thread."""
+        kernels = kernels or self.cfg.server_kernels
+        known = list(known or []) + [None] * (len(models) - len(known or []))
+        have = {i: k[1] for i, k in enumerate(known) if k is not None and k[0] == kernels}
+        todo = [i for i in range(len(models)) if i not in have]
+        fresh = self._logits([models[i] for i in todo], self.test_images, device, kernels) if todo else None
+        if not have:
+            return fresh
+        rows = dict(have, **{i: fresh[j] for j, i in enumerate(todo)})
+        return torch.stack([rows[i] for i in range(len(models))])
 
     def test_accuracy(self, model, device, kernels: str | None = None) -> float:
         return accuracy(self._logits([model], self.test_images, device, kernels)[0], self.test_labels)

@@ -21,8 +21,8 @@ no longer outvoted by each client's own majority classes. tau = 0 is the paper's
 
 Speed (CPU; see benchmarks/bench_distill.py): the client models never change during a round, so each teacher is
 prepared once: a deep copy in eval mode with frozen weights, BatchNorm folded into the preceding convolution
-(torch.fx `fuse`), channels_last memory format, optionally bfloat16 weights (`precision='bf16'`, on CPUs with
-AVX512-BF16/AMX) and torch.compile; outputs are computed under inference_mode. On a GPU, teachers of one architecture
+(torch.fx `fuse`), 2x2 max-pools as an exact max of strided views (feddf.models.inference), channels_last memory
+format, optionally bfloat16 weights (`precision='bf16'`, on CPUs with AVX512-BF16/AMX) and torch.compile; outputs are computed under inference_mode. On a GPU, teachers of one architecture
 can be evaluated together with torch.func.vmap over their stacked weights (`batched=True`).
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feddf.errors import FeddfError
+from feddf.models.inference import exact_pools
 
 ENSEMBLES = ("avg-logits", "avg-probs", "avg-losses")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -122,6 +123,7 @@ def prepare_teacher(model: nn.Module, *, fold_bn: bool = True, channels_last: bo
     m.requires_grad_(False)
     if fold_bn:
         m = fold_batchnorm(m)
+    exact_pools(m)  # the same values as nn.MaxPool2d(2), no indices: feddf.models.inference
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
     return m.to(PRECISIONS[precision])

@@ -14,6 +14,8 @@ from feddf.models.layers import norm2d
 
 
 class BasicBlock(nn.Module):
+    fold_pairs = (("conv1", "bn1"), ("conv2", "bn2"))  # forward computes bn(conv(x)): inference.fold_conv_bn
+
     def __init__(self, cin: int, cout: int, stride: int, norm: str):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -32,6 +34,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
+    fold_pairs = (("conv1", "bn1"),)  # forward computes bn1(conv1(x)): inference.fold_conv_bn
+
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3, norm: str = "bn"):
         super().__init__()
         assert (depth - 2) % 6 == 0, "CIFAR ResNet depth must be 6n+2"
