@@ -30,10 +30,12 @@ system-deps-test:
 demo: $(STAMP) system-deps-demo
 	bash scripts/demo.sh
 
+# CI: everything but the tests marked slow (the real-process failure scenarios, the GPU script's CPU smoke run); they
+# run in `make test-all`, which every landing session runs on a clean clone (README, "Tests").
 test: $(STAMP) system-deps-test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Everything, the slow tests included (CI runs `make test`, which already includes them; see README).
+# Everything, the slow tests included.
 test-all: $(STAMP) system-deps-test
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 

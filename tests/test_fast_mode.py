@@ -201,6 +201,7 @@ def test_gen_fast_flag_errors():
     assert h.returncode == 0 and "--fast" in h.stdout and "--compile" in h.stdout
 
 
+@pytest.mark.slow  # ~4 min on 2 cores: every benchmark of the GPU script, once, at tiny sizes
 def test_gpu_suite_runs_end_to_end_on_cpu(tmp_path):
     """benchmarks/gpu_suite.sh --device cpu --tiny: every step runs and lands in the one JSON file, with the device,
     both generation modes and the --fast end-to-end cache, so the GPU script cannot rot before a GPU is lent."""

@@ -171,6 +171,7 @@ def test_local_secure_1_round_resumed_to_3_through_a_killed_serverapp_equals_tra
     assert not leftovers(pids) and not (state / "secrets").exists()
 
 
+@pytest.mark.slow  # ~110 s of real processes; the secure local run above covers TLS + resume + equality in CI
 def test_server_with_the_users_certificates_survives_a_killed_superlink_and_resumes_equal_to_train(tmp_path, train3):
     """`feddf flower certs` makes the files a user would bring; the SuperNodes are started apart from the server,
     as on other machines, and outlive the SuperLink: they reconnect to the resumed run by themselves."""
