@@ -136,8 +136,8 @@ def test_the_batched_engines_test_logits_are_the_floats_fuse_computes(tmp_path, 
     torch.set_num_threads(2)
     try:
         cfg = TrainConfig(dataset="fashion-mnist", arch="cnn", train_limit=900, test_limit=300, clients=3,
-                          fraction=1.0, rounds=1, local_epochs=1, eval_batch_size=128, progress=False,
-                          out=str(tmp_path / "run")).resolved()
+                          fraction=1.0, rounds=1, local_epochs=1, eval_batch_size=128, aggregator="fedavg",
+                          progress=False, out=str(tmp_path / "run")).resolved()
         task = load_task(cfg, log=lambda s: None)
         ups = train_clients(cfg, task, 1, sample_clients(cfg, 1), {"cnn": task.initial_state("cnn")}, "cpu")
         assert all(u.test_logits is not None and u.test_logits[0] == "fused" for u in ups)
