@@ -1,5 +1,7 @@
 """feddf/models/inference.py: the eval-time rewrites behind `--server-kernels fused` and the teachers keep the
 model's function (BatchNorm folding: float rounding; the 2x2 max-pool: the same values) and never touch the model."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,15 +40,15 @@ def test_inference_copy_folds_every_batchnorm_and_keeps_the_function(arch):
     torch.manual_seed(0)
     model = _trained_like(get_model(arch, 10, 1)).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    copy = inference_copy(model)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in copy.modules())  # every pair found without tracing
-    assert not any(type(m) is nn.MaxPool2d for m in copy.modules())
-    assert not copy.training and not any(p.requires_grad for p in copy.parameters())
+    rewritten = inference_copy(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in rewritten.modules())  # every pair found without tracing
+    assert not any(type(m) is nn.MaxPool2d for m in rewritten.modules())
+    assert not rewritten.training and not any(p.requires_grad for p in rewritten.parameters())
     x = torch.randn(16, 1, 28, 28)
     with torch.no_grad():
         want = model.eval()(x)
-        torch.testing.assert_close(copy(x), want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(copy.to(memory_format=torch.channels_last)(
+        torch.testing.assert_close(rewritten(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(rewritten.to(memory_format=torch.channels_last)(
             x.contiguous(memory_format=torch.channels_last)), want, rtol=1e-5, atol=1e-5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is not touched
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -78,6 +80,6 @@ def test_teachers_take_the_exact_pool_and_their_logits_do_not_move():
     x = (torch.randn(64, 1, 28, 28) * 3).round().contiguous(memory_format=torch.channels_last)  # ties after conv
     teacher = prepare_teacher(model)
     assert not any(type(m) is nn.MaxPool2d for m in teacher.modules())
-    old = fold_batchnorm(__import__("copy").deepcopy(model).eval()).to(memory_format=torch.channels_last)
+    old = fold_batchnorm(copy.deepcopy(model).eval()).to(memory_format=torch.channels_last)
     with torch.inference_mode():
         assert torch.equal(teacher(x), old(x))  # what the teachers computed before the exact pool

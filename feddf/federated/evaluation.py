@@ -67,8 +67,5 @@ def _eval_copy(model: nn.Module, device, fused: bool) -> nn.Module:
     """An eval-mode, grad-free, channels_last copy; `fused`: inference.inference_copy's rewrites, found without
     tracing (torch.fx patches nn.Module.__call__ process-wide while it traces, which would break the teachers'
     forward passes that the distillation's prefetch thread runs at the same time as a validation)."""
-    if fused:
-        return to_kernels(inference_copy(model, device), True)
-    m = copy.deepcopy(model).to(device).eval()
-    m.requires_grad_(False)
+    m = inference_copy(model, device) if fused else copy.deepcopy(model).to(device).eval().requires_grad_(False)
     return to_kernels(m, True)

@@ -109,8 +109,7 @@ class Task:
         `known[i]`: (kernels, logits) already computed for models[i] (ClientUpdate.test_logits), used when its
         kernels are these: a model's logits on a chunk do not depend on the other models or on the thread."""
         kernels = kernels or self.cfg.server_kernels
-        known = list(known or []) + [None] * (len(models) - len(known or []))
-        have = {i: k[1] for i, k in enumerate(known) if k is not None and k[0] == kernels}
+        have = {i: k[1] for i, k in enumerate(known or []) if k is not None and k[0] == kernels}
         todo = [i for i in range(len(models)) if i not in have]
         fresh = self._logits([models[i] for i in todo], self.test_images, device, kernels) if todo else None
         if not have:

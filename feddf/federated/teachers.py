@@ -22,8 +22,9 @@ no longer outvoted by each client's own majority classes. tau = 0 is the paper's
 Speed (CPU; see benchmarks/bench_distill.py): the client models never change during a round, so each teacher is
 prepared once: a deep copy in eval mode with frozen weights, BatchNorm folded into the preceding convolution
 (torch.fx `fuse`), 2x2 max-pools as an exact max of strided views (feddf.models.inference), channels_last memory
-format, optionally bfloat16 weights (`precision='bf16'`, on CPUs with AVX512-BF16/AMX) and torch.compile; outputs are computed under inference_mode. On a GPU, teachers of one architecture
-can be evaluated together with torch.func.vmap over their stacked weights (`batched=True`).
+format, optionally bfloat16 weights (`precision='bf16'`, on CPUs with AVX512-BF16/AMX) and torch.compile; outputs
+are computed under inference_mode. On a GPU, teachers of one architecture can be evaluated together with
+torch.func.vmap over their stacked weights (`batched=True`).
 """
 from __future__ import annotations
 
