@@ -74,7 +74,8 @@ def main() -> None:
     if bad:
         raise SystemExit(f"unknown --methods {bad}: choose from {', '.join(METHODS)}")
     sizes = [int(s) for s in args.gan_sizes.split(",") if s]
-    src = sources(args, {METHODS[k][1] for k in keys if METHODS[k][1]}, sorted({args.gan_n, *sizes}))
+    needed = {METHODS[k][1] for k in keys if METHODS[k][1]} | ({"gan"} if sizes else set())  # size rows: caches too
+    src = sources(args, needed, sorted({args.gan_n, *sizes}))
     rows = [(k, *METHODS[k]) for k in keys]
     rows += [(f"feddf-gan{n}", f"FedDF + DCGAN, {n // 1000}k images", f"gan{n}", []) for n in sizes
              if n != args.gan_n]
