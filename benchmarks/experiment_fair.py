@@ -74,11 +74,13 @@ def main() -> None:
     if bad:
         raise SystemExit(f"unknown --methods {bad}: choose from {', '.join(METHODS)}")
     sizes = [int(s) for s in args.gan_sizes.split(",") if s]
-    needed = {METHODS[k][1] for k in keys if METHODS[k][1]} | ({"gan"} if sizes else set())  # size rows: caches too
-    src = sources(args, needed, sorted({args.gan_n, *sizes}))
+    needed = {METHODS[k][1] for k in keys if METHODS[k][1]}
+    # the caches the rows read: --gan-n's for the rows distilling from "gan", one per --gan-sizes row
+    gan_caches = sorted({*sizes, *([args.gan_n] if "gan" in needed else [])})
+    src = sources(args, needed | ({"gan"} if gan_caches else set()), gan_caches)
     rows = [(k, *METHODS[k]) for k in keys]
     rows += [(f"feddf-gan{n}", f"FedDF + DCGAN, {n // 1000}k images", f"gan{n}", []) for n in sizes
-             if n != args.gan_n]
+             if not (n == args.gan_n and "feddf-gan" in keys)]  # that size's row is then the feddf-gan row
     arch = ([] if args.arch == "cnn" else ["--arch", args.arch]) + \
         (["--train-limit", str(args.train_limit)] if args.train_limit else [])
     results: dict = {}
