@@ -167,7 +167,8 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
 
     def on_round(row: dict, server: dict) -> None:
         rows.append(row)
-        _write_outputs(out, task, server, rows, checkpoint=checkpoint(row["round"], cfg, server, strategy.agg, rows))
+        _write_outputs(out, task, server, rows, checkpoint=checkpoint(row["round"], cfg, server, strategy.agg, rows,
+                                                                     task.source))
         lost = f", missing partitions {row['missing']}" if row["missing"] else ""
         print(f"round {row['round']}/{cfg.rounds}: " + " ".join(
             f"{a}={FedDF._final_acc(row, a):.4f}" for a in cfg.archs) + lost, flush=True)
