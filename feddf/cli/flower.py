@@ -119,21 +119,27 @@ def server(host, port, public_keys, ssl_ca_certfile, ssl_certfile, ssl_keyfile, 
 
 
 @command.command("certs")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the files (made 0700).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the files: a new one (made "
+              "0700), an empty one (its mode is kept) or an earlier `flower certs` output (with --force).")
 @click.option("--host", "hosts", multiple=True, metavar="NAME",
               help="Name or IP address the SuperNodes reach the SuperLink at (repeatable; 127.0.0.1 is always in).")
-@click.option("--nodes", type=int, required=True, help="SuperNode key pairs to make (node-0 .. node-N-1).")
-@click.option("--days", type=int, default=365, show_default=True, help="Validity of the certificates.")
-def certs(out, hosts, nodes, days) -> None:
+@click.option("--nodes", type=int, required=True, help="SuperNode key pairs to make (node-0 .. node-N-1; at most "
+              "10000).")
+@click.option("--days", type=int, default=365, show_default=True, help="Validity of the certificates (1 to 36500).")
+@click.option("--force", is_flag=True, help="Replace the files an earlier `feddf flower certs` wrote to --out (a "
+              "folder holding anything else is never touched).")
+def certs(out, hosts, nodes, days, force) -> None:
     """A CA (ca.crt, ca.key), a SuperLink certificate (superlink.crt, superlink.key) and SuperNode key pairs
-    (node-K, node-K.pub) for `feddf flower server` / flower-supernode; private keys 0600, never overwritten."""
-    from feddf.errors import FeddfError
-    from feddf.flower.security import generate
+    (node-K, node-K.pub) for `feddf flower server` / flower-supernode; private keys 0600, replaced only with
+    --force."""
+    from feddf.flower.security import check_request, generate
+    from feddf.runfolder import claim_output
 
-    if nodes < 1 or days < 1:
-        raise FeddfError(f"--nodes {nodes} --days {days}: both must be at least 1")
-    sec = generate(out, nodes, list(hosts), days=days, keep_ca=True)
-    click.echo(f"wrote {out}: ca.crt, ca.key, {sec.cert.name}, {sec.key.name}, node-0..node-{nodes - 1} (+ .pub); "
+    check_request(nodes, hosts, days)
+    with claim_output(out, kind="flower-certs", force=force, mode=0o700) as folder:
+        # the set is made in a staging folder inside --out and moved in whole: a failure leaves nothing of it
+        folder.publish(lambda d: generate(d, nodes, list(hosts), days=days, keep_ca=True))
+    click.echo(f"wrote {out}: ca.crt, ca.key, superlink.crt, superlink.key, node-0..node-{nodes - 1} (+ .pub); "
                f"the SuperLink keeps superlink.*, node-*.pub; client machine K gets ca.crt and node-K")
 
 
