@@ -188,3 +188,26 @@ def test_a_certs_run_failing_mid_way_leaves_nothing_of_its_own(tmp_path, monkeyp
     with pytest.raises(FeddfError, match="node key failed"):
         security.generate(tmp_path / "g", 1)
     assert not (tmp_path / "g").exists()
+
+
+# ------------------------------------------------------------------------------------------- gen --out LINK --force
+def test_a_symlink_out_is_never_replaced(tmp_path):
+    from tests.conftest import random_dcgan_checkpoint
+    from tests.test_force_replace import gen, sha
+
+    ckpt = random_dcgan_checkpoint(tmp_path / "g.pth", nc=1)
+    real, link = tmp_path / "real.h5", tmp_path / "link.h5"
+    run_cli(*gen(ckpt, real, 20), check=True)
+    link.symlink_to(real)
+    before, listing = sha(real), sorted(p.name for p in tmp_path.iterdir())
+    line = one_error_line(run_cli(*gen(ckpt, link, 20, "--force", "--seed", "1")))
+    assert f"--out {link} is a symbolic link (to {real})" in line and "never replaces a link" in line
+    line = refused("cache", "import", "synthetic:test[:20]", "--out", str(link), "--force", "--quiet")
+    assert "never replaces a link" in line
+    assert link.is_symlink() and sha(real) == before and sorted(p.name for p in tmp_path.iterdir()) == listing
+    p = run_cli(*gen(ckpt, link, 20), check=True)  # the same config through the link: found complete, untouched
+    assert json.loads(p.stdout)["generated"] == 0 and link.is_symlink() and sha(real) == before
+    dangling = tmp_path / "dangling.h5"
+    dangling.symlink_to(tmp_path / "missing.h5")
+    assert "which does not exist" in refused(*gen(ckpt, dangling, 20))
+    assert dangling.is_symlink() and not (tmp_path / "missing.h5").exists()
