@@ -15,13 +15,15 @@ from feddf.cli.train import _command
 
 FLOWER_OPTIONS = [
     click.option("--min-replies", type=int, default=1, show_default=True,
-                 help="A round needs at least this many client replies; fewer stops the run."),
+                 help="A round needs at least this many client replies (1 to the clients a round samples); fewer "
+                      "stops the run."),
     click.option("--node-timeout", type=float, default=120, show_default=True,
-                 help="Seconds to wait for every partition's SuperNode to connect."),
+                 help="Seconds to wait for every partition's SuperNode to connect (> 0, at most 7 days)."),
     click.option("--round-timeout", type=float, default=3600, show_default=True,
-                 help="Seconds a round waits for its replies."),
+                 help="Seconds a round waits for its replies (> 0, at most 7 days)."),
     click.option("--poll-interval", type=float, default=0.2, show_default=True,
-                 help="Seconds between the ServerApp's pulls for replies (Flower's own Grid waits 3)."),
+                 help="Seconds between the ServerApp's pulls for replies (> 0, at most 60; Flower's own Grid "
+                      "waits 3)."),
     click.option("--state-dir", type=click.Path(file_okay=False), default=None,
                  help="Keep FLWR_HOME, the logs of every process and processes.json here (default: a temporary "
                       "folder, removed after a successful run)."),
@@ -152,7 +154,13 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
 
     from feddf.errors import FeddfError
     from feddf.federated.config import config_from, load_toml
+    from feddf.flower.launch import check_flower_options
 
+    as_json, quiet, config_file = options.pop("as_json"), options.pop("quiet"), options.pop("config_file")
+    flower = {k: options.pop(k) for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval",
+                                          "state_dir")}
+    timing = [flower[k] for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval")]
+    check_flower_options(*timing)  # before the config file, the data and Flower itself are looked at
     try:
         import flwr  # noqa: F401
     except ImportError:
@@ -160,9 +168,6 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     from feddf.federated.partition import assign_archs
     from feddf.flower.launch import LocalFlower, install_sigterm, prepare
 
-    as_json, quiet, config_file = options.pop("as_json"), options.pop("quiet"), options.pop("config_file")
-    flower = {k: options.pop(k) for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval",
-                                          "state_dir")}
     given = {k: v for k, v in options.items() if v is not None}
     if "archs" in given:
         given["archs"] = [a.strip() for a in given["archs"].split(",") if a.strip()]
@@ -171,7 +176,9 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
             raise FeddfError(f"--nodes {nodes} --clients {given['clients']}: one SuperNode per client; "
                              f"give one of them")
         given["clients"] = nodes
-    cfg = prepare(config_from(load_toml(config_file) if config_file else {}, given))
+    cfg = config_from(load_toml(config_file) if config_file else {}, given)
+    check_flower_options(*timing, cfg, local=not (simulation or remote))  # --min-replies vs a round's clients
+    cfg = prepare(cfg)
     if remote and len(secure.public_keys) < cfg.clients:
         raise FeddfError(f"--clients {cfg.clients} but {len(secure.public_keys)} --node-public-key: give one key "
                          "per SuperNode (partition)")
