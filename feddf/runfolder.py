@@ -91,7 +91,31 @@ class FolderLock:
         self.fd = None
 
 
-class RunFolder:
+class _Claimed:
+    """A locked folder (`path`, `lock`, `created`, `marker`): `release()` (or `with`) drops the lock and removes a
+    folder the claim created and never marked (only when empty: nothing of a run is ever deleted)."""
+
+    path: Path
+    lock: FolderLock
+    created: bool
+    marker: dict | None
+
+    def release(self) -> None:
+        self.lock.release()
+        if self.created and self.marker is None:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RunFolder(_Claimed):
     """A claimed run folder: `mark()` once the run writes its outputs, `release()` (or `with`) when done."""
 
     def __init__(self, path: Path, kind: str, settings: dict, lock: FolderLock, created: bool):
@@ -109,21 +133,6 @@ class RunFolder:
                        "settings": self.settings, "feddf": __version__,
                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         atomic_write_json(self.path / MARKER, self.marker)
-
-    def release(self) -> None:
-        """Drop the lock; a folder this claim created and never wrote into is removed again."""
-        self.lock.release()
-        if self.created and self.marker is None:
-            try:
-                self.path.rmdir()  # only succeeds when empty: nothing of the run is ever deleted
-            except OSError:
-                pass
-
-    def __enter__(self) -> "RunFolder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def legacy_run(key: str) -> Callable[[Path], bool]:
@@ -195,7 +204,7 @@ def claim(out: str | os.PathLike, *, kind: str, settings: dict,
     return folder
 
 
-class OutputFolder:
+class OutputFolder(_Claimed):
     """A claimed output folder (`claim_output`): `publish(write)` writes the outputs, `release()` (or `with`)."""
 
     def __init__(self, path: Path, kind: str, lock: FolderLock, created: bool, marker: dict | None):
@@ -228,21 +237,6 @@ class OutputFolder:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return names
-
-    def release(self) -> None:
-        """Drop the lock; a folder this claim created and never published into is removed again."""
-        self.lock.release()
-        if self.created and self.marker is None:
-            try:
-                self.path.rmdir()
-            except OSError:
-                pass
-
-    def __enter__(self) -> "OutputFolder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def claim_output(out: str | os.PathLike, *, kind: str, force: bool = False, flag: str = "--out",

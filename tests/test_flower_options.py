@@ -1,4 +1,4 @@
-"""The Flower options of `feddf flower simulate|local|server` (feddf/flower/launch.py: check_flower_options) are
+"""The Flower options of `feddf flower simulate|local|server` (feddf/flower/options.py: check_flower_options) are
 checked before anything starts: a bad --min-replies, --node-timeout, --round-timeout, --poll-interval or --nodes is
 one line, exit 1, no SuperLink, no state dir, no run folder.
 
@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from feddf.cli import main
 from tests.conftest import run_cli
-from tests.test_run_folder import one_error_line
+from tests.test_run_folder import one_error_line, refused
 
 pytest.importorskip("flwr")
 
@@ -31,14 +31,6 @@ BAD = [
 ]
 
 
-def refused_in_process(args) -> str:
-    res = CliRunner().invoke(main, args)
-    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (res.output, res.exception)
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):
     from feddf.flower.security import generate
@@ -56,7 +48,7 @@ def commands(tls):
 def test_bad_flower_options_are_one_line_before_anything_starts(tmp_path, tls, bad, needle):
     for name, cmd in commands(tls).items():
         out, state = tmp_path / f"run-{name}", tmp_path / f"state-{name}"
-        line = refused_in_process(["flower", *cmd, *BASE, *bad, "--out", str(out), "--state-dir", str(state)])
+        line = refused("flower", *cmd, *BASE, *bad, "--out", str(out), "--state-dir", str(state))
         assert needle in line, (name, line)
         assert not out.exists() and not state.exists()
 
@@ -68,7 +60,7 @@ def test_the_real_process_refuses_at_once_and_local_bounds_its_supernodes(tmp_pa
         line = one_error_line(run_cli("flower", "local", *BASE, *bad, "--out", str(out), "--state-dir", str(state),
                                       timeout=120))
         assert needle in line
-    assert "--nodes 5000" in refused_in_process(["flower", "local", *BASE[2:], "--nodes", "5000", "--out", str(out)])
+    assert "--nodes 5000" in refused("flower", "local", *BASE[2:], "--nodes", "5000", "--out", str(out))
     assert not out.exists() and not state.exists()
 
 
@@ -76,7 +68,7 @@ def test_the_server_app_and_the_python_launcher_share_the_check():
     from types import SimpleNamespace
 
     from feddf.errors import FeddfError
-    from feddf.flower.launch import check_flower_options
+    from feddf.flower.options import check_flower_options
 
     cfg = SimpleNamespace(clients=10, fraction=0.4)
     check_flower_options(4, 120, 3600, 0.2, cfg)

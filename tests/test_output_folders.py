@@ -17,16 +17,7 @@ from feddf.cli import main
 from feddf.runfolder import LOCK, MARKER, STAGING
 from tests.conftest import run_cli
 from tests.test_audit_fixtures import make_cache, make_run
-from tests.test_run_folder import foreign_folder, one_error_line, snapshot
-
-
-def refused(*args) -> str:
-    """An in-process CLI call that must fail with one `Error:` line (exit 1)."""
-    res = CliRunner().invoke(main, list(args))
-    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), (res.output, res.exception)
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
-    return lines[0]
+from tests.test_run_folder import foreign_folder, one_error_line, refused, snapshot
 
 
 def ok(*args) -> None:

@@ -154,7 +154,7 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
 
     from feddf.errors import FeddfError
     from feddf.federated.config import config_from, load_toml
-    from feddf.flower.launch import check_flower_options
+    from feddf.flower.options import check_flower_options
 
     as_json, quiet, config_file = options.pop("as_json"), options.pop("quiet"), options.pop("config_file")
     flower = {k: options.pop(k) for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval",

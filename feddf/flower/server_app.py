@@ -142,7 +142,7 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     from feddf.flower.wire import CONFIG_KEY, config_to_json
     from feddf.utils import resolve_device
 
-    from feddf.flower.launch import check_flower_options
+    from feddf.flower.options import check_flower_options
 
     check_flower_options(min_replies, node_timeout, round_timeout, poll_interval, cfg)
     device = resolve_device(cfg.device)
