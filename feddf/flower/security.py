@@ -122,11 +122,12 @@ def _save(record: Path | None, done: dict) -> None:
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
-def check_request(nodes: int, hosts, days: int) -> None:
-    """`flower certs`' --nodes, --host and --days: one line naming the bad value, before any file is written."""
+def check_request(nodes: int, hosts, days: int, min_nodes: int = 1) -> None:
+    """`flower certs`' --nodes, --host and --days: one line naming the bad value, before any file is written
+    (min_nodes=0: a CA and SuperLink certificate alone, for SuperNode keys made elsewhere)."""
     from feddf.checks import check_range
 
-    check_range("--nodes", nodes, lo=1, hi=MAX_NODES, fix="one key pair per SuperNode")
+    check_range("--nodes", nodes, lo=min_nodes, hi=MAX_NODES, fix="one key pair per SuperNode")
     check_range("--days", days, lo=1, hi=MAX_DAYS, fix="the certificates' validity")
     for h in hosts:
         if not isinstance(h, str):
@@ -251,7 +252,7 @@ def generate(folder: str | os.PathLike, nodes: int, hosts: list[str] = (), days:
     """A CA, a SuperLink certificate for `hosts` (+ 127.0.0.1) and `nodes` SuperNode key pairs in `folder` (made
     0700 when absent). The CA's private key is deleted unless keep_ca: nothing more is ever signed with a throwaway
     CA. Bad values are refused before anything is written; a failure part-way leaves none of the set behind."""
-    check_request(nodes, hosts, days)
+    check_request(nodes, hosts, days, min_nodes=0)
     folder = Path(folder)
     names = ["ca.key", "ca.crt", "superlink.key", "superlink.crt", *(f"node-{k}{e}" for k in range(nodes)
                                                                      for e in ("", ".pub"))]
