@@ -61,8 +61,12 @@ class ClientUpdate:
 def sample_clients(cfg: TrainConfig, r: int) -> list[int]:
     """Sorted client ids taking part in round r: round(clients * fraction) of them (the paper code's n_participated)."""
     rng = np.random.default_rng(seed_of(cfg.seed, r, 1))
-    m = max(1, int(cfg.clients * cfg.fraction + 0.5))
-    return sorted(int(k) for k in rng.choice(cfg.clients, m, replace=False))
+    return sorted(int(k) for k in rng.choice(cfg.clients, participants(cfg), replace=False))
+
+
+def participants(cfg: TrainConfig) -> int:
+    """Clients sampled per round: round(clients * fraction), at least 1."""
+    return max(1, int(cfg.clients * cfg.fraction + 0.5))
 
 
 def client_step(cfg: TrainConfig, task, r: int, k: int, state: dict, device,

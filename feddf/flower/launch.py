@@ -247,6 +247,9 @@ class LocalFlower:
     def run(self, cfg, engine: str, min_replies: int = 1, node_timeout: float = 120,
             round_timeout: float = 3600, poll_interval: float = 0.2) -> dict:
         """Run the app once with the resolved cfg (cfg.out absolute); FeddfError with the ServerApp's error."""
+        from feddf.flower.options import check_flower_options
+
+        check_flower_options(min_replies, node_timeout, round_timeout, poll_interval, cfg)
         n = len(self.nodes) if self.nodes else cfg.clients
         from feddf.flower.wire import config_to_json
 
