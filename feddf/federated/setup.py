@@ -183,10 +183,16 @@ def _byo_record(task: Task) -> dict:
             "arch_info": {a: describe_arch(a) for a in task.cfg.archs}}
 
 
-def synth_source(cfg: TrainConfig, info):
-    """The server's generator of `--distill-source synth:NAME` (pool.SynthSource), from the config."""
+def task_source(cfg: TrainConfig, info, memory_bytes: int, progress: bool):
+    """The run's --distill-source for a task of `info`'s channels and resolution: the server's generator of
+    `synth:NAME` (pool.SynthSource) or a cache / noise source (sources.resolve_source); one line when it cannot be."""
     from feddf.federated.pool import SynthSource
+    from feddf.federated.sources import resolve_source
     from feddf.federated.synth import PREFIX, SynthSpec
+
+    if not is_synth(cfg.distill_source):
+        return resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache, cache_dir=cfg.cache_dir,
+                              resize=cfg.source_resize, memory_bytes=memory_bytes, progress=progress)
 
     spec = SynthSpec(cfg.synth_steps, cfg.synth_lr, cfg.synth_batch_size, cfg.synth_ce, cfg.synth_bn, cfg.synth_adv,
                      cfg.synth_div, cfg.synth_labels, cfg.temperature)
@@ -199,12 +205,7 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool
 
     want_source, source = source, None
     if cfg.aggregator == "feddf" and want_source:  # first: a missing or mismatched cache fails before the data
-        from feddf.federated.sources import resolve_source
-
-        info = dataset_info(cfg.dataset)
-        source = synth_source(cfg, info) if is_synth(cfg.distill_source) else resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache,
-                                cache_dir=cfg.cache_dir, resize=cfg.source_resize,
-                                memory_bytes=cfg.source_memory_mb << 20, progress=cfg.progress)
+        source = task_source(cfg, dataset_info(cfg.dataset), cfg.source_memory_mb << 20, cfg.progress)
     train = get_dataset(f"{cfg.dataset}:train", cfg.data_root)
     test = get_dataset(f"{cfg.dataset}:{cfg.test_split}", cfg.data_root)
     info = train.info
