@@ -64,7 +64,8 @@ OPTIONS = [
     _opt("--augment", str, "Client augmentation: crop-flip, flip, none."),
     _opt("--prox-mu", float, "FedProx proximal weight mu (0.01 for fedprox when omitted, else 0).", metavar="M"),
     _opt("--local-loss", str, "Clients' loss: ce (the paper), balanced-softmax (CE on logits + log of the "
-         "client's smoothed label prior, Ren et al. 2020) or fedlc (logits - tau * n_c^-1/4, Zhang et al. 2022).",
+         "client's smoothed label prior, Ren et al. 2020) or fedlc (logits - tau * n_c^-1/4, Zhang et al. 2022). "
+         "Default: balanced-softmax under feddf (the counts stay on the client), ce otherwise.",
          metavar="ce|balanced-softmax|fedlc"),
     _opt("--fedlc-tau", float, "FedLC's calibration strength tau (--local-loss fedlc).", metavar="TAU"),
     _opt("--client-precision", str, "What clients train and upload in: fp32, bf16, fp16 or binary (1-bit weights, "
@@ -114,8 +115,8 @@ OPTIONS = [
     _opt("--temperature", float, "Distillation temperature T."),
     _opt("--ensemble", str, "avg-logits, avg-probs or avg-losses."),
     _opt("--logit-adjust", float, "Subtract TAU x log(label prior of its client) from each teacher's logits, so "
-         "label-skewed clients do not outvote the classes they rarely saw (1 = default; 0 = the paper's plain "
-         "ensemble). Clients send their label counts with their models.", metavar="TAU"),
+         "label-skewed clients do not outvote the classes they rarely saw (0 = default: the plain ensemble, as the "
+         "paper). TAU > 0 makes every client send its label counts with its model.", metavar="TAU"),
     _opt("--patience", int, "Stop distilling after this many steps without a validation improvement."),
     _opt("--eval-every", int, "Validate the students every N steps.", metavar="N"),
     _flag("--ensemble-fedavg/--no-ensemble-fedavg", "Add each architecture's FedAvg model to the teachers (as "

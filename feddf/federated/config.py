@@ -53,7 +53,8 @@ class TrainConfig:
     batch_size: int = 64                  # paper: --batch_size 64
     augment: str = "crop-flip"            # paper code's CIFAR train transform (random crop 4 px + flip)
     prox_mu: float | None = None          # FedProx mu; None -> 0.01 for fedprox, 0 otherwise
-    local_loss: str = "ce"                # losses.py: ce (paper) | balanced-softmax (Ren+ 2020) | fedlc (Zhang+ 2022)
+    local_loss: str | None = None         # losses.py: ce (paper) | balanced-softmax (Ren+ 2020) | fedlc (Zhang+ 2022);
+    #                                       None -> balanced-softmax under feddf (counts stay on the client), else ce
     fedlc_tau: float = 1.0                # FedLC's calibration strength tau (--local-loss fedlc)
     client_precision: str = "fp32"        # fp32|bf16|fp16|binary, or a comma list: client i gets p[i * P // n]
     server_momentum: float | None = None  # FedAvgM beta; None -> 0.9 for fedavgm
@@ -71,7 +72,8 @@ class TrainConfig:
     distill_lr: float = 1e-3              # paper: student_learning_rate 1e-3 (Adam, cosine annealing)
     temperature: float = 1.0              # paper: KL temperature 1
     ensemble: str = "avg-logits"          # paper: update_student_scheme=avg_logits
-    logit_adjust: float = 1.0             # teachers' logits minus tau * log(their client's label prior); 0 = paper
+    logit_adjust: float = 0.0             # teachers' logits minus tau * log(their client's label prior); 0 = paper
+    #                                       (and the private default: tau > 0 makes clients send their label counts)
     eval_every: int = 100                 # paper: eval_batches_freq=100
     patience: int = 1000                  # paper: early_stopping_server_batches=1000
     drop_worst: bool = False              # paper: server_teaching_scheme=drop_worst
@@ -125,6 +127,8 @@ class TrainConfig:
             c.test_split = "test[5000:]" if c.dataset == "fashion-mnist" else "test"
         if c.prox_mu is None:
             c.prox_mu = 0.01 if c.aggregator == "fedprox" else 0.0
+        if c.local_loss is None:  # docs/training.md, "What leaves a client": the private recipe for FedDF
+            c.local_loss = "balanced-softmax" if c.aggregator == "feddf" else "ce"
         if c.server_momentum is None:
             c.server_momentum = 0.9 if c.aggregator == "fedavgm" else 0.0
         if c.distill_pool is None:

@@ -30,7 +30,8 @@ RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache
 
 # What a run folder whose config predates a key did, where that is not today's default: such a run resumes only
 # with the old behaviour asked for explicitly (the refusal names the key).
-PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legacy", "server_kernels": "legacy"}
+PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legacy", "server_kernels": "legacy",
+            "local_loss": "ce", "distill_pool": 0}
 
 
 def same_run(saved: dict, now: dict) -> str:
