@@ -170,7 +170,7 @@ class TrainConfig:
                                  ("distill-augment", self.distill_augment, AUGMENT_NAMES),
                                  ("distill-bn", self.distill_bn, DISTILL_BN),
                                  ("client-engine", self.client_engine, CLIENT_ENGINES),
-                                 ("local-loss", self.local_loss, LOCAL_LOSSES),
+                                 ("local-loss", self.local_loss or "ce", LOCAL_LOSSES),  # None: per aggregator
                                  ("client-kernels", self.client_kernels, KERNELS),
                                  ("server-kernels", self.server_kernels, SERVER_KERNELS),
                                  ("teacher-precision", self.teacher_precision, ("auto", *PRECISIONS))):
