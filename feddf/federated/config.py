@@ -97,6 +97,12 @@ class TrainConfig:
     def arch_list(self) -> list[str]:
         return list(self.archs) if self.archs else [self.arch]
 
+    def server_uses_label_counts(self) -> bool:
+        """Whether the server step needs each client's label counts with its model: the one rule for whether a
+        client sends them (fusion.client_step, the Flower ClientApp). Today only FedDF's teacher label-prior
+        adjustment (--logit-adjust > 0) uses them; otherwise they stay on the client."""
+        return self.aggregator == "feddf" and self.logit_adjust > 0
+
     def resolved(self) -> "TrainConfig":
         """A validated copy with every None default filled in (what config.json records)."""
         from feddf.federated.precision import parse_precisions

@@ -82,7 +82,10 @@ def train(msg: Message, context: Context) -> Message:
     state = model_from_record(msg.content["arrays"], task.initial_state(arch))
     upd = client_step(cfg, task, r, k, state, resolve_device(str(context.node_config.get("device", cfg.device))))
     t2 = time.perf_counter()
-    metrics = MetricRecord({"num-examples": upd.n, "class-counts": upd.class_counts, "partition-id": k,
-                            "process-seconds": _process_age(t0), "load-seconds": t1 - t0, "train-seconds": t2 - t1})
+    sent = {"num-examples": upd.n, "partition-id": k,
+            "process-seconds": _process_age(t0), "load-seconds": t1 - t0, "train-seconds": t2 - t1}
+    if cfg.server_uses_label_counts():  # the label histogram leaves the node only when the server step uses it
+        sent["class-counts"] = upd.class_counts
+    metrics = MetricRecord(sent)
     # the upload is the client's encoded model at its precision (1-bit + scales, half, or fp32), byte for byte
     return Message(RecordDict({"arrays": payload_to_record(upd.payload), "metrics": metrics}), reply_to=msg)

@@ -88,7 +88,7 @@ class FedDF(FedAvg):
     def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
         from feddf.federated.fusion import ClientUpdate, fuse
         from feddf.federated.precision import decode
-        from feddf.flower.wire import payload_from_record
+        from feddf.flower.wire import contents, payload_from_record
 
         server_round += self.offset
         valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
@@ -124,6 +124,7 @@ class FedDF(FedAvg):
                "selected": selected,
                "replied": sorted(got), "missing": missing,
                "failed": {str(k): v for k, v in failed.items() if k is not None},
+               "received": {str(k): contents(got[k]) for k in sorted(got)},
                "node_seconds": {str(k): {key.split("-")[0]: round(float(got[k].content["metrics"][key]), 3)
                                          for key in ("process-seconds", "load-seconds", "train-seconds")
                                          if key in got[k].content["metrics"]} for k in sorted(got)}}

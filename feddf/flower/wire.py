@@ -85,6 +85,11 @@ def payload_from_record(record) -> bytes:
     return state["payload"].numpy().tobytes()
 
 
+def contents(message) -> list[str]:
+    """What a message carries, as sorted "record/key" names (no values): what the run folder records of a reply."""
+    return sorted(f"{name}/{key}" for name, record in message.content.items() for key in record.keys())
+
+
 def config_to_json(cfg) -> str:
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
 
