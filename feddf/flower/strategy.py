@@ -44,6 +44,7 @@ class FedDF(FedAvg):
         self.agg = get_aggregator(cfg.aggregator, weighting=cfg.weighting, server_momentum=cfg.server_momentum)
         self.server = {a: task.initial_state(a) for a in cfg.archs}
         self.offset = 0  # rounds a resumed run finished before: Flower's round 1 is the run's round offset + 1
+        self.examples: dict[int, int] = {}  # partition id -> example count of its latest reply
         self._round: dict = {}
 
     # ---- helpers ---------------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ class FedDF(FedAvg):
             precision, state = decode(blob)  # exact: a binarised teacher computes with the client's own weights
             state = {name: v.to(self.server[arch][name].dtype) for name, v in state.items()}
             reply = got[k].content["metrics"]
-            n = int(reply["num-examples"])
+            n = self.examples[k] = int(reply["num-examples"])
             counts = [int(c) for c in reply["class-counts"]] if "class-counts" in reply else None
             updates.append(ClientUpdate(k, arch, self.task.new_model(arch, state).to(self.device), n, precision,
                                         len(blob), self._download_bytes[arch], class_counts=counts))
