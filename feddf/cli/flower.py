@@ -182,13 +182,14 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
             raise FeddfError(f"--nodes {nodes} --clients {given['clients']}: one SuperNode per client; "
                              f"give one of them")
         given["clients"] = nodes
-    cfg = prepare(config_from(load_toml(config_file) if config_file else {}, given))
-    if cfg.node_local_data() and (simulation or not remote and not specs):
-        raise FeddfError(f"--server-data {cfg.server_data}: node-local data needs SuperNodes that bring it: "
+    raw = config_from(load_toml(config_file) if config_file else {}, given)
+    if raw.server_data is not None and (simulation or not remote and not specs):
+        raise FeddfError(f"--server-data {raw.server_data}: node-local data needs SuperNodes that bring it: "
                          "`feddf flower local --node-data SPEC,SPEC,...` or `feddf flower server`")
-    if specs and not cfg.node_local_data():
+    if specs and raw.server_data is None:
         raise FeddfError("--node-data: give the server's own labelled set with --server-data SPEC (the task and "
                          "FedDF's validation come from it)")
+    cfg = prepare(raw)
     if remote and len(secure.public_keys) < cfg.clients:
         raise FeddfError(f"--clients {cfg.clients} but {len(secure.public_keys)} --node-public-key: give one key "
                          "per SuperNode (partition)")
