@@ -72,6 +72,8 @@ def command() -> None:
       feddf flower simulate --clients 4 --arch cnn --aggregator fedavg --rounds 2 --out runs/flower-sim
       feddf flower local --nodes 3 --archs cnn,resnet8 --distill-source noise --out runs/flower-local
       feddf flower local --secure --nodes 2 --rounds 3 --aggregator fedavg --out runs/flower-tls
+      feddf flower local --node-data npz:a.npz,npz:b.npz --server-data npz:val.npz --aggregator fedavg \\
+          --arch cnn --out runs/flower-sites
       feddf flower local --secure --nodes 2 --rounds 6 --aggregator fedavg --out runs/flower-tls --resume
       feddf flower certs --out certs --host server.example.org --nodes 3
       feddf flower server --ssl-ca-certfile certs/ca.crt --ssl-certfile certs/superlink.crt \\

@@ -102,8 +102,8 @@ def client_step(cfg: TrainConfig, task, r: int, k: int, state: dict, device,
 def teacher_adjustment(cfg: TrainConfig, task, teachers_counts: list) -> torch.Tensor | None:
     """(T, K) label-prior adjustment of the teachers (teachers.label_prior_adjustment) from each one's class counts,
     or None when the run does not use them (cfg.server_uses_label_counts: --logit-adjust 0, or no distillation, where
-    the clients keep their counts and `ensemble_acc` is the plain ensemble's). A teacher without counts (a client that did not send them) is refused: adjusting
-    the others only would bias the ensemble towards it."""
+    the clients keep their counts and `ensemble_acc` is the plain ensemble's). A teacher without counts (a client
+    that did not send them) is refused: adjusting the others only would bias the ensemble towards it."""
     from feddf.errors import FeddfError
     from feddf.federated.teachers import label_prior_adjustment
 

@@ -69,7 +69,7 @@ class LocalFlower:
     (port 0: a free one). isolation: "process" (default) runs each SuperNode with `--isolation process` and one
     long-lived feddf.flower.worker that runs its ClientApp messages; "subprocess" is Flower's default, a fresh
     ClientApp process per message. idle_poll: seconds between an idle SuperNode's pulls (feddf.flower.supernode;
-    3 = Flower's own flower-supernode).
+    3 = Flower's own flower-supernode). data: node-local data, SuperNode k's `data=` spec (one per entry of nodes).
     """
 
     def __init__(self, nodes: list[str | None] | None = None, simulation: bool = False,
