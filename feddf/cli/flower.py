@@ -15,13 +15,15 @@ from feddf.cli.train import _command
 
 FLOWER_OPTIONS = [
     click.option("--min-replies", type=int, default=1, show_default=True,
-                 help="A round needs at least this many client replies; fewer stops the run."),
+                 help="A round needs at least this many client replies (1 to the clients a round samples); fewer "
+                      "stops the run."),
     click.option("--node-timeout", type=float, default=120, show_default=True,
-                 help="Seconds to wait for every partition's SuperNode to connect."),
+                 help="Seconds to wait for every partition's SuperNode to connect (> 0, at most 7 days)."),
     click.option("--round-timeout", type=float, default=3600, show_default=True,
-                 help="Seconds a round waits for its replies."),
+                 help="Seconds a round waits for its replies (> 0, at most 7 days)."),
     click.option("--poll-interval", type=float, default=0.2, show_default=True,
-                 help="Seconds between the ServerApp's pulls for replies (Flower's own Grid waits 3)."),
+                 help="Seconds between the ServerApp's pulls for replies (> 0, at most 60; Flower's own Grid "
+                      "waits 3)."),
     click.option("--state-dir", type=click.Path(file_okay=False), default=None,
                  help="Keep FLWR_HOME, the logs of every process and processes.json here (default: a temporary "
                       "folder, removed after a successful run)."),
@@ -136,21 +138,27 @@ def server(host, port, public_keys, ssl_ca_certfile, ssl_certfile, ssl_keyfile, 
 
 
 @command.command("certs")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the files (made 0700).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the files: a new one (made "
+              "0700), an empty one (its mode is kept) or an earlier `flower certs` output (with --force).")
 @click.option("--host", "hosts", multiple=True, metavar="NAME",
               help="Name or IP address the SuperNodes reach the SuperLink at (repeatable; 127.0.0.1 is always in).")
-@click.option("--nodes", type=int, required=True, help="SuperNode key pairs to make (node-0 .. node-N-1).")
-@click.option("--days", type=int, default=365, show_default=True, help="Validity of the certificates.")
-def certs(out, hosts, nodes, days) -> None:
+@click.option("--nodes", type=int, required=True, help="SuperNode key pairs to make (node-0 .. node-N-1; at most "
+              "10000).")
+@click.option("--days", type=int, default=365, show_default=True, help="Validity of the certificates (1 to 36500).")
+@click.option("--force", is_flag=True, help="Replace the files an earlier `feddf flower certs` wrote to --out (a "
+              "folder holding anything else is never touched).")
+def certs(out, hosts, nodes, days, force) -> None:
     """A CA (ca.crt, ca.key), a SuperLink certificate (superlink.crt, superlink.key) and SuperNode key pairs
-    (node-K, node-K.pub) for `feddf flower server` / flower-supernode; private keys 0600, never overwritten."""
-    from feddf.errors import FeddfError
-    from feddf.flower.security import generate
+    (node-K, node-K.pub) for `feddf flower server` / flower-supernode; private keys 0600, replaced only with
+    --force."""
+    from feddf.flower.security import check_request, generate
+    from feddf.runfolder import claim_output
 
-    if nodes < 1 or days < 1:
-        raise FeddfError(f"--nodes {nodes} --days {days}: both must be at least 1")
-    sec = generate(out, nodes, list(hosts), days=days, keep_ca=True)
-    click.echo(f"wrote {out}: ca.crt, ca.key, {sec.cert.name}, {sec.key.name}, node-0..node-{nodes - 1} (+ .pub); "
+    check_request(nodes, hosts, days)
+    with claim_output(out, kind="flower-certs", force=force, mode=0o700) as folder:
+        # the set is made in a staging folder inside --out and moved in whole: a failure leaves nothing of it
+        folder.publish(lambda d: generate(d, nodes, list(hosts), days=days, keep_ca=True))
+    click.echo(f"wrote {out}: ca.crt, ca.key, superlink.crt, superlink.key, node-0..node-{nodes - 1} (+ .pub); "
                f"the SuperLink keeps superlink.*, node-*.pub; client machine K gets ca.crt and node-K")
 
 
@@ -164,7 +172,13 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
 
     from feddf.errors import FeddfError
     from feddf.federated.config import config_from, load_toml
+    from feddf.flower.options import check_flower_options
 
+    as_json, quiet, config_file = options.pop("as_json"), options.pop("quiet"), options.pop("config_file")
+    flower = {k: options.pop(k) for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval",
+                                          "state_dir")}
+    timing = [flower[k] for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval")]
+    check_flower_options(*timing)  # before the config file, the data and Flower itself are looked at
     try:
         import flwr  # noqa: F401
     except ImportError:
@@ -172,9 +186,6 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     from feddf.federated.partition import assign_archs
     from feddf.flower.launch import LocalFlower, install_sigterm, prepare
 
-    as_json, quiet, config_file = options.pop("as_json"), options.pop("quiet"), options.pop("config_file")
-    flower = {k: options.pop(k) for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval",
-                                          "state_dir")}
     given = {k: v for k, v in options.items() if v is not None}
     if "archs" in given:
         given["archs"] = [a.strip() for a in given["archs"].split(",") if a.strip()]
@@ -191,6 +202,7 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     if specs and raw.server_data is None:
         raise FeddfError("--node-data: give the server's own labelled set with --server-data SPEC (the task and "
                          "FedDF's validation come from it)")
+    check_flower_options(*timing, raw, local=not (simulation or remote))  # --min-replies vs a round's clients
     cfg = prepare(raw)
     if remote and len(secure.public_keys) < cfg.clients:
         raise FeddfError(f"--clients {cfg.clients} but {len(secure.public_keys)} --node-public-key: give one key "

@@ -89,6 +89,19 @@ class TrainConfig:
     teacher_precision: str = "auto"       # bf16 where native (AVX512-BF16/AMX CPUs, sm80+ GPUs), else fp32
     compile_teachers: bool = False
     prefetch: int = 2                     # batches whose teacher targets are computed ahead, in a thread
+    distill_pool: int | None = None       # images per round's transfer pool (pool.py); None -> 2000 for synth:, else
+    #                                       0 (the whole source: a cache in memory, or the stream)
+    save_pool: str | None = None          # write each round's pool as a feddf cache in this folder
+    # server-side synthesis (--distill-source synth:NAME, synth.py): defaults of DENSE (Zhang et al. 2022) and FedGen
+    synth_checkpoint: str | None = None   # a DCGAN checkpoint for synth:dcgan
+    synth_steps: int = 20                 # generator steps per round (DENSE: 30 per synthesis batch; CPU-sized)
+    synth_lr: float = 1e-3                # DENSE lr_g
+    synth_batch_size: int = 64
+    synth_ce: float = 1.0                 # DENSE --oh
+    synth_bn: float = 1.0                 # DENSE --bn
+    synth_adv: float = 1.0                # DENSE --adv
+    synth_div: float = 1.0                # FedGen / FedFTG diversity weight
+    synth_labels: str = "uniform"         # uniform | prior (the clients' label counts: sent to the server)
     # run
     seed: int = 7                         # paper: --manual_seed 7
     device: str = "auto"
@@ -100,12 +113,6 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------------------------
     def arch_list(self) -> list[str]:
         return list(self.archs) if self.archs else [self.arch]
-
-    def server_uses_label_counts(self) -> bool:
-        """Whether the server step needs each client's label counts with its model: the one rule for whether a
-        client sends them (fusion.client_step, the Flower ClientApp). Today only FedDF's teacher label-prior
-        adjustment (--logit-adjust > 0) uses them; otherwise they stay on the client."""
-        return self.aggregator == "feddf" and self.logit_adjust > 0
 
     def resolved(self) -> "TrainConfig":
         """A validated copy with every None default filled in (what config.json records)."""
@@ -125,6 +132,10 @@ class TrainConfig:
             c.prox_mu = 0.01 if c.aggregator == "fedprox" else 0.0
         if c.server_momentum is None:
             c.server_momentum = 0.9 if c.aggregator == "fedavgm" else 0.0
+        if c.distill_pool is None:
+            from feddf.federated.synth import is_synth
+
+            c.distill_pool = 2000 if is_synth(c.distill_source) else 0
         if c.out is None:
             src = f"-{Path(c.distill_source).stem}" if c.aggregator == "feddf" else ""
             archs = "+".join(map(_slug, c.archs))
@@ -250,9 +261,46 @@ class TrainConfig:
         check_range("--logit-adjust", self.logit_adjust, lo=0,
                     fix="tau of the teachers' label-prior adjustment: 1 (default), 0 = the paper's plain ensemble")
         check_range("--distill-mixup", self.distill_mixup, lo=0, fix="the Beta(a, a) parameter; 0 = off, e.g. 1.0")
+        self._check_synth()
         if self.prefetch < 0 or self.source_memory_mb < 0:
             bad("prefetch/source-memory-mb", f"{self.prefetch}/{self.source_memory_mb}", "must be >= 0")
         check_seed("--seed", self.seed)
+
+    def _check_synth(self) -> None:
+        from feddf.federated.synth import LABELS, PREFIX, is_synth
+
+        if self.distill_pool is not None and self.distill_pool < 0:
+            raise FeddfError(f"--distill-pool {self.distill_pool}: must be >= 0 (images per round; 0 = the whole "
+                             "source)")
+        for flag in ("synth_ce", "synth_bn", "synth_adv", "synth_div"):
+            check_range("--" + flag.replace("_", "-"), getattr(self, flag), lo=0,
+                        fix="a loss weight >= 0 (0 switches the term off)")
+        check_range("--synth-lr", self.synth_lr, lo=0, lo_open=True, fix="the generator's Adam rate, e.g. 1e-3")
+        if self.synth_steps < 0 or self.synth_batch_size < 1:
+            raise FeddfError(f"--synth-steps {self.synth_steps} / --synth-batch-size {self.synth_batch_size}: steps "
+                             "must be >= 0 and the batch >= 1")
+        if self.synth_labels not in LABELS:
+            raise FeddfError(f"--synth-labels {self.synth_labels!r}: choose one of {', '.join(LABELS)}")
+        if is_synth(self.distill_source):
+            if self.distill_source == PREFIX:
+                raise FeddfError(f"--distill-source {PREFIX}: name the generator, e.g. synth:scratch or "
+                                 "synth:dcgan-fashion-mnist")
+            if self.distill_pool == 0:
+                raise FeddfError("--distill-pool 0 with a synth: source: the synthesiser draws a pool each round; "
+                                 "give its size, e.g. 5000")
+        elif self.synth_checkpoint is not None:
+            raise FeddfError("--synth-checkpoint applies to --distill-source synth:dcgan only")
+
+    def server_uses_label_counts(self) -> bool:
+        """Whether the server step uses the clients' label counts: the one rule for whether a client sends them
+        with its model (fusion.client_step, the Flower ClientApp). FedDF uses them for the teachers' label-prior
+        adjustment (--logit-adjust > 0) and for a synthesiser's label prior (--synth-labels prior); otherwise they
+        stay on the client."""
+        from feddf.federated.synth import is_synth
+
+        if self.aggregator != "feddf":
+            return False
+        return bool(self.logit_adjust) or (is_synth(self.distill_source) and self.synth_labels == "prior")
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}

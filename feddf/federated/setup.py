@@ -22,6 +22,7 @@ from feddf.errors import FeddfError
 from feddf.federated import partition as part
 from feddf.federated.client import accuracy, make_transform
 from feddf.federated.config import TrainConfig
+from feddf.federated.synth import is_synth
 
 # settings that may differ between a run and its --resume (they do not change the results)
 RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir", "client_engine"}
@@ -130,19 +131,21 @@ class Task:
                            kernels or self.cfg.server_kernels)
 
     # ---- distillation batches --------------------------------------------------------------------------------
-    def distill_batches(self, cfg: TrainConfig, seed: int, device):
+    def distill_batches(self, cfg: TrainConfig, seed: int, device, source=None):
         """(TransferStream of (ids | None, normalised float batch on device), TargetCache | None) for one round.
 
         Targets are reused (TargetCache) only for an in-memory source whose batches are neither augmented nor mixed:
-        an augmented or mixed sample is a new sample. Selection and mixup: feddf.federated.transfer."""
+        an augmented or mixed sample is a new sample. Selection and mixup: feddf.federated.transfer. `source`: the
+        round's pool (pool.py) instead of the task's source."""
         from feddf.federated.distill import TargetCache
         from feddf.federated.transfer import TransferStream
 
+        source = self.source if source is None else source
         reuse = (cfg.distill_augment == "none" and not cfg.distill_mixup
-                 and getattr(self.source, "pool", None) is not None)
-        n = self.source.n if reuse else 0
+                 and getattr(source, "pool", None) is not None)
+        n = source.n if reuse else 0
         cache = TargetCache(n, self.info.num_classes) if reuse and n * self.info.num_classes <= 50_000_000 else None
-        stream = TransferStream(self.source, make_transform(self.info, cfg.distill_augment),
+        stream = TransferStream(source, make_transform(self.info, cfg.distill_augment),
                                 make_transform(self.info, "none"), batch_size=cfg.distill_batch_size, seed=seed,
                                 device=device, num_classes=self.info.num_classes, select=cfg.distill_select,
                                 fraction=cfg.select_fraction, mixup_alpha=cfg.distill_mixup, cache=cache)
@@ -178,6 +181,22 @@ def _byo_record(task: Task) -> dict:
     return {"dataset_info": {"class_names": list(i.class_names), "mean": list(i.mean), "std": list(i.std),
                              **(i.details or {})},
             "arch_info": {a: describe_arch(a) for a in task.cfg.archs}}
+
+
+def task_source(cfg: TrainConfig, info, memory_bytes: int, progress: bool):
+    """The run's --distill-source for a task of `info`'s channels and resolution: the server's generator of
+    `synth:NAME` (pool.SynthSource) or a cache / noise source (sources.resolve_source); one line when it cannot be."""
+    from feddf.federated.pool import SynthSource
+    from feddf.federated.sources import resolve_source
+    from feddf.federated.synth import PREFIX, SynthSpec
+
+    if not is_synth(cfg.distill_source):
+        return resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache, cache_dir=cfg.cache_dir,
+                              resize=cfg.source_resize, memory_bytes=memory_bytes, progress=progress)
+
+    spec = SynthSpec(cfg.synth_steps, cfg.synth_lr, cfg.synth_batch_size, cfg.synth_ce, cfg.synth_bn, cfg.synth_adv,
+                     cfg.synth_div, cfg.synth_labels, cfg.temperature)
+    return SynthSource(cfg.distill_source[len(PREFIX):], info, spec, cfg.distill_pool, cfg.seed, cfg.synth_checkpoint)
 
 
 def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool = True) -> Task:
@@ -241,10 +260,7 @@ def _source(cfg: TrainConfig, info):
     """The distillation source of a FedDF run (None for the baselines), checked against the task."""
     if cfg.aggregator != "feddf":
         return None
-    from feddf.federated.sources import resolve_source
-
-    return resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache, cache_dir=cfg.cache_dir,
-                          resize=cfg.source_resize, memory_bytes=cfg.source_memory_mb << 20, progress=cfg.progress)
+    return task_source(cfg, info, cfg.source_memory_mb << 20, cfg.progress)
 
 
 def client_precisions(cfg: TrainConfig) -> list[str]:

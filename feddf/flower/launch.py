@@ -252,6 +252,9 @@ class LocalFlower:
     def run(self, cfg, engine: str, min_replies: int = 1, node_timeout: float = 120,
             round_timeout: float = 3600, poll_interval: float = 0.2) -> dict:
         """Run the app once with the resolved cfg (cfg.out absolute); FeddfError with the ServerApp's error."""
+        from feddf.flower.options import check_flower_options
+
+        check_flower_options(min_replies, node_timeout, round_timeout, poll_interval, cfg)
         n = len(self.nodes) if self.nodes else cfg.clients
         from feddf.flower.wire import config_to_json
 
@@ -387,11 +390,9 @@ def prepare(cfg):
         raise FeddfError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if cfg.aggregator == "feddf":  # a missing cache or one that does not fit the task: one line, nothing started
         from feddf.data import dataset_info
-        from feddf.federated.sources import resolve_source
+        from feddf.federated.setup import task_source
 
-        info = dataset_info(cfg.dataset)
-        src = resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache, cache_dir=cfg.cache_dir,
-                             resize=cfg.source_resize, memory_bytes=0, progress=False)
+        src = task_source(cfg, dataset_info(cfg.dataset), memory_bytes=0, progress=False)
         if cfg.distill_source == "gan" and cfg.cache is None:  # the newest cache now, not when the ServerApp looks
             cfg = dataclasses.replace(cfg, cache=str(Path(src.path).resolve()))
     if cfg.resume and (out / "checkpoint.pt").exists():

@@ -145,8 +145,9 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     from feddf.flower.wire import CONFIG_KEY, TASK_KEY, config_to_json, task_to_json
     from feddf.utils import resolve_device
 
-    if min_replies < 1:
-        raise FeddfError(f"min-replies={min_replies}: a round needs at least 1 reply")
+    from feddf.flower.options import check_flower_options
+
+    check_flower_options(min_replies, node_timeout, round_timeout, poll_interval, cfg)
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision, device))
     out = Path(cfg.out)
@@ -186,7 +187,8 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
 
     def on_round(row: dict, server: dict) -> None:
         rows.append(row)
-        _write_outputs(out, task, server, rows, checkpoint=checkpoint(row["round"], cfg, server, strategy.agg, rows))
+        _write_outputs(out, task, server, rows, checkpoint=checkpoint(row["round"], cfg, server, strategy.agg, rows,
+                                                                     task.source))
         if local:
             for k, rec in reported.items():
                 if k in row["replied"]:
