@@ -80,7 +80,7 @@ def test_nodes_train_on_their_own_data_a_bad_node_is_refused_and_the_server_neve
     assert not leftovers(json.loads((state / "processes.json").read_text()).values())
 
 
-@pytest.mark.slow  # ~80 s of real processes on 2 cores; the deployment above covers node-local data in CI
+@pytest.mark.slow  # 56-80 s of real processes on 2 shared cores; the deployment above covers node-local data in CI
 def test_fedavg_and_feddf_without_logit_adjust_keep_label_counts_on_the_nodes(tmp_path, sets):
     """One deployment, two runs: FedAvg (2 rounds) and FedDF --logit-adjust 0; node 1's images are 3x32x32."""
     from feddf.federated.config import TrainConfig
