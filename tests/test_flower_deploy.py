@@ -25,7 +25,7 @@ from tests.test_flower import ENV, leftovers, metrics  # noqa: E402
 TINY = ["--dataset", "fashion-mnist", "--clients", "2", "--fraction", "1", "--local-epochs", "1",
         "--train-limit", "200", "--test-limit", "200", "--distill-steps", "6", "--eval-every", "3",
         "--eval-batch-size", "200", "--arch", "cnn", "--distill-source", "noise", "--quiet"]
-FLOWER_ONLY = {"replied", "missing", "failed", "node_seconds"}
+FLOWER_ONLY = {"replied", "missing", "failed", "node_seconds", "received"}
 
 
 def comparable(rows):

@@ -43,6 +43,17 @@ TLS_OPTIONS = [
 ]
 
 
+# node-local data (docs/flower.md): the server's own sets; `local` adds --node-data, one spec per SuperNode
+SERVER_DATA_OPTIONS = [
+    click.option("--server-data", "server_data", default=None, metavar="SPEC",
+                 help="Node-local data: the server's labelled validation set (FedDF validates and early-stops on "
+                      "it); the task (channels, resolution, classes) comes from it, so no --dataset. Any dataset "
+                      "spec: npz:PATH, folder:PATH, cache:PATH.h5, NAME:SPLIT[a:b]."),
+    click.option("--test-data", "test_data", default=None, metavar="SPEC",
+                 help="With --server-data: the server's test set (default: accuracies on --server-data)."),
+]
+
+
 def _flower_command(fn, extra=()):
     fn = _command(fn)
     for o in reversed([*FLOWER_OPTIONS, *extra]):
@@ -51,7 +62,7 @@ def _flower_command(fn, extra=()):
 
 
 def _tls_command(fn):
-    return _flower_command(fn, TLS_OPTIONS)
+    return _flower_command(fn, [*SERVER_DATA_OPTIONS, *TLS_OPTIONS])
 
 
 @click.group("flower")
@@ -63,6 +74,8 @@ def command() -> None:
       feddf flower simulate --clients 4 --arch cnn --aggregator fedavg --rounds 2 --out runs/flower-sim
       feddf flower local --nodes 3 --archs cnn,resnet8 --distill-source noise --out runs/flower-local
       feddf flower local --secure --nodes 2 --rounds 3 --aggregator fedavg --out runs/flower-tls
+      feddf flower local --node-data npz:a.npz,npz:b.npz --server-data npz:val.npz --aggregator fedavg \\
+          --arch cnn --out runs/flower-sites
       feddf flower local --secure --nodes 2 --rounds 6 --aggregator fedavg --out runs/flower-tls --resume
       feddf flower certs --out certs --host server.example.org --nodes 3
       feddf flower server --ssl-ca-certfile certs/ca.crt --ssl-certfile certs/superlink.crt \\
@@ -90,16 +103,20 @@ def simulate(**options) -> None:
 @click.option("--node-poll", type=click.FloatRange(0, 3, min_open=True), default=0.5, show_default=True,
               help="Seconds between an idle SuperNode's pulls for a message (Flower's flower-supernode: 3, which "
                    "this value selects).")
+@click.option("--node-data", default=None, metavar="SPEC,SPEC,...",
+              help="Node-local data (with --server-data): one SuperNode per spec, each trains on all of its own "
+                   "data= and nothing else; the server never opens them.")
 @_tls_command
-def local(nodes, node_arch, secure, isolation, node_poll, ssl_ca_certfile, ssl_certfile, ssl_keyfile,
+def local(nodes, node_arch, secure, isolation, node_poll, node_data, ssl_ca_certfile, ssl_certfile, ssl_keyfile,
           **options) -> None:
-    """A real deployment on 127.0.0.1: flower-superlink + one flower-supernode per partition, then `flwr run`."""
+    """A real deployment on 127.0.0.1: flower-superlink + one flower-supernode per partition (or per --node-data
+    spec), then `flwr run`."""
     from feddf.flower.security import from_files
 
     if ssl_ca_certfile or ssl_certfile or ssl_keyfile:
         secure = from_files(ssl_ca_certfile, ssl_certfile, ssl_keyfile)
     _run(options, simulation=False, nodes=nodes, node_arch=node_arch, secure=secure,
-         nodes_opts={"isolation": isolation, "idle_poll": node_poll})
+         nodes_opts={"isolation": isolation, "idle_poll": node_poll}, node_data=node_data)
 
 
 @command.command("server")
@@ -146,9 +163,10 @@ def certs(out, hosts, nodes, days, force) -> None:
 
 
 def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: tuple = (), secure=False,
-         remote: bool = False, host: str = "127.0.0.1", port: int = 0, nodes_opts: dict | None = None) -> None:
+         remote: bool = False, host: str = "127.0.0.1", port: int = 0, nodes_opts: dict | None = None,
+         node_data: str | None = None) -> None:
     """remote: start no SuperNodes (they run on other machines and connect to host:port). nodes_opts: LocalFlower's
-    isolation / idle_poll for the SuperNodes it starts."""
+    isolation / idle_poll for the SuperNodes it starts. node_data: `local --node-data`, one spec per SuperNode."""
     import json
     import sys
 
@@ -171,14 +189,21 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     given = {k: v for k, v in options.items() if v is not None}
     if "archs" in given:
         given["archs"] = [a.strip() for a in given["archs"].split(",") if a.strip()]
+    specs = node_data_specs(node_data, nodes, given)
     if nodes is not None:
         if "clients" in given and given["clients"] != nodes:
             raise FeddfError(f"--nodes {nodes} --clients {given['clients']}: one SuperNode per client; "
                              f"give one of them")
         given["clients"] = nodes
-    cfg = config_from(load_toml(config_file) if config_file else {}, given)
-    check_flower_options(*timing, cfg, local=not (simulation or remote))  # --min-replies vs a round's clients
-    cfg = prepare(cfg)
+    raw = config_from(load_toml(config_file) if config_file else {}, given)
+    if raw.server_data is not None and (simulation or not remote and not specs):
+        raise FeddfError(f"--server-data {raw.server_data}: node-local data needs SuperNodes that bring it: "
+                         "`feddf flower local --node-data SPEC,SPEC,...` or `feddf flower server`")
+    if specs and raw.server_data is None:
+        raise FeddfError("--node-data: give the server's own labelled set with --server-data SPEC (the task and "
+                         "FedDF's validation come from it)")
+    check_flower_options(*timing, raw, local=not (simulation or remote))  # --min-replies vs a round's clients
+    cfg = prepare(raw)
     if remote and len(secure.public_keys) < cfg.clients:
         raise FeddfError(f"--clients {cfg.clients} but {len(secure.public_keys)} --node-public-key: give one key "
                          "per SuperNode (partition)")
@@ -199,7 +224,8 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     try:
         folder.mark()
         with LocalFlower([] if simulation or remote else archs, simulation=simulation, state_dir=flower["state_dir"],
-                         log=log, stream=not quiet, secure=secure, host=host, port=port, **(nodes_opts or {})) as fl:
+                         log=log, stream=not quiet, secure=secure, host=host, port=port, data=specs or None,
+                         **(nodes_opts or {})) as fl:
             if remote:
                 log(f"SuperLink on {host}:{fl.port} (TLS, {len(secure.public_keys)} registered SuperNode keys): "
                     f"waiting {flower['node_timeout']:g} s for {cfg.clients} SuperNodes")
@@ -212,6 +238,21 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     else:
         click.echo(f"wrote {cfg.out} ({summary['rounds']} rounds, Flower run {res['run_id']})")
+
+
+def node_data_specs(node_data: str | None, nodes: int | None, given: dict) -> list[str]:
+    """`--node-data` as absolute specs (one SuperNode each; --nodes/--clients must agree); sets given["clients"]."""
+    if node_data is None:
+        return []
+    from feddf.errors import FeddfError
+    from feddf.flower.nodedata import check_specs
+
+    specs = check_specs(node_data)
+    for flag, v in (("--nodes", nodes), ("--clients", given.get("clients"))):
+        if v is not None and v != len(specs):
+            raise FeddfError(f"{flag} {v} --node-data with {len(specs)} specs: one SuperNode per spec; drop {flag}")
+    given["clients"] = len(specs)
+    return specs
 
 
 def _summary(out: str, res: dict) -> dict:

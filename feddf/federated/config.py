@@ -33,6 +33,10 @@ class TrainConfig:
     train_limit: int | None = None        # use a seeded random subset of the training split (quick runs, tests)
     test_limit: int | None = None         # evaluate on the first N images of the test split
     val_fraction: float = 0.1             # paper: --val_data_ratio 0.1 (the server's labelled validation split)
+    # node-local data (Flower only, docs/flower.md): every SuperNode trains on its own data= and the server holds
+    # only these; the task (channels, resolution, classes) is --server-data's, which also becomes `dataset`
+    server_data: str | None = None        # the server's labelled validation set (FedDF validates, early-stops on it)
+    test_data: str | None = None          # the server's test set; None -> accuracies on --server-data
     # models
     arch: str = "resnet8"                 # paper: --arch resnet8
     archs: list[str] | None = None        # heterogeneous clients, e.g. [resnet20, resnet32, shufflenetv2]
@@ -118,6 +122,7 @@ class TrainConfig:
 
         c = dataclasses.replace(self)
         c.check_values()  # first: a mistyped value must not reach the registry look-ups
+        c._node_local_data()
         c.validate()
         if c.archs:
             c.arch = c.archs[0]
@@ -142,6 +147,38 @@ class TrainConfig:
             c.out = f"runs/{_slug(c.dataset)}-{archs}{prec}-{c.aggregator}{src}-a{c.alpha:g}-s{c.seed}"
         return c
 
+    def _node_local_data(self) -> None:
+        """--server-data/--test-data: absolute specs (the ServerApp runs in Flower's app folder), and `dataset`
+        becomes --server-data, the task's source; settings that only describe a central split are refused."""
+        from feddf.data import byo
+
+        def absolute(spec: str) -> str:
+            return str(byo.parse(spec)) if byo.is_byo(spec) else spec
+
+        if self.server_data is None:
+            if self.test_data is not None:
+                raise FeddfError(f"--test-data {self.test_data}: it goes with --server-data SPEC (node-local data); "
+                                 f"a split of --dataset uses --test-split")
+            return
+        from feddf.data import check_dataset
+
+        for flag, spec in (("--server-data", self.server_data), ("--test-data", self.test_data)):
+            if spec is not None:
+                check_dataset(spec, flag)
+        self.server_data = absolute(self.server_data)
+        if self.dataset not in (TrainConfig.dataset, self.server_data):
+            raise FeddfError(f"--dataset {self.dataset} --server-data {self.server_data}: with node-local data the "
+                             f"task comes from --server-data; drop --dataset")
+        if self.train_limit is not None:
+            raise FeddfError(f"--train-limit {self.train_limit}: with --server-data every node trains on all of "
+                             f"its own data=; drop --train-limit")
+        self.dataset = self.server_data
+        self.test_data = absolute(self.test_data) if self.test_data is not None else None
+
+    def node_local_data(self) -> bool:
+        """Whether every node brings its own data (--server-data) instead of a partition of --dataset."""
+        return self.server_data is not None
+
     def validate(self) -> None:
         from feddf.data import DATASETS, check_dataset
         from feddf.federated.kernels import KERNELS, SERVER_KERNELS
@@ -153,8 +190,9 @@ class TrainConfig:
         def bad(flag, value, fix):
             raise FeddfError(f"--{flag} {value}: {fix}")
 
-        if self.dataset not in DATASETS:
-            check_dataset(self.dataset)  # folder:/npz:/cache: sets (one line when bad), else an unknown name
+        for spec in (self.dataset, self.test_data):
+            if spec is not None and spec not in DATASETS:
+                check_dataset(spec)  # folder:/npz:/cache: sets (one line when bad), else an unknown name
         for a in self.arch_list():
             if a not in MODELS:
                 check_arch(a)  # pkg.module:factory / timm:NAME (one line when bad), else an unknown name
@@ -258,7 +296,10 @@ class TrainConfig:
             raise FeddfError("--synth-checkpoint applies to --distill-source synth:dcgan only")
 
     def server_uses_label_counts(self) -> bool:
-        """Whether the server step uses the clients' label counts (so a client must send them with its model)."""
+        """Whether the server step uses the clients' label counts: the one rule for whether a client sends them
+        with its model (fusion.client_step, the Flower ClientApp). FedDF uses them for the teachers' label-prior
+        adjustment (--logit-adjust > 0) and for a synthesiser's label prior (--synth-labels prior); otherwise they
+        stay on the client."""
         from feddf.federated.synth import is_synth
 
         if self.aggregator != "feddf":
@@ -274,7 +315,7 @@ def _slug(spec: str) -> str:
     kind, sep, rest = spec.partition(":")
     if sep and kind in ("folder", "npz", "cache"):
         return Path(rest.split("[")[0].rstrip("/")).stem or kind
-    return spec.replace(":", ".").replace("/", "_")
+    return spec.split("[")[0].replace(":", ".").replace("/", "_")
 
 
 def load_toml(path: str | Path) -> dict:

@@ -52,7 +52,8 @@ class ClientUpdate:
     upload_bytes: int = 0
     download_bytes: int = 0
     payload: bytes | None = None    # the encoded upload (precision.encode); what a Flower node puts on the wire
-    class_counts: list[int] | None = None  # its training labels per class, sent with the model (--logit-adjust)
+    class_counts: list[int] | None = None  # its training labels per class, sent only when
+    #                                        cfg.server_uses_label_counts() (--logit-adjust, --synth-labels prior)
     # (server kernels, (N, K) logits of `model` on the test split): the batched engine computes them on a core the
     # round's last clients leave idle; fuse's ensemble test pass takes them instead of computing them (same floats)
     test_logits: tuple[str, torch.Tensor] | None = None
@@ -98,17 +99,19 @@ def client_step(cfg: TrainConfig, task, r: int, k: int, state: dict, device,
                     make_transform(task.info, cfg.augment), gen, device, progress=progress, hooks=hooks)
     upload = prec.encode(model.state_dict(), p, hooks.codes if hooks is not None else None)
     received = task.new_model(arch, prec.decode(upload)[1]).to(device)
-    return ClientUpdate(k, arch, received, len(idx), p, len(upload), len(prec.encode(state, "fp32")), upload, counts)
+    sent = counts if cfg.server_uses_label_counts() else None  # the counts leave the client only when used
+    return ClientUpdate(k, arch, received, len(idx), p, len(upload), len(prec.encode(state, "fp32")), upload, sent)
 
 
 def teacher_adjustment(cfg: TrainConfig, task, teachers_counts: list) -> torch.Tensor | None:
     """(T, K) label-prior adjustment of the teachers (teachers.label_prior_adjustment) from each one's class counts,
-    or None with --logit-adjust 0. A teacher without counts (a client that did not send them) is refused: adjusting
-    the others only would bias the ensemble towards it."""
+    or None with --logit-adjust 0 or without distillation (cfg.server_uses_label_counts: under the baselines the
+    clients keep their counts and `ensemble_acc` is the plain ensemble's). A teacher without counts (a client
+    that did not send them) is refused: adjusting the others only would bias the ensemble towards it."""
     from feddf.errors import FeddfError
     from feddf.federated.teachers import label_prior_adjustment
 
-    if not cfg.logit_adjust:
+    if not (cfg.logit_adjust and cfg.server_uses_label_counts()):
         return None
     k = task.info.num_classes
     if any(c is None or len(c) != k for c in teachers_counts):

@@ -65,6 +65,9 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     from feddf.utils import resolve_device
 
     cfg = cfg.resolved()
+    if cfg.node_local_data():
+        raise FeddfError(f"--server-data {cfg.server_data}: node-local data is for `feddf flower local|server`, "
+                         f"where every SuperNode brings its own data=; feddf train splits --dataset among its clients")
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision, device))
     out = Path(cfg.out)

@@ -204,9 +204,7 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool
     """The run's Task; source=False skips the distillation source (a Flower client only trains locally)."""
     from feddf.data import dataset_info, get_dataset
 
-    want_source, source = source, None
-    if cfg.aggregator == "feddf" and want_source:  # first: a missing or mismatched cache fails before the data
-        source = task_source(cfg, dataset_info(cfg.dataset), cfg.source_memory_mb << 20, cfg.progress)
+    source = _source(cfg, dataset_info(cfg.dataset)) if source else None  # first: a bad cache fails before the data
     train = get_dataset(f"{cfg.dataset}:train", cfg.data_root)
     test = get_dataset(f"{cfg.dataset}:{cfg.test_split}", cfg.data_root)
     info = train.info
@@ -222,23 +220,66 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool
     pool, val_idx = part.split_validation(labels.numpy(), cfg.val_fraction, cfg.seed)
     parts = part.partition(cfg.partition, labels.numpy()[pool], cfg.clients, cfg.alpha, cfg.seed)
     client_indices = [pool[p] for p in parts]
-    client_arch = part.assign_archs(cfg.clients, cfg.archs)
+    hist = part.class_histograms(client_indices, labels.numpy(), info.num_classes)
+    return Task(cfg=cfg, info=info, train_images=images, train_labels=labels, val_idx=val_idx,
+                client_indices=client_indices, client_arch=part.assign_archs(cfg.clients, cfg.archs), hist=hist,
+                test_images=test_images, test_labels=test_labels, test_spec=test.spec,
+                data_files=list(train.source_files) + list(test.source_files), source=source,
+                param_names=_param_names(cfg, info), client_precision=client_precisions(cfg))
+
+
+def load_server_task(cfg: TrainConfig, log: Callable[[str], None] = print) -> Task:
+    """The server's Task of a run on node-local data (cfg.server_data): its validation set is all of --server-data,
+    its test set --test-data (else --server-data again), and it holds no client's data: no partition (each client
+    slot is empty), the nodes report their example counts with their models."""
+    from feddf.data import get_dataset
+
+    val = get_dataset(cfg.server_data, cfg.data_root)
+    info = val.info
+    source = _source(cfg, info)
+    test = get_dataset(cfg.test_data, cfg.data_root) if cfg.test_data else val
+    for flag, s in (("--server-data", val), ("--test-data", test)):
+        bad = int(((s.labels < 0) | (s.labels >= info.num_classes)).sum())
+        if bad or not len(s):
+            raise FeddfError(f"{flag} {s.spec}: {bad} of {len(s)} images have no label in 0..{info.num_classes - 1}:"
+                             f" the server validates and tests on labelled images of the task's classes")
+    if tuple(test.images.shape[1:]) != tuple(val.images.shape[1:]):
+        raise FeddfError(f"--test-data {test.spec}: images are {tuple(test.images.shape[1:])} but --server-data's "
+                         f"are {tuple(val.images.shape[1:])}")
+    test_images, test_labels = test.images[:cfg.test_limit], test.labels[:cfg.test_limit]
+    empty = np.zeros(0, dtype=np.int64)
+    return Task(cfg=cfg, info=info, train_images=val.images, train_labels=val.labels,
+                val_idx=np.arange(len(val)), client_indices=[empty] * cfg.clients,
+                client_arch=part.assign_archs(cfg.clients, cfg.archs),
+                hist=np.zeros((cfg.clients, info.num_classes), dtype=np.int64), test_images=test_images,
+                test_labels=test_labels, test_spec=test.spec if cfg.test_data else f"{val.spec} (no --test-data)",
+                data_files=sorted(set(val.source_files) | set(test.source_files)), source=source,
+                param_names=_param_names(cfg, info), client_precision=client_precisions(cfg))
+
+
+def _source(cfg: TrainConfig, info):
+    """The distillation source of a FedDF run (None for the baselines), checked against the task."""
+    if cfg.aggregator != "feddf":
+        return None
+    return task_source(cfg, info, cfg.source_memory_mb << 20, cfg.progress)
+
+
+def client_precisions(cfg: TrainConfig) -> list[str]:
     from feddf.federated.precision import parse_precisions
 
-    client_precision = part.assign_blocks(cfg.clients, parse_precisions(cfg.client_precision))
-    hist = part.class_histograms(client_indices, labels.numpy(), info.num_classes)
+    return part.assign_blocks(cfg.clients, parse_precisions(cfg.client_precision))
+
+
+def _param_names(cfg: TrainConfig, info) -> dict:
+    """arch -> its parameter names, after one forward pass (a model returning a tuple/dict fails here, in one line)."""
     from feddf.models import check_output, get_model
 
-    param_names = {}
-    for a in cfg.archs:  # one forward pass too: a model returning a tuple/dict fails here, in one line
+    out = {}
+    for a in cfg.archs:
         m = get_model(a, info.num_classes, info.channels, cfg.norm)
         check_output(m, a, info.num_classes, info.channels, info.size)
-        param_names[a] = {n for n, _ in m.named_parameters()}
-    return Task(cfg=cfg, info=info, train_images=images, train_labels=labels, val_idx=val_idx,
-                client_indices=client_indices, client_arch=client_arch, hist=hist, test_images=test_images,
-                test_labels=test_labels, test_spec=test.spec, data_files=list(train.source_files) +
-                list(test.source_files), source=source, param_names=param_names,
-                client_precision=client_precision)
+        out[a] = {n for n, _ in m.named_parameters()}
+    return out
 
 
 def print_partition(task: Task, log: Callable[[str], None]) -> None:

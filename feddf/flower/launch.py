@@ -51,9 +51,11 @@ def _exe(name: str) -> str:
     return found
 
 
-def node_config(k: int, n: int, arch: str | None) -> str:
-    """--node-config of partition k: `partition-id=K num-partitions=N arch="A"` (strings need TOML quotes)."""
-    return f"partition-id={k} num-partitions={n}" + (f' arch="{arch}"' if arch else "")
+def node_config(k: int, n: int, arch: str | None, data: str | None = None) -> str:
+    """--node-config of partition k: `partition-id=K num-partitions=N arch="A" data="SPEC"` (strings need TOML
+    quotes; nodedata.check_specs keeps quotes and backslashes out of a spec)."""
+    return (f"partition-id={k} num-partitions={n}" + (f' arch="{arch}"' if arch else "")
+            + (f' data="{data}"' if data else ""))
 
 
 class LocalFlower:
@@ -67,14 +69,15 @@ class LocalFlower:
     (port 0: a free one). isolation: "process" (default) runs each SuperNode with `--isolation process` and one
     long-lived feddf.flower.worker that runs its ClientApp messages; "subprocess" is Flower's default, a fresh
     ClientApp process per message. idle_poll: seconds between an idle SuperNode's pulls (feddf.flower.supernode;
-    3 = Flower's own flower-supernode).
+    3 = Flower's own flower-supernode). data: node-local data, SuperNode k's `data=` spec (one per entry of nodes).
     """
 
     def __init__(self, nodes: list[str | None] | None = None, simulation: bool = False,
                  state_dir: str | Path | None = None, log: Callable[[str], None] = print, stream: bool = True,
                  secure: "bool | Secure" = False, host: str = HOST, port: int = 0,
-                 isolation: str = "process", idle_poll: float = 0.5):
+                 isolation: str = "process", idle_poll: float = 0.5, data: list[str] | None = None):
         self.nodes, self.simulation, self.log, self.stream = list(nodes or []), simulation, log, stream
+        self.data = list(data or [None] * len(self.nodes))  # node-local data: SuperNode k's data= spec
         if isolation not in ("process", "subprocess"):
             raise FeddfError(f"isolation={isolation!r}: choose process (a feddf worker per node) or subprocess")
         self.isolation, self.idle_poll = isolation, float(idle_poll)
@@ -125,7 +128,8 @@ class LocalFlower:
             self.secure = security.prepare(self._want_secure, self.dir / SECRETS, len(self.nodes))
             self._start_superlink()
             for k, arch in enumerate(self.nodes):
-                self.start_supernode(f"supernode-{k}", k, arch, security.supernode_args(self.secure, k))
+                self.start_supernode(f"supernode-{k}", k, arch, security.supernode_args(self.secure, k),
+                                     data=self.data[k])
         except BaseException:
             self.close(keep=True)
             raise
@@ -164,12 +168,13 @@ class LocalFlower:
             f'{security.connection(self.secure)}\n')
 
     def start_supernode(self, name: str, k: int, arch: str | None, tls: list[str],
-                        extra: tuple[str, ...] = ()) -> subprocess.Popen:
-        """A SuperNode for partition k of len(nodes), with `tls` (security.supernode_args) as its TLS/auth flags."""
+                        extra: tuple[str, ...] = (), data: str | None = None) -> subprocess.Popen:
+        """A SuperNode for partition k of len(nodes), with `tls` (security.supernode_args) as its TLS/auth flags
+        and (node-local data) its own `data` spec."""
         runtime_port = free_port()
         proc = self._spawn(name, [*self._supernode_exe(), *tls, "--superlink", f"{self.connect}:{self.port}",
                                   "--host", HOST, "--port", str(runtime_port), "--node-config",
-                                  node_config(k, len(self.nodes), arch), "--isolation", self.isolation, *extra])
+                                  node_config(k, len(self.nodes), arch, data), "--isolation", self.isolation, *extra])
         if self.isolation == "process":
             self._spawn_worker(name, runtime_port, proc.pid)
         return proc
