@@ -93,6 +93,7 @@ OPTIONS = [
          metavar="FILE"),
     _opt("--synth-steps", int, "Generator steps per round (synth: sources).", metavar="N"),
     _opt("--synth-lr", float, "Generator Adam learning rate."),
+    _opt("--synth-embed-lr", float, "Adam learning rate of the class embedding added to the generator's noise."),
     _opt("--synth-batch-size", int, "Images per generator step."),
     _opt("--synth-ce", float, "Weight of the ensemble's cross-entropy on the sampled labels (DENSE, FedFTG).",
          metavar="W"),

@@ -98,6 +98,7 @@ class TrainConfig:
     synth_checkpoint: str | None = None   # a DCGAN checkpoint for synth:dcgan
     synth_steps: int = 20                 # generator steps per round (DENSE: 30 per synthesis batch; CPU-sized)
     synth_lr: float = 1e-3                # DENSE lr_g
+    synth_embed_lr: float = 3e-2          # the class embedding added to the noise (it starts at zero)
     synth_batch_size: int = 64
     synth_ce: float = 1.0                 # DENSE --oh
     synth_bn: float = 1.0                 # DENSE --bn
@@ -280,6 +281,8 @@ class TrainConfig:
             check_range("--" + flag.replace("_", "-"), getattr(self, flag), lo=0,
                         fix="a loss weight >= 0 (0 switches the term off)")
         check_range("--synth-lr", self.synth_lr, lo=0, lo_open=True, fix="the generator's Adam rate, e.g. 1e-3")
+        check_range("--synth-embed-lr", self.synth_embed_lr, lo=0, lo_open=True,
+                    fix="the class embedding's Adam rate, e.g. 3e-2")
         if self.synth_steps < 0 or self.synth_batch_size < 1:
             raise FeddfError(f"--synth-steps {self.synth_steps} / --synth-batch-size {self.synth_batch_size}: steps "
                              "must be >= 0 and the batch >= 1")

@@ -73,7 +73,10 @@ class SynthSource:
         self.name, self.spec, self.n, self.info = name, spec, int(pool_size), info
         self.gen, self.meta = build_generator(name, info.channels, info.num_classes, seed, checkpoint)
         self.gen.eval()  # eval-mode BatchNorm throughout: an image does not depend on its batch
-        self.opt = torch.optim.Adam(self.gen.parameters(), lr=spec.lr, betas=(0.5, 0.999))
+        embed = list(self.gen.embed.parameters()) if self.gen.embed is not None else []
+        rest = [p for p in self.gen.parameters() if all(p is not e for e in embed)]
+        groups = [{"params": rest, "lr": spec.lr}] + ([{"params": embed, "lr": spec.embed_lr}] if embed else [])
+        self.opt = torch.optim.Adam(groups, betas=(0.5, 0.999))
         self.pool: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
 

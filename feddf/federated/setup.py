@@ -195,8 +195,8 @@ def task_source(cfg: TrainConfig, info, memory_bytes: int, progress: bool):
         return resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache, cache_dir=cfg.cache_dir,
                               resize=cfg.source_resize, memory_bytes=memory_bytes, progress=progress)
 
-    spec = SynthSpec(cfg.synth_steps, cfg.synth_lr, cfg.synth_batch_size, cfg.synth_ce, cfg.synth_bn, cfg.synth_adv,
-                     cfg.synth_div, cfg.synth_labels, cfg.temperature)
+    spec = SynthSpec(cfg.synth_steps, cfg.synth_lr, cfg.synth_embed_lr, cfg.synth_batch_size, cfg.synth_ce,
+                     cfg.synth_bn, cfg.synth_adv, cfg.synth_div, cfg.synth_labels, cfg.temperature)
     return SynthSource(cfg.distill_source[len(PREFIX):], info, spec, cfg.distill_pool, cfg.seed, cfg.synth_checkpoint)
 
 

@@ -49,6 +49,7 @@ def is_synth(source: str) -> bool:
 class SynthSpec:
     steps: int = 20         # generator steps per round (DENSE: g_steps 30 per synthesis batch; CPU-sized)
     lr: float = 1e-3        # Adam, betas (0.5, 0.999) (DENSE: lr_g 1e-3)
+    embed_lr: float = 3e-2  # the class embedding's rate: it starts at zero and must move O(1) in a round's steps
     batch: int = 64         # images per generator step
     ce: float = 1.0         # DENSE --oh 1
     bn: float = 1.0         # DENSE --bn 1
