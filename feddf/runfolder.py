@@ -14,6 +14,8 @@ f.mark(); print(open('/tmp/r/.feddf-run').read()); f.release()"
   into it, unless the caller recognises it as one of its own runs from before markers existed (`legacy`).
 - A marked folder whose config hash differs from this run's is refused (the settings that may change on --resume are
   left out of `settings` by the caller).
+- `check_folder` makes the same refusals read-only: commands call it before loading their data and `claim` only
+  after, so a load that is refused or killed never leaves a folder holding just a lock file.
 """
 from __future__ import annotations
 
@@ -103,10 +105,7 @@ class RunFolder:
         """Drop the lock; a folder this claim created and never wrote into is removed again."""
         self.lock.release()
         if self.created and self.marker is None:
-            try:
-                self.path.rmdir()  # only succeeds when empty: nothing of the run is ever deleted
-            except OSError:
-                pass
+            _remove_if_empty(self.path)
 
     def __enter__(self) -> "RunFolder":
         return self
@@ -143,6 +142,35 @@ def read_marker(path: Path) -> dict | None:
     return marker
 
 
+def check_folder(out: str | os.PathLike, *, kind: str, settings: dict,
+                 legacy: Callable[[Path], bool] | None = None) -> None:
+    """The refusals of `claim`, read-only (nothing created or locked): commands run it before loading their data, so
+    a foreign or mismatched --out is refused at once and a run killed while loading leaves no folder behind."""
+    from feddf.utils import to_jsonable
+
+    path = Path(out)
+    settings = to_jsonable(settings)
+    if path.exists() and not path.is_dir():
+        raise FeddfError(f"--out {path} is a file, not a run folder: choose another --out")
+    if not path.exists():
+        return
+    try:
+        entries = set(os.listdir(path)) - {LOCK}
+    except OSError as e:
+        raise FeddfError(f"cannot read --out {path}: {e.strerror}") from None
+    if entries and MARKER not in entries and not (legacy and legacy(path)):
+        raise FeddfError(f"--out {path} is not empty and is not a feddf {kind} run (no {MARKER}): refusing to "
+                         "touch it; choose another --out")
+    m = read_marker(path)
+    if m is not None:
+        if m.get("kind") != kind:
+            raise FeddfError(f"--out {path} holds a feddf {m.get('kind')} run, not a {kind} run: choose another --out")
+        if m.get("config_hash") != config_hash(settings):
+            saved = m.get("settings") if isinstance(m.get("settings"), dict) else {}
+            raise FeddfError(f"--out {path} holds a {kind} run made with other settings ({_diff(saved, settings)}): "
+                             "use its settings (--resume continues it) or choose another --out")
+
+
 def claim(out: str | os.PathLike, *, kind: str, settings: dict,
           legacy: Callable[[Path], bool] | None = None) -> RunFolder:
     """Lock `out` for a `feddf <kind>` run with `settings` (see the module docstring); FeddfError when refused."""
@@ -150,17 +178,8 @@ def claim(out: str | os.PathLike, *, kind: str, settings: dict,
 
     path = Path(out)
     settings = to_jsonable(settings)
-    if path.exists() and not path.is_dir():
-        raise FeddfError(f"--out {path} is a file, not a run folder: choose another --out")
+    check_folder(path, kind=kind, settings=settings, legacy=legacy)
     created = not path.exists()
-    if not created:
-        try:
-            entries = set(os.listdir(path)) - {LOCK}
-        except OSError as e:
-            raise FeddfError(f"cannot read --out {path}: {e.strerror}") from None
-        if entries and MARKER not in entries and not (legacy and legacy(path)):
-            raise FeddfError(f"--out {path} is not empty and is not a feddf {kind} run (no {MARKER}): refusing to "
-                             "touch it; choose another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -168,17 +187,17 @@ def claim(out: str | os.PathLike, *, kind: str, settings: dict,
     lock = FolderLock(path / LOCK, lambda pid: f"--out {path} is in use by another feddf process (pid {pid}): wait "
                                                "for it to finish or choose another --out")
     try:
-        folder = RunFolder(path, kind, settings, lock, created)
-        m = folder.marker
-        if m is not None:
-            if m.get("kind") != kind:
-                raise FeddfError(f"--out {path} holds a feddf {m.get('kind')} run, not a {kind} run: choose another "
-                                 "--out")
-            if m.get("config_hash") != config_hash(settings):
-                saved = m.get("settings") if isinstance(m.get("settings"), dict) else {}
-                raise FeddfError(f"--out {path} holds a {kind} run made with other settings ({_diff(saved, settings)})"
-                                 ": use its settings (--resume continues it) or choose another --out")
+        check_folder(path, kind=kind, settings=settings, legacy=legacy)  # again, now that we hold the lock
+        return RunFolder(path, kind, settings, lock, created)
     except BaseException:
         lock.release()
+        if created:
+            _remove_if_empty(path)
         raise
-    return folder
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()  # only succeeds when empty: nothing of a run is ever deleted
+    except OSError:
+        pass

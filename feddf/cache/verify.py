@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from feddf.cache import format as fmt
+from feddf.checks import label_problem
 from feddf.errors import FeddfError
 
 
@@ -128,10 +129,9 @@ def _recount(values: np.ndarray, stored: np.ndarray | None, name: str, counts_na
         problems.append(f"/{counts_name} is missing: the coverage counts for /{name} are part of the format")
         return
     k = stored.shape[0]
-    bad = (values < fmt.UNLABELED) | (values >= k)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        problems.append(f"/{name} has {int(bad.sum())} value(s) outside -1..{k - 1} (first: [{i}] = {values[i]})")
+    bad = label_problem(values, k)
+    if bad:
+        problems.append(f"/{name} has {bad}")
         return
     keep = values >= 0
     recount = np.bincount(values[keep], weights=None if weights is None else weights[keep], minlength=k)

@@ -122,7 +122,7 @@ class TrainConfig:
         return c
 
     def validate(self) -> None:
-        from feddf.data import DATASETS, check_dataset
+        from feddf.data import DATASETS, check_dataset, data_root
         from feddf.federated.kernels import KERNELS, SERVER_KERNELS
         from feddf.federated.losses import LOCAL_LOSSES
         from feddf.federated.partition import PARTITIONERS
@@ -134,6 +134,8 @@ class TrainConfig:
 
         if self.dataset not in DATASETS:
             check_dataset(self.dataset)  # folder:/npz:/cache: sets (one line when bad), else an unknown name
+        if self.data_root is not None:
+            data_root(self.data_root)  # an existing folder (or the default root): one line before any work
         for a in self.arch_list():
             if a not in MODELS:
                 check_arch(a)  # pkg.module:factory / timm:NAME (one line when bad), else an unknown name

@@ -150,7 +150,7 @@ def train(cfg: GanTrainConfig, resume: bool = False, progress: bool = True) -> P
 def _train(cfg: GanTrainConfig, folder, resume: bool, progress: bool) -> Path:
     from tqdm import tqdm
 
-    from feddf.utils import atomic_torch_save, atomic_write_json, versions
+    from feddf.utils import atomic_torch_save, atomic_write_json, load_torch_file, versions
 
     out = folder.path
     ckpt_path = out / "checkpoint.pt"
@@ -173,11 +173,7 @@ def _train(cfg: GanTrainConfig, folder, resume: bool, progress: bool) -> Path:
     noise = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     start = 0
     if resume and ckpt_path.exists():
-        try:
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is a user-facing problem
-            raise FeddfError(f"cannot read {ckpt_path} ({type(e).__name__}): the run folder is damaged; start a "
-                             "new --out") from None
+        ck = load_torch_file(ckpt_path, "checkpoint", "the run folder is damaged; start a new --out")
         if not isinstance(ck, dict) or not {"config", "netG", "netD", "optG", "optD", "noise_rng", "epoch"} <= set(ck):
             raise FeddfError(f"{ckpt_path} is not a feddf gan-train checkpoint: start a new --out")
         if {"conditional": False, **ck["config"]} != asdict(cfg):

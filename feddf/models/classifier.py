@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feddf.errors import FeddfError
+from feddf.utils import check_finite_weights, load_torch_file
 
 FORMAT = "feddf-classifier"
 
@@ -107,10 +108,7 @@ def load_classifier(path: str | os.PathLike, arch: str | None = None, device: st
     from feddf.models.zoo import get_model
 
     file = _resolve(Path(path).expanduser(), arch)
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FeddfError(f"cannot read classifier {file}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    ckpt = load_torch_file(file, "classifier", "save it again with `feddf train` or feddf.models.save_classifier")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FeddfError(f"{file} is not a feddf classifier checkpoint (written by `feddf train` / save_classifier)")
     try:
@@ -118,6 +116,9 @@ def load_classifier(path: str | os.PathLike, arch: str | None = None, device: st
     except FeddfError as e:  # a custom architecture whose module is not importable here
         raise FeddfError(f"classifier {file} needs architecture {ckpt['arch']!r}, which cannot be built here: "
                          f"{str(e).split(': ', 1)[-1]}") from None
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise FeddfError(f"{file} is a feddf classifier checkpoint without a state_dict: the file is damaged")
+    check_finite_weights(ckpt["state_dict"], f"classifier {file}")  # a diverged run must not label or be audited
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
