@@ -19,6 +19,7 @@ from feddf.errors import FeddfError
 
 MAX_INT = 2**63 - 1   # every integer ends up in int64 tensors/arrays or 64-bit seeds
 MAX_SEED = 2**63 - 1  # seeds are hashed as 63-bit values: a larger seed would silently alias a smaller one
+MAX_CLASSES = 100_000  # classes a label space may have (ImageNet-21k has 21 841): coverage/heads are (K,)-sized
 
 
 def _flag(name: str) -> str:

@@ -147,7 +147,7 @@ def verify_cache(path: str | os.PathLike, progress: bool = False) -> VerifyRepor
     """Verify everything verifiable about a cache; never raises for a bad file (problems go into the report)."""
     import h5py
 
-    from feddf.cache.reader import open_h5, read_info
+    from feddf.cache.reader import consistency_problems, open_h5, read_info
 
     rep = VerifyReport(path=str(path))
     try:
@@ -158,16 +158,14 @@ def verify_cache(path: str | os.PathLike, progress: bool = False) -> VerifyRepor
     ident = file_identity(path)
     with f:
         try:
-            info = read_info(f, path, live)
+            info = read_info(f, path, live, check=False)
         except FeddfError as e:
             rep.problems.append(str(e))
             return rep
         n, cap, attrs, problems = info.n, info.capacity, info.attrs, rep.problems
         rep.n = n
-        # header vs shapes
-        for key, want in (("channels", info.channels), ("resolution", info.resolution), ("n_requested", cap)):
-            if key in attrs and attrs[key] != want:
-                problems.append(f"attribute {key}={attrs[key]!r} but /images implies {want}")
+        # header vs shapes, JSON attributes, the complete flag (what every reader refuses on open; labels below)
+        problems += consistency_problems(f, info, labels=False)
         if info.virtual:
             from feddf.cache.reader import shard_paths
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from feddf.checks import MAX_CLASSES
 from feddf.errors import FeddfError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-MAX_CLASSES = 100_000  # classes an import may derive from its labels (ImageNet-21k has 21 841): coverage is (K,) int64
 
 
 # ---------------------------------------------------------------------------------------------------- folders
