@@ -158,12 +158,14 @@ def load_torch_file(path: str | os.PathLike, what: str, fix: str = "re-export it
         raise FeddfError(f"{what} {p} does not exist") from None
     except OSError as e:
         raise FeddfError(f"cannot read {what} {p}: {e.strerror or type(e).__name__}; {fix}") from None
-    except pickle.UnpicklingError:  # weights_only refused a class or function inside the pickle
-        raise FeddfError(f"{what} {p} is not a plain state_dict / tensors-only checkpoint (it pickles Python "
-                         "objects, which feddf never loads): re-save only its tensors, torch.save(model.state_dict(), "
-                         f"PATH); {fix}") from None
     except Exception as e:  # noqa: BLE001 - a damaged zip, a foreign format: one line, never a traceback
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):  # a class the loader refuses
+            raise FeddfError(f"{what} {p} is not a plain state_dict / tensors-only checkpoint (it pickles Python "
+                             "objects, which feddf never loads): re-save only its tensors, "
+                             f"torch.save(model.state_dict(), PATH); {fix}") from None
         first = str(e).splitlines()[0][:160] if str(e).strip() else "no details"
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in first:  # never torch's weights_only advice
+            first = "its bytes are not a valid pickle"
         raise FeddfError(f"cannot read {what} {p}: not a readable PyTorch weights file ({type(e).__name__}: "
                          f"{first}); {fix}") from None
 
