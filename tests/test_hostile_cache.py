@@ -131,3 +131,14 @@ def test_nan_confidence_never_passes_min_confidence():
     assert kept.tolist() == [1] and st["low"].tolist() == [2, 1]
     kept, _ = keep_draws(pred, conf, n=4, k=2, min_confidence=None, balance=True)
     assert kept.tolist() == [1, 3]
+
+
+def test_a_classifier_header_claiming_10_9_classes_is_refused_before_building_the_model(tmp_path, labelers):
+    from feddf.models import load_classifier
+
+    ck = torch.load(labelers["ok"], weights_only=True)
+    ck["num_classes"] = 10**9
+    torch.save(ck, tmp_path / "huge.pt")
+    with pytest.raises(FeddfError, match=r"damaged feddf classifier checkpoint \(num_classes 1000000000"):
+        load_classifier(tmp_path / "huge.pt")
+    assert load_classifier(labelers["ok"]).num_classes == 4

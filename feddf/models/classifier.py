@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feddf.checks import MAX_CLASSES
 from feddf.errors import FeddfError
 from feddf.utils import check_finite_weights, load_torch_file
 
@@ -111,6 +112,11 @@ def load_classifier(path: str | os.PathLike, arch: str | None = None, device: st
     ckpt = load_torch_file(file, "classifier", "save it again with `feddf train` or feddf.models.save_classifier")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FeddfError(f"{file} is not a feddf classifier checkpoint (written by `feddf train` / save_classifier)")
+    k = ckpt.get("num_classes")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_CLASSES or \
+            not {"arch", "in_channels", "norm"} <= set(ckpt):  # a tampered header must not size a huge model
+        raise FeddfError(f"{file} is a damaged feddf classifier checkpoint (num_classes {k!r}, expected 1.."
+                         f"{MAX_CLASSES}, with arch, in_channels and norm): save it again")
     try:
         model = get_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], ckpt["norm"])
     except FeddfError as e:  # a custom architecture whose module is not importable here
