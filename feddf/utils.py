@@ -142,6 +142,7 @@ def load_torch_file(path: str | os.PathLike, what: str, fix: str = "re-export it
     an empty file, an unreadable path, a pickle of Python objects the safe loader refuses (torch's own advice,
     weights_only=False, would run the file's code), or anything else torch.load raises."""
     import pickle
+    import zipfile
 
     import torch
 
@@ -159,7 +160,8 @@ def load_torch_file(path: str | os.PathLike, what: str, fix: str = "re-export it
     except OSError as e:
         raise FeddfError(f"cannot read {what} {p}: {e.strerror or type(e).__name__}; {fix}") from None
     except Exception as e:  # noqa: BLE001 - a damaged zip, a foreign format: one line, never a traceback
-        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):  # a class the loader refuses
+        # a class or function the safe loader refused, inside a real torch.save archive (zip) rather than junk bytes
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e) and zipfile.is_zipfile(p):
             raise FeddfError(f"{what} {p} is not a plain state_dict / tensors-only checkpoint (it pickles Python "
                              "objects, which feddf never loads): re-save only its tensors, "
                              f"torch.save(model.state_dict(), PATH); {fix}") from None
