@@ -38,7 +38,8 @@ OPTIONS = [
          field="config_file"),
     _opt("--dataset", str, "Task dataset: fashion-mnist, cifar10, cifar100, or your own: folder:PATH, npz:PATH, "
          "cache:PATH.h5 (docs/api.md)."),
-    _opt("--data-root", str, "Folder of the datasets (feddf.data's default when omitted)."),
+    _opt("--data-root", str, "Folder of the datasets; it must exist (feddf.data's default, created on demand, when "
+         "omitted)."),
     _opt("--test-split", str, "Evaluation split; fashion-mnist uses test[5000:] because test[:5000] trains the DCGAN, "
          "other datasets use test.", metavar="SPLIT"),
     _opt("--train-limit", int, "Use a seeded random subset of N training images (quick runs).", metavar="N"),
