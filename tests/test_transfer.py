@@ -324,18 +324,19 @@ def test_distill_bn_option_default_and_old_runs():
 
 
 def test_logit_adjust_option_default_and_old_runs():
-    """--logit-adjust: default 1, recorded in config.json; a negative or non-finite value gets one line; a run
-    folder from before the option (the plain ensemble) resumes only with --logit-adjust 0, and the refusal names it."""
+    """--logit-adjust: default 0 (the clients keep their label counts), recorded in config.json; a negative or
+    non-finite value gets one line; a run folder from before the option (the plain ensemble) resumes with the
+    default, and with --logit-adjust 1 the refusal names the key."""
     import dataclasses
 
     from feddf.federated.config import TrainConfig
     from feddf.federated.setup import same_run
 
     now = dataclasses.asdict(TrainConfig(distill_source="noise").resolved())
-    assert now["logit_adjust"] == 1.0
+    assert now["logit_adjust"] == 0.0
     old = {k: v for k, v in now.items() if k != "logit_adjust"}
-    assert "logit_adjust: 0.0 -> 1.0" in same_run(old, now)
-    assert same_run(old, {**now, "logit_adjust": 0.0}) == ""
+    assert same_run(old, now) == ""
+    assert "logit_adjust: 0.0 -> 1.0" in same_run(old, {**now, "logit_adjust": 1.0})
     for bad, fix in (("-1", "0 = the paper"), ("nan", "finite")):
         r = CliRunner().invoke(main, ["train", "--logit-adjust", bad, "--distill-source", "noise"])
         assert r.exit_code == 1 and f"--logit-adjust {bad}" in r.output and fix in r.output, r.output

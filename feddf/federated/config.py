@@ -266,7 +266,8 @@ class TrainConfig:
         check_range("--select-fraction", self.select_fraction, lo=0, hi=1, lo_open=True,
                     fix="the kept share of each round's transfer set, e.g. 0.5")
         check_range("--logit-adjust", self.logit_adjust, lo=0,
-                    fix="tau of the teachers' label-prior adjustment: 1 (default), 0 = the paper's plain ensemble")
+                    fix="tau of the teachers' label-prior adjustment, e.g. 1 for CE clients; 0 = the paper's plain "
+                    "ensemble (default)")
         check_range("--distill-mixup", self.distill_mixup, lo=0, fix="the Beta(a, a) parameter; 0 = off, e.g. 1.0")
         self._check_synth()
         if self.prefetch < 0 or self.source_memory_mb < 0:
