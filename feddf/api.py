@@ -23,8 +23,9 @@ from feddf.errors import FeddfError
 # ---------------------------------------------------------------------------------------------------- train
 def train_config(config=None, *, config_file: str | None = None, **options: Any):
     """Options of `feddf train` -> a TrainConfig. Precedence (lowest first): the run's saved config.json (with
-    resume=True and out=...), the TOML config_file, `config`, then the options given (None = not given)."""
-    from feddf.federated.config import TrainConfig, config_from, load_toml
+    resume=True and out=...), config_file (TOML, or a run's config.json: a replay), `config`, then the options given
+    (None = not given)."""
+    from feddf.federated.config import TrainConfig, config_from, load_config_file
 
     given = {k: v for k, v in options.items() if v is not None}
     check_options(TrainConfig, given, "train")
@@ -35,7 +36,7 @@ def train_config(config=None, *, config_file: str | None = None, **options: Any)
     explicit = dataclasses.asdict(config) if config is not None else {}
     merged = {**explicit, **given}
     base = _saved_config(merged["out"]) if merged.get("resume") and merged.get("out") else {}
-    return config_from({**base, **(load_toml(config_file) if config_file else {}), **explicit}, given)
+    return config_from({**base, **(load_config_file(config_file) if config_file else {}), **explicit}, given)
 
 
 def _saved_config(out: str) -> dict:

@@ -4,7 +4,8 @@
         --local-epochs 1 --train-limit 600 --test-limit 500 --distill-steps 20 --eval-every 10 --out runs/demo
 
 Every option defaults to the FedDF paper's released setting (see `feddf.federated.config` and docs/training.md);
-`--config FILE.toml` supplies the same keys, and flags given on the command line override it.
+`--config FILE.toml` supplies the same keys, `--config runs/X/config.json` replays run X, and flags given on the command
+line override either.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def _flag(flag: str, help_: str):
 
 
 OPTIONS = [
-    _opt("--config", click.Path(dir_okay=False), "TOML file with any of these options (flags override it).",
+    _opt("--config", click.Path(dir_okay=False), "TOML file with any of these options, or a run's config.json to replay "
+         "that run (flags override it).",
          field="config_file"),
     _opt("--dataset", str, "Task dataset: fashion-mnist, cifar10, cifar100, or your own: folder:PATH, npz:PATH, "
          "cache:PATH.h5 (docs/api.md)."),

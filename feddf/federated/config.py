@@ -222,6 +222,33 @@ def _slug(spec: str) -> str:
     return spec.replace(":", ".").replace("/", "_")
 
 
+# config.json keys that describe a run rather than set it (setup.Task.config_record, the Flower ServerApp's engine),
+# and how it was invoked: a replay ignores both
+RECORD_ONLY = {"versions", "hashes", "test_spec", "num_classes", "channels", "resolution", "dataset_info",
+               "arch_info", "engine", "resume", "progress"}
+
+
+def load_config_file(path: str | Path) -> dict:
+    """`--config FILE`: a TOML file of `feddf train` keys, or a run's config.json (replays that run)."""
+    return load_json(path) if Path(path).suffix == ".json" else load_toml(path)
+
+
+def load_json(path: str | Path) -> dict:
+    """The settings of a run's config.json, without its record-only keys; an unknown key is refused."""
+    import json
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise FeddfError(f"--config {p}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise FeddfError(f"--config {p}: not a JSON config ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(data, dict):
+        raise FeddfError(f"--config {p}: must hold a JSON object of `feddf train` options (a run's config.json)")
+    return _train_keys(p, {k: v for k, v in data.items() if k not in RECORD_ONLY})
+
+
 def load_toml(path: str | Path) -> dict:
     """Keys of a TOML file (dashes -> underscores), checked against TrainConfig's fields."""
     import tomllib
@@ -238,6 +265,11 @@ def load_toml(path: str | Path) -> dict:
     data = data.get("train", data)  # either top-level keys or a [train] table
     if not isinstance(data, dict):
         raise FeddfError(f"--config {p}: `train` must be a table ([train]) of `feddf train` options")
+    return _train_keys(p, data)
+
+
+def _train_keys(p: Path, data: dict) -> dict:
+    """`data`'s keys as TrainConfig fields (dashes -> underscores); one line for a key that is none."""
     out = {}
     for k, v in data.items():
         key = k.replace("-", "_")
