@@ -246,7 +246,7 @@ def load_json(path: str | Path) -> dict:
         raise FeddfError(f"--config {p}: not a JSON config ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(data, dict):
         raise FeddfError(f"--config {p}: must hold a JSON object of `feddf train` options (a run's config.json)")
-    return _train_keys(p, {k: v for k, v in data.items() if k not in RECORD_ONLY})
+    return train_keys(f"--config {p}", {k: v for k, v in data.items() if k not in RECORD_ONLY})
 
 
 def load_toml(path: str | Path) -> dict:
@@ -265,16 +265,16 @@ def load_toml(path: str | Path) -> dict:
     data = data.get("train", data)  # either top-level keys or a [train] table
     if not isinstance(data, dict):
         raise FeddfError(f"--config {p}: `train` must be a table ([train]) of `feddf train` options")
-    return _train_keys(p, data)
+    return train_keys(f"--config {p}", data)
 
 
-def _train_keys(p: Path, data: dict) -> dict:
-    """`data`'s keys as TrainConfig fields (dashes -> underscores); one line for a key that is none."""
+def train_keys(where: str, data: dict) -> dict:
+    """`data`'s keys as TrainConfig fields (dashes -> underscores); one line naming `where` for a key that is none."""
     out = {}
     for k, v in data.items():
         key = k.replace("-", "_")
         if key not in FIELDS:
-            raise FeddfError(f"--config {p}: unknown key {k!r}; valid keys are the `feddf train` options")
+            raise FeddfError(f"{where}: unknown key {k!r}; valid keys are the `feddf train` options")
         out[key] = v
     if isinstance(out.get("client_precision"), list):
         out["client_precision"] = ",".join(str(v) for v in out["client_precision"])
