@@ -55,15 +55,16 @@ def _saved_config(out: str) -> dict:
 
 
 def train(config=None, *, config_file: str | None = None, log: Callable[[str], None] | None = print,
-          **options: Any) -> dict:
+          on_round: Callable[[dict], None] | None = None, **options: Any) -> dict:
     """Run (or resume) `feddf train`; returns its summary {"out", "rounds", "final": last metrics.jsonl row}.
 
-    `feddf.train(arch="mypkg.nets:build", dataset="folder:/data/xray", rounds=5)`; log=None prints nothing."""
+    `feddf.train(arch="mypkg.nets:build", dataset="folder:/data/xray", rounds=5)`; log=None prints nothing;
+    on_round(row) is called with each round's metrics dict (its metrics.jsonl row) once the round is saved."""
     cfg = train_config(config, config_file=config_file, **options)
     cfg.check_values()  # bad numbers fail here, before torch, any data or any model is loaded
     from feddf.federated.runner import run
 
-    return run(cfg, log=log or (lambda s: None))
+    return run(cfg, log=log or (lambda s: None), on_round=on_round)
 
 
 # ---------------------------------------------------------------------------------------------------- gen

@@ -145,7 +145,7 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     import sys
 
     from feddf.errors import FeddfError
-    from feddf.federated.config import config_from, load_toml
+    from feddf.federated.config import config_from, load_config_file
 
     try:
         import flwr  # noqa: F401
@@ -165,7 +165,7 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
             raise FeddfError(f"--nodes {nodes} --clients {given['clients']}: one SuperNode per client; "
                              f"give one of them")
         given["clients"] = nodes
-    cfg = prepare(config_from(load_toml(config_file) if config_file else {}, given))
+    cfg = prepare(config_from(load_config_file(config_file) if config_file else {}, given))
     if remote and len(secure.public_keys) < cfg.clients:
         raise FeddfError(f"--clients {cfg.clients} but {len(secure.public_keys)} --node-public-key: give one key "
                          "per SuperNode (partition)")

@@ -120,6 +120,9 @@ OPTIONS = [
     _opt("--out", click.Path(file_okay=False), "Run folder (default runs/<dataset>-<archs>-<aggregator>...).",
          metavar="runs/NAME"),
     _flag("--resume/--no-resume", "Continue the run in --out after its last completed round."),
+    click.option("--log", "trackers", multiple=True, metavar="tensorboard|csv|wandb", callback=lambda c, p, v: list(v)
+                 or None, help="Also write each round's metrics to TensorBoard event files (<out>/tensorboard), "
+                 "<out>/metrics.csv or an offline wandb run (needs wandb); repeat for several."),
 ]
 
 

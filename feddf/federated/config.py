@@ -92,6 +92,7 @@ class TrainConfig:
     out: str | None = None                # None -> runs/<dataset>-<archs>-<aggregator>[-<source>]-s<seed>
     resume: bool = False
     progress: bool = True
+    trackers: list[str] | None = None     # --log: tensorboard, csv, wandb (tracking.py)
 
     # ------------------------------------------------------------------------------------------------------------
     def arch_list(self) -> list[str]:
@@ -156,6 +157,9 @@ class TrainConfig:
             if v not in choices:
                 bad(flag, repr(v), f"choose one of {', '.join(choices)}")
         self.check_values()  # types, finiteness, ranges, seeds (also run first by resolved(), before the names)
+        from feddf.federated.tracking import check_trackers
+
+        check_trackers(self.trackers)
 
     def check_values(self) -> None:
         """Types, finiteness, ranges and seeds of every field (TOML, CLI and Python callers alike); needs no registry

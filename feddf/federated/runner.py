@@ -29,6 +29,7 @@ from feddf.federated.config import TrainConfig
 from feddf.federated.engines import train_clients
 from feddf.federated.fusion import fuse, sample_clients
 from feddf.federated.setup import Task, load_task, print_partition, print_summary, same_run
+from feddf.federated.tracking import open_trackers
 
 CHECKPOINT_VERSION = 1
 
@@ -58,8 +59,9 @@ class Progress:
         self.bar.close()
 
 
-def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the federated training described by cfg; returns the final summary dict."""
+def run(cfg: TrainConfig, log: Callable[[str], None] = print, on_round: Callable[[dict], None] | None = None) -> dict:
+    """Run (or resume) the federated training described by cfg; returns the final summary dict. on_round(row) is
+    called with each round's metrics row once the round is committed (checkpoint.pt and metrics.jsonl written)."""
     from feddf.federated.teachers import resolve_precision
     from feddf.runfolder import claim, legacy_run
     from feddf.utils import resolve_device
@@ -70,7 +72,7 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     out = Path(cfg.out)
     folder = claim(out, kind="train", settings=run_settings(cfg), legacy=legacy_run("aggregator"))
     try:
-        return _run(cfg, device, folder, log)
+        return _run(cfg, device, folder, log, on_round)
     finally:
         folder.release()
 
@@ -82,7 +84,7 @@ def run_settings(cfg: TrainConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}
 
 
-def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None]) -> dict:
+def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None], on_round=None) -> dict:
     """The run itself, in the claimed run folder (feddf.runfolder.RunFolder)."""
     out = folder.path
     ckpt_path = out / "checkpoint.pt"
@@ -102,14 +104,19 @@ def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None]) -> dict:
     start, rows = restore(ckpt, cfg, out, task, agg, server, log)
 
     bar = Progress(cfg.rounds, start, cfg.progress)
+    trackers = open_trackers(cfg.trackers, out, dataclasses.asdict(cfg), start)
     try:
         for r in range(start + 1, cfg.rounds + 1):
             row = _round(r, cfg, task, agg, server, device, bar)
             rows.append(row)
             _write_outputs(out, task, server, rows, checkpoint=checkpoint(r, cfg, server, agg, rows))
+            trackers.round(row, rows)
+            if on_round is not None:
+                on_round(row)
             bar.advance()
     finally:
         bar.close()
+        trackers.close()
     summary = {"out": str(out), "rounds": len(rows), "final": rows[-1] if rows else None}
     print_summary(rows, cfg.archs, log)
     return summary

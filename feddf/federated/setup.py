@@ -24,7 +24,7 @@ from feddf.federated.client import accuracy, make_transform
 from feddf.federated.config import TrainConfig
 
 # settings that may differ between a run and its --resume (they do not change the results)
-RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir", "client_engine"}
+RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir", "client_engine", "trackers"}
 
 
 # What a run folder whose config predates a key did, where that is not today's default: such a run resumes only

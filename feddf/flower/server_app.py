@@ -138,6 +138,7 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     from feddf.federated.runner import _write_json, _write_outputs, checkpoint, load_checkpoint, restore
     from feddf.federated.setup import load_task, print_partition, print_summary
     from feddf.federated.teachers import resolve_precision
+    from feddf.federated.tracking import open_trackers
     from feddf.flower.strategy import FedDF
     from feddf.flower.wire import CONFIG_KEY, config_to_json
     from feddf.utils import resolve_device
@@ -168,6 +169,7 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     def on_round(row: dict, server: dict) -> None:
         rows.append(row)
         _write_outputs(out, task, server, rows, checkpoint=checkpoint(row["round"], cfg, server, strategy.agg, rows))
+        trackers.round(row, rows)
         lost = f", missing partitions {row['missing']}" if row["missing"] else ""
         print(f"round {row['round']}/{cfg.rounds}: " + " ".join(
             f"{a}={FedDF._final_acc(row, a):.4f}" for a in cfg.archs) + lost, flush=True)
@@ -175,9 +177,13 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     strategy = FedDF(cfg, task, {k: v[0] for k, v in nodes.items()}, device, on_round, min_replies=min_replies)
     start, rows = restore(ckpt, cfg, out, task, strategy.agg, strategy.server, print)
     strategy.offset = start  # Flower counts this run's rounds from 1: round r of the run is Flower's r - start
-    if start < cfg.rounds:
-        strategy.start(grid, strategy.global_arrays(), num_rounds=cfg.rounds - start, timeout=round_timeout,
-                       train_config=ConfigRecord({CONFIG_KEY: config_to_json(cfg)}))
+    trackers = open_trackers(cfg.trackers, out, dataclasses.asdict(cfg), start)
+    try:
+        if start < cfg.rounds:
+            strategy.start(grid, strategy.global_arrays(), num_rounds=cfg.rounds - start, timeout=round_timeout,
+                           train_config=ConfigRecord({CONFIG_KEY: config_to_json(cfg)}))
+    finally:
+        trackers.close()
     print_summary(rows, cfg.archs, print)
 
 
