@@ -194,7 +194,8 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     diff = same_run(ckpt["config"], dataclasses.asdict(cfg))
     if diff:
         raise FeddfError(f"--resume with different settings than {path.parent} was started with ({diff}): "
-                         f"use the same options (only --rounds, --device, --prefetch, --client-engine and progress may change)")
+                         f"use the same options (only --rounds, --device, --prefetch, --client-engine, --log and "
+                         f"progress may change)")
     if int(ckpt["round"]) > cfg.rounds:
         raise FeddfError(f"{path.parent} already completed {ckpt['round']} rounds, more than --rounds {cfg.rounds}")
     return ckpt
