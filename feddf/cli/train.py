@@ -39,8 +39,12 @@ OPTIONS = [
          "that run (flags override it).",
          field="config_file"),
     _opt("--dataset", str, "Task dataset: fashion-mnist, cifar10, cifar100, or your own: folder:PATH, npz:PATH, "
-         "cache:PATH.h5 (docs/api.md)."),
+         "cache:PATH.h5, hf:PATH (a Hugging Face dataset; docs/api.md)."),
     _opt("--data-root", str, "Folder of the datasets (feddf.data's default when omitted)."),
+    _opt("--image-column", str, "hf: datasets: the image column (default: the Image feature, or image/img).",
+         metavar="NAME"),
+    _opt("--label-column", str, "hf: datasets: the label column (default: the ClassLabel feature, or label).",
+         metavar="NAME"),
     _opt("--test-split", str, "Evaluation split; fashion-mnist uses test[5000:] because test[:5000] trains the DCGAN, "
          "other datasets use test.", metavar="SPLIT"),
     _opt("--train-limit", int, "Use a seeded random subset of N training images (quick runs).", metavar="N"),
@@ -53,7 +57,8 @@ OPTIONS = [
     _opt("--norm", str, "Normalisation layers: bn, gn, none."),
     _opt("--aggregator", str, "feddf, fedavg, fedprox or fedavgm."),
     _opt("--weighting", str, "FedAvg weights: size (client data size) or uniform (the paper code)."),
-    _opt("--partition", str, "Non-iid split: dirichlet-balanced (paper code), dirichlet (Hsu et al.), iid."),
+    _opt("--partition", str, "Non-iid split: dirichlet-balanced (paper code), dirichlet (Hsu et al.), iid, or Flower "
+         "Datasets' flwr:dirichlet, flwr:pathological, flwr:shard, flwr:iid."),
     _opt("--clients", int, "Number of clients."),
     _opt("--alpha", float, "Dirichlet concentration (smaller = more non-iid)."),
     _opt("--fraction", float, "Share of clients sampled each round, in (0, 1]."),

@@ -33,6 +33,8 @@ class TrainConfig:
     train_limit: int | None = None        # use a seeded random subset of the training split (quick runs, tests)
     test_limit: int | None = None         # evaluate on the first N images of the test split
     val_fraction: float = 0.1             # paper: --val_data_ratio 0.1 (the server's labelled validation split)
+    image_column: str | None = None       # hf: datasets: the image / label column (None: detected, data/hf.py)
+    label_column: str | None = None
     # models
     arch: str = "resnet8"                 # paper: --arch resnet8
     archs: list[str] | None = None        # heterogeneous clients, e.g. [resnet20, resnet32, shufflenetv2]
@@ -98,6 +100,9 @@ class TrainConfig:
     def arch_list(self) -> list[str]:
         return list(self.archs) if self.archs else [self.arch]
 
+    def columns(self) -> tuple:
+        return (self.image_column, self.label_column)
+
     def resolved(self) -> "TrainConfig":
         """A validated copy with every None default filled in (what config.json records)."""
         from feddf.federated.precision import parse_precisions
@@ -126,7 +131,7 @@ class TrainConfig:
         from feddf.data import DATASETS, check_dataset
         from feddf.federated.kernels import KERNELS, SERVER_KERNELS
         from feddf.federated.losses import LOCAL_LOSSES
-        from feddf.federated.partition import PARTITIONERS
+        from feddf.federated.partition import ALL_PARTITIONERS as PARTITIONERS
         from feddf.federated.teachers import ENSEMBLES, PRECISIONS
         from feddf.models import MODELS, check_arch
 
@@ -221,7 +226,7 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 def _slug(spec: str) -> str:
     """A run-folder name part: 'folder:/data/xray' -> 'xray', 'mypkg.nets:build' -> 'mypkg.nets.build'."""
     kind, sep, rest = spec.partition(":")
-    if sep and kind in ("folder", "npz", "cache"):
+    if sep and kind in ("folder", "npz", "cache", "hf"):
         return Path(rest.split("[")[0].rstrip("/")).stem or kind
     return spec.replace(":", ".").replace("/", "_")
 

@@ -79,9 +79,10 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, on_round: Callable
 
 def run_settings(cfg: TrainConfig) -> dict:
     """What identifies a run folder's run: the resolved config without the settings --resume may change."""
-    from feddf.federated.setup import RESUMABLE
+    from feddf.federated.setup import LATE_DEFAULTS, RESUMABLE
 
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in RESUMABLE and not (k in LATE_DEFAULTS and v == LATE_DEFAULTS[k])}
 
 
 def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None], on_round=None) -> dict:

@@ -30,6 +30,9 @@ RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache
 # What a run folder whose config predates a key did, where that is not today's default: such a run resumes only
 # with the old behaviour asked for explicitly (the refusal names the key).
 PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legacy", "server_kernels": "legacy"}
+# keys left out of a run folder's identity (runner.run_settings) while they hold these defaults, so that folders made
+# before the keys existed keep their config hash and resume
+LATE_DEFAULTS = {"image_column": None, "label_column": None}
 
 
 def same_run(saved: dict, now: dict) -> str:
@@ -188,12 +191,12 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool
     if cfg.aggregator == "feddf" and want_source:  # first: a missing or mismatched cache fails before the data
         from feddf.federated.sources import resolve_source
 
-        info = dataset_info(cfg.dataset)
+        info = dataset_info(cfg.dataset, cfg.columns())
         source = resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache,
                                 cache_dir=cfg.cache_dir, resize=cfg.source_resize,
                                 memory_bytes=cfg.source_memory_mb << 20, progress=cfg.progress)
-    train = get_dataset(f"{cfg.dataset}:train", cfg.data_root)
-    test = get_dataset(f"{cfg.dataset}:{cfg.test_split}", cfg.data_root)
+    train = get_dataset(f"{cfg.dataset}:train", cfg.data_root, cfg.columns())
+    test = get_dataset(f"{cfg.dataset}:{cfg.test_split}", cfg.data_root, cfg.columns())
     info = train.info
     images, labels = train.images, train.labels
     if cfg.train_limit is not None and cfg.train_limit < len(labels):

@@ -384,7 +384,7 @@ def prepare(cfg):
         from feddf.data import dataset_info
         from feddf.federated.sources import resolve_source
 
-        info = dataset_info(cfg.dataset)
+        info = dataset_info(cfg.dataset, cfg.columns())
         src = resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache, cache_dir=cfg.cache_dir,
                              resize=cfg.source_resize, memory_bytes=0, progress=False)
         if cfg.distill_source == "gan" and cfg.cache is None:  # the newest cache now, not when the ServerApp looks
