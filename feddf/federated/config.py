@@ -242,17 +242,27 @@ def load_config_file(path: str | Path) -> dict:
     return load_json(path) if Path(path).suffix == ".json" else load_toml(path)
 
 
+def read_config(p: Path, where: str):
+    """The parsed TOML (or, for a .json file, JSON) of p; one line starting with `where` when it cannot be read."""
+    import json
+    import tomllib
+
+    kind = "JSON" if p.suffix == ".json" else "TOML"
+    try:
+        text = p.read_text()
+        return json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except FileNotFoundError:
+        raise FeddfError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FeddfError(f"{where}: cannot read it as text ({getattr(e, 'strerror', None) or e})") from None
+    except ValueError as e:  # json.JSONDecodeError, tomllib.TOMLDecodeError
+        raise FeddfError(f"{where}: not valid {kind} ({e})") from None
+
+
 def load_json(path: str | Path) -> dict:
     """The settings of a run's config.json, without its record-only keys; an unknown key is refused."""
-    import json
-
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise FeddfError(f"--config {p}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise FeddfError(f"--config {p}: not a JSON config ({getattr(e, 'strerror', None) or e})") from None
+    data = read_config(p, f"--config {p}")
     if not isinstance(data, dict):
         raise FeddfError(f"--config {p}: must hold a JSON object of `feddf train` options (a run's config.json)")
     return train_keys(f"--config {p}", {k: v for k, v in data.items() if k not in RECORD_ONLY})
@@ -260,17 +270,8 @@ def load_json(path: str | Path) -> dict:
 
 def load_toml(path: str | Path) -> dict:
     """Keys of a TOML file (dashes -> underscores), checked against TrainConfig's fields."""
-    import tomllib
-
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise FeddfError(f"--config {p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise FeddfError(f"--config {p}: cannot read it as text ({getattr(e, 'strerror', None) or e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise FeddfError(f"--config {p}: not valid TOML ({e})") from None
+    data = read_config(p, f"--config {p}")
     data = data.get("train", data)  # either top-level keys or a [train] table
     if not isinstance(data, dict):
         raise FeddfError(f"--config {p}: `train` must be a table ([train]) of `feddf train` options")

@@ -67,17 +67,12 @@ class Grid:
 
 def load_grid(path: str | Path) -> Grid:
     """Read and check a grid file: every run's configuration is validated, one line for the first bad one."""
-    import tomllib
+    from feddf.federated.config import read_config
 
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise FeddfError(f"{p}: no such grid file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise FeddfError(f"{p}: cannot read it as text ({getattr(e, 'strerror', None) or e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise FeddfError(f"{p}: not valid TOML ({e})") from None
+    if p.suffix == ".json":
+        raise FeddfError(f"{p}: a grid file is TOML (docs/sweeps.md)")
+    data = read_config(p, str(p))
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
         raise FeddfError(f"{p}: unknown section {unknown[0]!r}; a grid file has the tables "
