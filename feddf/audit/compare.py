@@ -180,7 +180,8 @@ def run_figures(run: Run, target: float | None, rounds: int | None = None, arch:
     return {"final": accs[-1], "best": max(accs), "rounds": len(rows),
             "rounds_to_target": rounds_to_target([r["round"] for r in rows], accs, target) if target else None,
             "mean_all": statistics.mean(accs), "mean_last3": statistics.mean(accs[-3:]),
-            "val_all": statistics.mean(vals) if vals else None, "val_last3": statistics.mean(vals[-3:]) if vals else None,
+            "val_all": statistics.mean(vals) if vals else None,
+            "val_last3": statistics.mean(vals[-3:]) if vals else None,
             "distill_steps": statistics.mean(steps) if steps else 0.0,
             "local_s": statistics.mean(r["client_seconds"] for r in rows),
             "distill_s": statistics.mean(r["distill_seconds"] for r in rows), "upload_mb": statistics.mean(upload)}

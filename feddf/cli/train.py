@@ -35,9 +35,8 @@ def _flag(flag: str, help_: str):
 
 
 OPTIONS = [
-    _opt("--config", click.Path(dir_okay=False), "TOML file with any of these options, or a run's config.json to replay "
-         "that run (flags override it).",
-         field="config_file"),
+    _opt("--config", click.Path(dir_okay=False), "TOML file with any of these options, or a run's config.json to "
+         "replay that run (flags override it).", field="config_file"),
     _opt("--dataset", str, "Task dataset: fashion-mnist, cifar10, cifar100, or your own: folder:PATH, npz:PATH, "
          "cache:PATH.h5, hf:PATH (a Hugging Face dataset; docs/api.md)."),
     _opt("--data-root", str, "Folder of the datasets (feddf.data's default when omitted)."),
