@@ -42,6 +42,14 @@ METHODS = {  # key -> (label, source or None, extra flags)
     # --logit-adjust 1 would take the prior out a second time: measured at alpha 0.1, seed 0, distillation then never
     # beat the FedAvg start after round 2 (best step 0 in rounds 3-10). So this row distils the plain ensemble.
     "feddf-gan-bs": ("FedDF + DCGAN, balanced-softmax clients", "gan", [*BS, "--logit-adjust", "0"]),
+    "feddf-real-bs": ("FedDF + real test[:5000], balanced-softmax clients", "public", [*BS, "--logit-adjust", "0"]),
+    # the server synthesises each round's pool against the ensemble (feddf/federated/synth.py)
+    "feddf-synth-dcgan": ("FedDF + synth:dcgan-fashion-mnist", "synth:dcgan-fashion-mnist", []),
+    "feddf-synth-dcgan-bs": ("FedDF + synth:dcgan-fashion-mnist, balanced-softmax clients",
+                             "synth:dcgan-fashion-mnist", [*BS, "--logit-adjust", "0"]),
+    "feddf-synth-scratch": ("FedDF + synth:scratch", "synth:scratch", []),
+    "feddf-synth-scratch-bs": ("FedDF + synth:scratch, balanced-softmax clients", "synth:scratch",
+                               [*BS, "--logit-adjust", "0"]),
 }
 COUNT_AWARE = ("fedavg-bs", "fedavg-fedlc")  # the baselines that use label counts as FedDF's adjustment does
 
@@ -73,7 +81,7 @@ def main() -> None:
     if bad:
         raise SystemExit(f"unknown --methods {bad}: choose from {', '.join(METHODS)}")
     sizes = [int(s) for s in args.gan_sizes.split(",") if s]
-    needed = {METHODS[k][1] for k in keys if METHODS[k][1]}
+    needed = {METHODS[k][1] for k in keys if METHODS[k][1] and not METHODS[k][1].startswith("synth:")}
     # the caches the rows read: --gan-n's for the rows distilling from "gan", one per --gan-sizes row
     gan_caches = sorted({*sizes, *([args.gan_n] if "gan" in needed else [])})
     src = sources(args, needed | ({"gan"} if gan_caches else set()), gan_caches)
@@ -90,7 +98,8 @@ def main() -> None:
                 run = ROOT / args.out / f"{args.arch}-a{alpha:g}-{key}-s{seed}"
                 flags = list(extra)
                 if source is not None:
-                    path = src[f"gan{args.gan_n}"] if source == "gan" else src[source]
+                    path = source if source.startswith("synth:") else \
+                        src[f"gan{args.gan_n}"] if source == "gan" else src[source]
                     flags = ["--aggregator", "feddf", "--distill-source", str(path), *extra]
                 if args.table_only and not finished(run, args.rounds):
                     continue

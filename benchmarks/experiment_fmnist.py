@@ -194,7 +194,9 @@ def train_run(run: Path, alpha: float, seed: int, args, extra: list[str]) -> Non
         "--alpha", str(alpha), "--rounds", str(args.rounds), "--local-epochs", str(args.local_epochs),
         "--augment", "none", "--distill-steps", str(args.distill_steps), "--eval-every",
         str(args.eval_every), "--patience", str(args.patience), "--seed", str(seed), "--quiet",
-        "--out", str(run), "--resume", *extra])
+        # the grid's rows name their clients' loss and ensemble adjustment against this base (CE clients, the
+        # teachers' label priors taken out); a row's own flags come later and win
+        "--local-loss", "ce", "--logit-adjust", "1", "--out", str(run), "--resume", *extra])
 
 
 def finish(header: str, lines: list[str], args, figures: dict) -> None:

@@ -14,6 +14,14 @@ f.mark(); print(open('/tmp/r/.feddf-run').read()); f.release()"
   into it, unless the caller recognises it as one of its own runs from before markers existed (`legacy`).
 - A marked folder whose config hash differs from this run's is refused (the settings that may change on --resume are
   left out of `settings` by the caller).
+
+Output folders (`feddf compare --out`, `feddf audit --out`, `feddf flower certs --out`: `claim_output`) follow the
+same owner rule without settings: a new or empty folder is claimed, a non-empty folder without a marker of that kind is
+refused untouched, and the command's own earlier outputs are replaced only with `--force`. The new outputs are written
+into a hidden staging folder inside it and moved in once complete (`OutputFolder.publish`), so a failure leaves the
+old outputs as they were and nothing of the new ones; the marker lists the outputs, and a replacement removes only
+the earlier outputs it does not rewrite (a user's own files in the folder stay). A folder the claim creates gets
+`mode`; an existing folder's mode is never changed.
 """
 from __future__ import annotations
 
@@ -22,6 +30,8 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -30,6 +40,7 @@ from feddf.errors import FeddfError
 
 MARKER = ".feddf-run"
 LOCK = ".feddf-run.lock"
+STAGING = ".feddf-staging-"  # prefix of OutputFolder.publish's staging folders
 
 
 def config_hash(settings: dict) -> str:
@@ -80,7 +91,31 @@ class FolderLock:
         self.fd = None
 
 
-class RunFolder:
+class _Claimed:
+    """A locked folder (`path`, `lock`, `created`, `marker`): `release()` (or `with`) drops the lock and removes a
+    folder the claim created and never marked (only when empty: nothing of a run is ever deleted)."""
+
+    path: Path
+    lock: FolderLock
+    created: bool
+    marker: dict | None
+
+    def release(self) -> None:
+        self.lock.release()
+        if self.created and self.marker is None:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RunFolder(_Claimed):
     """A claimed run folder: `mark()` once the run writes its outputs, `release()` (or `with`) when done."""
 
     def __init__(self, path: Path, kind: str, settings: dict, lock: FolderLock, created: bool):
@@ -98,21 +133,6 @@ class RunFolder:
                        "settings": self.settings, "feddf": __version__,
                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         atomic_write_json(self.path / MARKER, self.marker)
-
-    def release(self) -> None:
-        """Drop the lock; a folder this claim created and never wrote into is removed again."""
-        self.lock.release()
-        if self.created and self.marker is None:
-            try:
-                self.path.rmdir()  # only succeeds when empty: nothing of the run is ever deleted
-            except OSError:
-                pass
-
-    def __enter__(self) -> "RunFolder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 def legacy_run(key: str) -> Callable[[Path], bool]:
@@ -182,3 +202,90 @@ def claim(out: str | os.PathLike, *, kind: str, settings: dict,
         lock.release()
         raise
     return folder
+
+
+class OutputFolder(_Claimed):
+    """A claimed output folder (`claim_output`): `publish(write)` writes the outputs, `release()` (or `with`)."""
+
+    def __init__(self, path: Path, kind: str, lock: FolderLock, created: bool, marker: dict | None):
+        self.path, self.kind, self.lock, self.created, self.marker = path, kind, lock, created, marker
+
+    def publish(self, write: Callable[[Path], None]) -> list[str]:
+        """`write(stage)` puts the new outputs into a fresh staging folder inside this one; once it returns they are
+        moved in (marker first), replacing this command's earlier outputs, and the earlier outputs that were not
+        rewritten are removed. An exception in `write` leaves the folder as it was. Returns the outputs written."""
+        from feddf import __version__
+        from feddf.utils import atomic_write_json
+
+        stage = Path(tempfile.mkdtemp(prefix=STAGING, dir=self.path))
+        try:
+            write(stage)
+            names = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
+            now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            old = [n for n in (self.marker or {}).get("outputs", []) if isinstance(n, str)]
+            self.marker = {"kind": self.kind, "run_id": (self.marker or {}).get("run_id") or uuid.uuid4().hex,
+                           "feddf": __version__, "created": (self.marker or {}).get("created") or now,
+                           "updated": now, "outputs": names}
+            atomic_write_json(self.path / MARKER, self.marker)
+            for name in names:
+                (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(stage / name, self.path / name)
+            for name in set(old) - set(names):
+                p = self.path / name
+                if ".." not in Path(name).parts and not Path(name).is_absolute() and p.is_file():
+                    p.unlink()
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return names
+
+
+def claim_output(out: str | os.PathLike, *, kind: str, force: bool = False, flag: str = "--out",
+                 legacy: Callable[[Path], bool] | None = None, mode: int | None = None) -> OutputFolder:
+    """Lock the output folder `out` of `feddf <kind>` (module docstring); FeddfError, nothing touched, when refused.
+    legacy(path): recognises this command's outputs from before markers (replaced with force, like marked ones)."""
+    from feddf.utils import check_can_create
+
+    path = Path(out)
+    check_can_create(path, flag)
+    created = not path.exists()
+    marker = None
+    if not created:
+        try:
+            entries = set(os.listdir(path)) - {LOCK}
+        except OSError as e:
+            raise FeddfError(f"cannot read {flag} {path}: {e.strerror}") from None
+        ours = MARKER in entries and (path / MARKER).is_file() and not (path / MARKER).is_symlink()
+        marker = read_marker(path) if ours else None
+        leftovers = {e for e in entries if e.startswith(STAGING)}  # a killed publish's; ours only in our folder
+        if entries - leftovers and marker is None and not (legacy and legacy(path)):
+            raise FeddfError(f"{flag} {path} is not empty and is not a feddf {kind} folder (no {MARKER}): refusing "
+                             f"to touch it; choose another {flag} (an empty or new folder)")
+        if marker is not None and marker.get("kind") != kind:
+            raise FeddfError(f"{flag} {path} holds a feddf {marker.get('kind')} folder, not {kind} output: choose "
+                             f"another {flag}")
+        if entries - leftovers and not force:
+            raise FeddfError(f"{flag} {path} holds earlier feddf {kind} output: pass --force to replace it, or "
+                             f"choose another {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if created and mode is not None:
+            os.chmod(path, mode)  # only a folder made here: an existing folder keeps its mode
+    except OSError as e:
+        raise FeddfError(f"cannot create {flag} {path}: {e.strerror}; choose a writable folder") from None
+    lock = FolderLock(path / LOCK, lambda pid: f"{flag} {path} is in use by another feddf process (pid {pid}): "
+                                               f"wait for it to finish or choose another {flag}")
+    for e in os.listdir(path):
+        if e.startswith(STAGING):
+            shutil.rmtree(path / e, ignore_errors=True)
+    return OutputFolder(path, kind, lock, created, marker)
+
+
+def legacy_report(path: Path) -> bool:
+    """A `feddf compare` / `feddf audit` report folder from before markers: a report.json that feddf wrote (its
+    `versions` name feddf) next to report.md and report.html."""
+    try:
+        saved = json.loads((path / "report.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return (isinstance(saved, dict) and isinstance(saved.get("versions"), dict) and "feddf" in saved["versions"]
+            and (path / "report.md").is_file() and (path / "report.html").is_file())

@@ -37,10 +37,10 @@ step "4/6 feddf train: FedDF distilling from the DCGAN cache, same clients"
   --distill-steps 300 --eval-every 50 --patience 150 --out runs/demo-feddf
 
 step "5/6 feddf audit: class coverage of the cache (labeler: the FedAvg model)"
-"$FEDDF" audit "$CACHE" --labeler runs/demo-fedavg --no-fid --out reports/demo-audit
+"$FEDDF" audit "$CACHE" --labeler runs/demo-fedavg --no-fid --out reports/demo-audit --force
 
 step "6/6 feddf compare: FedAvg, the count-aware baselines and FedDF"
-"$FEDDF" compare runs/demo-fedavg runs/demo-fedavg-bs runs/demo-fedavg-fedlc runs/demo-feddf --target-acc 0.7 --out reports/demo-compare
+"$FEDDF" compare runs/demo-fedavg runs/demo-fedavg-bs runs/demo-fedavg-fedlc runs/demo-feddf --target-acc 0.7 --out reports/demo-compare --force
 
 printf '\n== final test accuracy (test[5000:]) after %s rounds, alpha=%s, %s local epochs\n' "$ROUNDS" "$ALPHA" "$EPOCHS"
 "$PY" - <<'PY'

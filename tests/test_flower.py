@@ -62,8 +62,10 @@ def test_help():
     for args, flags in ((["flower"], ["simulate", "local", "server", "certs"]),
                         (["flower", "simulate"], ["--min-replies", "--archs", "--distill-source", "--state-dir"]),
                         (["flower", "local"], ["--nodes", "--node-arch", "--round-timeout", "--aggregator", "--secure",
-                                               "--ssl-certfile", "--resume", "--isolation", "--node-poll"]),
-                        (["flower", "server"], ["--node-public-key", "--ssl-ca-certfile", "--host", "--port"]),
+                                               "--ssl-certfile", "--resume", "--isolation", "--node-poll",
+                                               "--node-data", "--server-data", "--test-data"]),
+                        (["flower", "server"], ["--node-public-key", "--ssl-ca-certfile", "--host", "--port",
+                                                "--server-data", "--test-data"]),
                         (["flower", "certs"], ["--out", "--host", "--nodes", "--days"])):
         p = run_cli(*args, "--help", check=True)
         assert all(f in p.stdout for f in flags), p.stdout

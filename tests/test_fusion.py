@@ -32,6 +32,7 @@ def test_fedavg_step_is_the_weighted_average(tmp_path, fmnist_available):
         assert torch.equal(res.server["cnn"][k], v), k
     m = res.metrics
     assert m["distill_steps"] == {"cnn": 0} and m["best_step"] == {"cnn": None} and m["teachers"] == 3
+    assert all(u.class_counts is None for u in ups)  # FedAvg's server step never uses them: they stay home
     assert m["acc"]["cnn"]["distilled"] is None and 0 < m["acc"]["cnn"]["fedavg"] <= 1
     assert server["cnn"] is task.initial_state("cnn")  # the caller's states are not modified
 
@@ -117,6 +118,11 @@ def test_logit_adjust_subtracts_each_teachers_label_prior(tmp_path, fmnist_avail
     adj = label_prior_adjustment(counts, 0.7)
     logits = task.test_logits([u.model for u in ups] + [avg], "cpu") - adj[:, None, :]
     assert res.metrics["ensemble_acc"] == accuracy(ensemble_scores(logits, cfg.ensemble), task.test_labels)
+    import dataclasses
+
+    plain = dataclasses.replace(cfg, logit_adjust=0.0)  # --logit-adjust 0: no client sends its counts
+    assert not plain.server_uses_label_counts() and cfg.server_uses_label_counts()
+    assert [u.class_counts for u in _updates(plain, task, server)] == [None] * cfg.clients
     ups[1].class_counts = None
     with pytest.raises(FeddfError, match="label counts"):
         fuse(1, cfg, task, get_aggregator("feddf"), server, ups, torch.device("cpu"))

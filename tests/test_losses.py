@@ -95,7 +95,8 @@ def test_bad_values_are_one_line(tmp_path, args, message):
 def test_an_old_config_without_the_keys_is_the_same_run():
     from feddf.federated.setup import same_run
 
-    now = dataclasses.asdict(TrainConfig(out="r").resolved())
+    now = dataclasses.asdict(TrainConfig(out="r", local_loss="ce").resolved())
     before = {k: v for k, v in now.items() if k not in ("local_loss", "fedlc_tau")}
-    assert same_run(before, now) == ""
+    assert same_run(before, now) == ""  # a config without the key trained CE clients
     assert "local_loss" in same_run(before, {**now, "local_loss": "balanced-softmax"})
+    assert "local_loss" in same_run(before, dataclasses.asdict(TrainConfig(out="r").resolved()))  # FedDF's default

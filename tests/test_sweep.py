@@ -135,8 +135,8 @@ def test_the_fair_grid_runs_the_experiment_scripts_configurations():
     caches = {"gan": "cache/dcgan-fashion-mnist-28px-20000.h5", "public": "cache/fashion-mnist-test-0-5000.h5"}
     for spec in grid.runs:
         _, source, extra = METHODS[spec.method]
-        flags = list(extra) if source is None else ["--aggregator", "feddf", "--distill-source", caches[source],
-                                                     *extra]
+        flags = list(extra) if source is None else ["--aggregator", "feddf", "--distill-source",
+                                                     caches.get(source, source), *extra]
         args = ["--dataset", "fashion-mnist", "--arch", "cnn", "--clients", "20", "--fraction", "0.4",
                 "--alpha", str(spec.axes["alpha"]), "--rounds", "12", "--local-epochs", "2", "--augment", "none",
                 "--distill-steps", "500", "--eval-every", "50", "--patience", "200", "--seed",

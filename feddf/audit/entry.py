@@ -22,9 +22,10 @@ def default_audit_out(sources: list[str]) -> Path:
 
 
 def audit(sources: str | Iterable[str] | None = None, *, config=None, out: str | None = None, write: bool = True,
-          progress: bool = True, **options: Any) -> dict:
+          force: bool = False, progress: bool = True, **options: Any) -> dict:
     """Run `feddf audit` on one or more caches; writes report.json/md/html + figures to `out` (default
-    reports/audit-<source>; write=False writes nothing) and returns report.json's dict. A failed
+    reports/audit-<source>; write=False writes nothing; an earlier audit report there is replaced only with
+    force=True, a folder holding anything else is refused) and returns report.json's dict. A failed
     min_effective_classes gate is `report["gate"]["passed"] == False` (the CLI exits 1 on it).
 
     `feddf.audit("cache/d.h5", labeler="runs/demo")["sources"][0]["labeler"]["effective_classes"]`."""
@@ -38,15 +39,22 @@ def audit(sources: str | Iterable[str] | None = None, *, config=None, out: str |
         raise FeddfError("feddf.audit(): give the caches to audit, e.g. feddf.audit('cache/x.h5')")
     cfg = merge_options(AuditConfig, config, options, "audit")
     out_dir = Path(out) if out else default_audit_out(cfg.sources)
-    if write:
-        from feddf.utils import check_can_create
+    if not write:
+        result = run_audit(cfg, progress=progress)
+        result.report["out"] = None
+        return result.report
+    from feddf.runfolder import claim_output, legacy_report
 
-        check_can_create(out_dir)  # an unwritable --out fails before the audit runs, not after
-    result = run_audit(cfg, progress=progress)
-    result.report["out"] = str(out_dir) if write else None
-    if write:
-        rep.write_files(out_dir, result.report, result.figures, rep.audit_markdown(result.report),
-                        rep.audit_html(result.report, result.figures))
-        for name, (mu, sigma, n, desc) in result.source_stats.items():
-            save_stats(out_dir / f"fid-stats-{name}.npz", mu, sigma, n, desc)   # reusable as --reference
+    # a foreign, busy or unwritable --out fails before the audit runs, not after
+    with claim_output(out_dir, kind="audit", force=force, legacy=legacy_report) as folder:
+        result = run_audit(cfg, progress=progress)
+        result.report["out"] = str(out_dir)
+
+        def write_report(d: Path) -> None:
+            rep.write_files(d, result.report, result.figures, rep.audit_markdown(result.report),
+                            rep.audit_html(result.report, result.figures))
+            for name, (mu, sigma, n, desc) in result.source_stats.items():
+                save_stats(d / f"fid-stats-{name}.npz", mu, sigma, n, desc)   # reusable as --reference
+
+        folder.publish(write_report)
     return result.report

@@ -7,6 +7,8 @@ next to it (same folder, so the swap is a rename on one filesystem). The old cac
 the new one is marked complete; then `swap` fsyncs the new file, renames it over the old name and fsyncs the folder.
 A run that fails or is interrupted (an exception, Ctrl-C, SIGTERM, kill -9) leaves the old cache byte-identical and
 the staged file behind; the same `--force` command resumes the staged file (same identity) or starts it again.
+A cache path that is a symbolic link is never replaced (`refuse_link`): `--force` on a link, or a new cache where a
+link points nowhere, is refused with one line naming the link and its target.
 Only the holder of the cache's writer lock (`.<name>.lock`, feddf.cache.writer, which calls this module) creates,
 resumes or swaps a staged file. Multi-process caches (torchrun) stage every shard and swap shards and the joined cache together at the end
 (`swap_all`, called by rank 0 once every shard is complete).
@@ -27,6 +29,22 @@ def staging_path(path: str | os.PathLike) -> Path:
     """Where the replacement of the cache at `path` is built."""
     p = Path(path)
     return p.with_name(f".{p.name}{SUFFIX}")
+
+
+def refuse_link(path: str | os.PathLike, force: bool) -> None:
+    """FeddfError when writing `path` would rename a file over a symbolic link: `--force` (the swap) or a link whose
+    target is missing (a new cache is made beside it and renamed into place). Resuming through a link to a cache of
+    the same config writes into its target and is allowed."""
+    p = Path(path)
+    if not p.is_symlink():
+        return
+    target = os.readlink(p)
+    if force:
+        raise FeddfError(f"--out {p} is a symbolic link (to {target}): --force never replaces a link; give the "
+                         "target itself as --out, or remove the link")
+    if not p.exists():
+        raise FeddfError(f"--out {p} is a symbolic link to {target}, which does not exist: a cache is never written "
+                         "over a link; give the target itself as --out, or remove the link")
 
 
 def resumable(staging: Path, identity: dict) -> bool:

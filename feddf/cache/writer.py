@@ -144,6 +144,8 @@ class CacheWriter(BlockPipeline):
             p.unlink(missing_ok=True)
 
     def _open(self, attrs: dict[str, Any], force: bool) -> None:
+        if self.target is None:
+            replace.refuse_link(self.path, force)
         if self.path.exists():
             if not self.path.is_file():
                 raise FeddfError(f"{self.path} exists and is not a file; choose another --out")

@@ -20,7 +20,10 @@ import click
               "is given].")
 @click.option("--fid-weights", type=click.Path(exists=True, dir_okay=False), help="pytorch-fid Inception weights "
               "(pt_inception-2015-12-05-6726825d.pth) [default: $TORCH_HOME/hub/checkpoints]; never downloaded.")
-@click.option("--out", type=click.Path(file_okay=False), help="Report folder [default: reports/audit-<source>].")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder [default: reports/audit-<source>]: "
+              "a new or empty folder, or an earlier audit report (with --force).")
+@click.option("--force", is_flag=True, help="Replace the report an earlier `feddf audit` wrote to --out (a folder "
+              "holding anything else is never touched).")
 @click.option("--min-effective-classes", type=click.FloatRange(min=0), metavar="K", help="Exit 1 unless every "
               "source has at least K effective classes (labeler's if --labeler, else targets', else conditioning).")
 @click.option("--low-confidence", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
@@ -46,7 +49,7 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of the summary table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def command(sources, labeler, labeler_arch, reference, fid, fid_weights, out, min_effective_classes, low_confidence,
+def command(sources, labeler, labeler_arch, reference, fid, fid_weights, out, force, min_effective_classes, low_confidence,
             limit, batch_size, seed, stats_dir, fidelity, k, min_coverage, kid_subsets, kid_subset_size, bootstrap,
             device, as_json, quiet) -> None:
     """Report class coverage, labeler coverage and FID of caches (GAN-generated or imported real sets).
@@ -67,7 +70,7 @@ def command(sources, labeler, labeler_arch, reference, fid, fid_weights, out, mi
     from feddf.api import audit
     from feddf.audit import report as rep
 
-    report = audit(list(sources), out=out, progress=not quiet, labeler=labeler, labeler_arch=labeler_arch,
+    report = audit(list(sources), out=out, force=force, progress=not quiet, labeler=labeler, labeler_arch=labeler_arch,
                    reference=reference, fid=fid, fid_weights=fid_weights, min_effective_classes=min_effective_classes,
                    batch_size=batch_size, limit=limit, seed=seed, device=device, low_confidence=low_confidence,
                    stats_dir=stats_dir, fidelity=fidelity, k=k, min_coverage=min_coverage,

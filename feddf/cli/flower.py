@@ -15,13 +15,15 @@ from feddf.cli.train import _command
 
 FLOWER_OPTIONS = [
     click.option("--min-replies", type=int, default=1, show_default=True,
-                 help="A round needs at least this many client replies; fewer stops the run."),
+                 help="A round needs at least this many client replies (1 to the clients a round samples); fewer "
+                      "stops the run."),
     click.option("--node-timeout", type=float, default=120, show_default=True,
-                 help="Seconds to wait for every partition's SuperNode to connect."),
+                 help="Seconds to wait for every partition's SuperNode to connect (> 0, at most 7 days)."),
     click.option("--round-timeout", type=float, default=3600, show_default=True,
-                 help="Seconds a round waits for its replies."),
+                 help="Seconds a round waits for its replies (> 0, at most 7 days)."),
     click.option("--poll-interval", type=float, default=0.2, show_default=True,
-                 help="Seconds between the ServerApp's pulls for replies (Flower's own Grid waits 3)."),
+                 help="Seconds between the ServerApp's pulls for replies (> 0, at most 60; Flower's own Grid "
+                      "waits 3)."),
     click.option("--state-dir", type=click.Path(file_okay=False), default=None,
                  help="Keep FLWR_HOME, the logs of every process and processes.json here (default: a temporary "
                       "folder, removed after a successful run)."),
@@ -41,6 +43,17 @@ TLS_OPTIONS = [
 ]
 
 
+# node-local data (docs/flower.md): the server's own sets; `local` adds --node-data, one spec per SuperNode
+SERVER_DATA_OPTIONS = [
+    click.option("--server-data", "server_data", default=None, metavar="SPEC",
+                 help="Node-local data: the server's labelled validation set (FedDF validates and early-stops on "
+                      "it); the task (channels, resolution, classes) comes from it, so no --dataset. Any dataset "
+                      "spec: npz:PATH, folder:PATH, cache:PATH.h5, NAME:SPLIT[a:b]."),
+    click.option("--test-data", "test_data", default=None, metavar="SPEC",
+                 help="With --server-data: the server's test set (default: accuracies on --server-data)."),
+]
+
+
 def _flower_command(fn, extra=()):
     fn = _command(fn)
     for o in reversed([*FLOWER_OPTIONS, *extra]):
@@ -49,7 +62,7 @@ def _flower_command(fn, extra=()):
 
 
 def _tls_command(fn):
-    return _flower_command(fn, TLS_OPTIONS)
+    return _flower_command(fn, [*SERVER_DATA_OPTIONS, *TLS_OPTIONS])
 
 
 @click.group("flower")
@@ -61,6 +74,8 @@ def command() -> None:
       feddf flower simulate --clients 4 --arch cnn --aggregator fedavg --rounds 2 --out runs/flower-sim
       feddf flower local --nodes 3 --archs cnn,resnet8 --distill-source noise --out runs/flower-local
       feddf flower local --secure --nodes 2 --rounds 3 --aggregator fedavg --out runs/flower-tls
+      feddf flower local --node-data npz:a.npz,npz:b.npz --server-data npz:val.npz --aggregator fedavg \\
+          --arch cnn --out runs/flower-sites
       feddf flower local --secure --nodes 2 --rounds 6 --aggregator fedavg --out runs/flower-tls --resume
       feddf flower certs --out certs --host server.example.org --nodes 3
       feddf flower server --ssl-ca-certfile certs/ca.crt --ssl-certfile certs/superlink.crt \\
@@ -88,16 +103,20 @@ def simulate(**options) -> None:
 @click.option("--node-poll", type=click.FloatRange(0, 3, min_open=True), default=0.5, show_default=True,
               help="Seconds between an idle SuperNode's pulls for a message (Flower's flower-supernode: 3, which "
                    "this value selects).")
+@click.option("--node-data", default=None, metavar="SPEC,SPEC,...",
+              help="Node-local data (with --server-data): one SuperNode per spec, each trains on all of its own "
+                   "data= and nothing else; the server never opens them.")
 @_tls_command
-def local(nodes, node_arch, secure, isolation, node_poll, ssl_ca_certfile, ssl_certfile, ssl_keyfile,
+def local(nodes, node_arch, secure, isolation, node_poll, node_data, ssl_ca_certfile, ssl_certfile, ssl_keyfile,
           **options) -> None:
-    """A real deployment on 127.0.0.1: flower-superlink + one flower-supernode per partition, then `flwr run`."""
+    """A real deployment on 127.0.0.1: flower-superlink + one flower-supernode per partition (or per --node-data
+    spec), then `flwr run`."""
     from feddf.flower.security import from_files
 
     if ssl_ca_certfile or ssl_certfile or ssl_keyfile:
         secure = from_files(ssl_ca_certfile, ssl_certfile, ssl_keyfile)
     _run(options, simulation=False, nodes=nodes, node_arch=node_arch, secure=secure,
-         nodes_opts={"isolation": isolation, "idle_poll": node_poll})
+         nodes_opts={"isolation": isolation, "idle_poll": node_poll}, node_data=node_data)
 
 
 @command.command("server")
@@ -119,34 +138,47 @@ def server(host, port, public_keys, ssl_ca_certfile, ssl_certfile, ssl_keyfile, 
 
 
 @command.command("certs")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the files (made 0700).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the files: a new one (made "
+              "0700), an empty one (its mode is kept) or an earlier `flower certs` output (with --force).")
 @click.option("--host", "hosts", multiple=True, metavar="NAME",
               help="Name or IP address the SuperNodes reach the SuperLink at (repeatable; 127.0.0.1 is always in).")
-@click.option("--nodes", type=int, required=True, help="SuperNode key pairs to make (node-0 .. node-N-1).")
-@click.option("--days", type=int, default=365, show_default=True, help="Validity of the certificates.")
-def certs(out, hosts, nodes, days) -> None:
+@click.option("--nodes", type=int, required=True, help="SuperNode key pairs to make (node-0 .. node-N-1; at most "
+              "10000).")
+@click.option("--days", type=int, default=365, show_default=True, help="Validity of the certificates (1 to 36500).")
+@click.option("--force", is_flag=True, help="Replace the files an earlier `feddf flower certs` wrote to --out (a "
+              "folder holding anything else is never touched).")
+def certs(out, hosts, nodes, days, force) -> None:
     """A CA (ca.crt, ca.key), a SuperLink certificate (superlink.crt, superlink.key) and SuperNode key pairs
-    (node-K, node-K.pub) for `feddf flower server` / flower-supernode; private keys 0600, never overwritten."""
-    from feddf.errors import FeddfError
-    from feddf.flower.security import generate
+    (node-K, node-K.pub) for `feddf flower server` / flower-supernode; private keys 0600, replaced only with
+    --force."""
+    from feddf.flower.security import check_request, generate
+    from feddf.runfolder import claim_output
 
-    if nodes < 1 or days < 1:
-        raise FeddfError(f"--nodes {nodes} --days {days}: both must be at least 1")
-    sec = generate(out, nodes, list(hosts), days=days, keep_ca=True)
-    click.echo(f"wrote {out}: ca.crt, ca.key, {sec.cert.name}, {sec.key.name}, node-0..node-{nodes - 1} (+ .pub); "
+    check_request(nodes, hosts, days)
+    with claim_output(out, kind="flower-certs", force=force, mode=0o700) as folder:
+        # the set is made in a staging folder inside --out and moved in whole: a failure leaves nothing of it
+        folder.publish(lambda d: generate(d, nodes, list(hosts), days=days, keep_ca=True))
+    click.echo(f"wrote {out}: ca.crt, ca.key, superlink.crt, superlink.key, node-0..node-{nodes - 1} (+ .pub); "
                f"the SuperLink keeps superlink.*, node-*.pub; client machine K gets ca.crt and node-K")
 
 
 def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: tuple = (), secure=False,
-         remote: bool = False, host: str = "127.0.0.1", port: int = 0, nodes_opts: dict | None = None) -> None:
+         remote: bool = False, host: str = "127.0.0.1", port: int = 0, nodes_opts: dict | None = None,
+         node_data: str | None = None) -> None:
     """remote: start no SuperNodes (they run on other machines and connect to host:port). nodes_opts: LocalFlower's
-    isolation / idle_poll for the SuperNodes it starts."""
+    isolation / idle_poll for the SuperNodes it starts. node_data: `local --node-data`, one spec per SuperNode."""
     import json
     import sys
 
     from feddf.errors import FeddfError
     from feddf.federated.config import config_from, load_config_file
+    from feddf.flower.options import check_flower_options
 
+    as_json, quiet, config_file = options.pop("as_json"), options.pop("quiet"), options.pop("config_file")
+    flower = {k: options.pop(k) for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval",
+                                          "state_dir")}
+    timing = [flower[k] for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval")]
+    check_flower_options(*timing)  # before the config file, the data and Flower itself are looked at
     try:
         import flwr  # noqa: F401
     except ImportError:
@@ -154,18 +186,24 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     from feddf.federated.partition import assign_archs
     from feddf.flower.launch import LocalFlower, install_sigterm, prepare
 
-    as_json, quiet, config_file = options.pop("as_json"), options.pop("quiet"), options.pop("config_file")
-    flower = {k: options.pop(k) for k in ("min_replies", "node_timeout", "round_timeout", "poll_interval",
-                                          "state_dir")}
     given = {k: v for k, v in options.items() if v is not None}
     if "archs" in given:
         given["archs"] = [a.strip() for a in given["archs"].split(",") if a.strip()]
+    specs = node_data_specs(node_data, nodes, given)
     if nodes is not None:
         if "clients" in given and given["clients"] != nodes:
             raise FeddfError(f"--nodes {nodes} --clients {given['clients']}: one SuperNode per client; "
                              f"give one of them")
         given["clients"] = nodes
-    cfg = prepare(config_from(load_config_file(config_file) if config_file else {}, given))
+    raw = config_from(load_config_file(config_file) if config_file else {}, given)
+    if raw.server_data is not None and (simulation or not remote and not specs):
+        raise FeddfError(f"--server-data {raw.server_data}: node-local data needs SuperNodes that bring it: "
+                         "`feddf flower local --node-data SPEC,SPEC,...` or `feddf flower server`")
+    if specs and raw.server_data is None:
+        raise FeddfError("--node-data: give the server's own labelled set with --server-data SPEC (the task and "
+                         "FedDF's validation come from it)")
+    check_flower_options(*timing, raw, local=not (simulation or remote))  # --min-replies vs a round's clients
+    cfg = prepare(raw)
     if remote and len(secure.public_keys) < cfg.clients:
         raise FeddfError(f"--clients {cfg.clients} but {len(secure.public_keys)} --node-public-key: give one key "
                          "per SuperNode (partition)")
@@ -186,7 +224,8 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     try:
         folder.mark()
         with LocalFlower([] if simulation or remote else archs, simulation=simulation, state_dir=flower["state_dir"],
-                         log=log, stream=not quiet, secure=secure, host=host, port=port, **(nodes_opts or {})) as fl:
+                         log=log, stream=not quiet, secure=secure, host=host, port=port, data=specs or None,
+                         **(nodes_opts or {})) as fl:
             if remote:
                 log(f"SuperLink on {host}:{fl.port} (TLS, {len(secure.public_keys)} registered SuperNode keys): "
                     f"waiting {flower['node_timeout']:g} s for {cfg.clients} SuperNodes")
@@ -199,6 +238,21 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     else:
         click.echo(f"wrote {cfg.out} ({summary['rounds']} rounds, Flower run {res['run_id']})")
+
+
+def node_data_specs(node_data: str | None, nodes: int | None, given: dict) -> list[str]:
+    """`--node-data` as absolute specs (one SuperNode each; --nodes/--clients must agree); sets given["clients"]."""
+    if node_data is None:
+        return []
+    from feddf.errors import FeddfError
+    from feddf.flower.nodedata import check_specs
+
+    specs = check_specs(node_data)
+    for flag, v in (("--nodes", nodes), ("--clients", given.get("clients"))):
+        if v is not None and v != len(specs):
+            raise FeddfError(f"{flag} {v} --node-data with {len(specs)} specs: one SuperNode per spec; drop {flag}")
+    given["clients"] = len(specs)
+    return specs
 
 
 def _summary(out: str, res: dict) -> dict:

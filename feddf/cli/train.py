@@ -70,7 +70,8 @@ OPTIONS = [
     _opt("--augment", str, "Client augmentation: crop-flip, flip, none."),
     _opt("--prox-mu", float, "FedProx proximal weight mu (0.01 for fedprox when omitted, else 0).", metavar="M"),
     _opt("--local-loss", str, "Clients' loss: ce (the paper), balanced-softmax (CE on logits + log of the "
-         "client's smoothed label prior, Ren et al. 2020) or fedlc (logits - tau * n_c^-1/4, Zhang et al. 2022).",
+         "client's smoothed label prior, Ren et al. 2020) or fedlc (logits - tau * n_c^-1/4, Zhang et al. 2022). "
+         "Default: balanced-softmax under feddf (the counts stay on the client), ce otherwise.",
          metavar="ce|balanced-softmax|fedlc"),
     _opt("--fedlc-tau", float, "FedLC's calibration strength tau (--local-loss fedlc).", metavar="TAU"),
     _opt("--client-precision", str, "What clients train and upload in: fp32, bf16, fp16 or binary (1-bit weights, "
@@ -87,7 +88,28 @@ OPTIONS = [
          "or legacy (NCHW, all threads: runs made before this option).", metavar="fused|portable|legacy"),
     _opt("--server-momentum", float, "FedAvgM server momentum (0.9 for fedavgm when omitted).", metavar="B"),
     _opt("--distill-source", str, "gan (= --cache or the newest generated cache), noise, cifar100, stl10, "
-         "imagenet32, fashion-mnist, or a PATH.h5 cache."),
+         "imagenet32, fashion-mnist, a PATH.h5 cache, or synth:NAME: the server trains a class-conditional "
+         "generator against the ensemble each round (synth:scratch from random weights, synth:dcgan-fashion-mnist "
+         "or synth:dcgan + --synth-checkpoint from a DCGAN)."),
+    _opt("--distill-pool", int, "Images in each round's transfer pool, labelled once by every teacher (0 = the whole "
+         "source; default 2000 for synth:, else 0).", metavar="P"),
+    _opt("--save-pool", click.Path(file_okay=False), "Write each round's pool as a feddf cache DIR/round-NNN.h5 "
+         "(labels, ensemble predictions; read by feddf audit / cache info).", metavar="DIR"),
+    _opt("--synth-checkpoint", click.Path(dir_okay=False), "DCGAN netG state_dict for --distill-source synth:dcgan.",
+         metavar="FILE"),
+    _opt("--synth-steps", int, "Generator steps per round (synth: sources).", metavar="N"),
+    _opt("--synth-lr", float, "Generator Adam learning rate."),
+    _opt("--synth-embed-lr", float, "Adam learning rate of the class embedding added to the generator's noise."),
+    _opt("--synth-batch-size", int, "Images per generator step."),
+    _opt("--synth-ce", float, "Weight of the ensemble's cross-entropy on the sampled labels (DENSE, FedFTG).",
+         metavar="W"),
+    _opt("--synth-bn", float, "Weight of BatchNorm-statistics matching on the teachers (DeepInversion, DENSE).",
+         metavar="W"),
+    _opt("--synth-adv", float, "Weight of the adversarial term: push samples to where student and ensemble "
+         "disagree (DENSE, FedFTG).", metavar="W"),
+    _opt("--synth-div", float, "Weight of the diversity term (FedGen, FedFTG).", metavar="W"),
+    _opt("--synth-labels", str, "Labels the generator is asked for: uniform over the classes, or prior (the "
+         "clients' label counts, which they then send to the server).", metavar="uniform|prior"),
     _opt("--cache", click.Path(dir_okay=False), "Cache file for --distill-source gan (or where a named real set is "
          "imported)."),
     _opt("--cache-dir", click.Path(file_okay=False), "Folder searched for caches and used for imports."),
@@ -100,8 +122,8 @@ OPTIONS = [
     _opt("--temperature", float, "Distillation temperature T."),
     _opt("--ensemble", str, "avg-logits, avg-probs or avg-losses."),
     _opt("--logit-adjust", float, "Subtract TAU x log(label prior of its client) from each teacher's logits, so "
-         "label-skewed clients do not outvote the classes they rarely saw (1 = default; 0 = the paper's plain "
-         "ensemble). Clients send their label counts with their models.", metavar="TAU"),
+         "label-skewed clients do not outvote the classes they rarely saw (0 = default: the plain ensemble, as the "
+         "paper). TAU > 0 makes every client send its label counts with its model.", metavar="TAU"),
     _opt("--patience", int, "Stop distilling after this many steps without a validation improvement."),
     _opt("--eval-every", int, "Validate the students every N steps.", metavar="N"),
     _flag("--ensemble-fedavg/--no-ensemble-fedavg", "Add each architecture's FedAvg model to the teachers (as "

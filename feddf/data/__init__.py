@@ -39,10 +39,10 @@ def _loader(name: str) -> Loader:
                          "npz:PATH, cache:PATH.h5, hf:PATH") from None
 
 
-def check_dataset(spec: str) -> None:
+def check_dataset(spec: str, flag: str = "--dataset") -> None:
     """Validate a dataset spec without loading anything (a known name, or an existing folder/npz/cache path)."""
     if byo.is_byo(spec):
-        byo.check(spec)
+        byo.check(spec, flag)
     else:
         _loader(parse_spec(spec).name)
 

@@ -69,12 +69,12 @@ def parse(spec: str):
     return DatasetSpec(f"{kind}:{Path(path).expanduser().resolve()}", split, s.start, s.stop)
 
 
-def check(spec: str) -> None:
-    """Cheap validation (for configs): the spec parses and its path exists."""
+def check(spec: str, flag: str = "--dataset") -> None:
+    """Cheap validation (for configs): the spec parses and its path exists; the one line names `flag`."""
     s = parse(spec)
     path = Path(s.name.split(":", 1)[1])
     if not path.exists():
-        raise FeddfError(f"--dataset {spec}: {path} does not exist")
+        raise FeddfError(f"{flag} {spec}: {path} does not exist")
 
 
 # ---------------------------------------------------------------------------------------------------- loading

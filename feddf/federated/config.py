@@ -35,6 +35,10 @@ class TrainConfig:
     val_fraction: float = 0.1             # paper: --val_data_ratio 0.1 (the server's labelled validation split)
     image_column: str | None = None       # hf: datasets: the image / label column (None: detected, data/hf.py)
     label_column: str | None = None
+    # node-local data (Flower only, docs/flower.md): every SuperNode trains on its own data= and the server holds
+    # only these; the task (channels, resolution, classes) is --server-data's, which also becomes `dataset`
+    server_data: str | None = None        # the server's labelled validation set (FedDF validates, early-stops on it)
+    test_data: str | None = None          # the server's test set; None -> accuracies on --server-data
     # models
     arch: str = "resnet8"                 # paper: --arch resnet8
     archs: list[str] | None = None        # heterogeneous clients, e.g. [resnet20, resnet32, shufflenetv2]
@@ -55,7 +59,8 @@ class TrainConfig:
     batch_size: int = 64                  # paper: --batch_size 64
     augment: str = "crop-flip"            # paper code's CIFAR train transform (random crop 4 px + flip)
     prox_mu: float | None = None          # FedProx mu; None -> 0.01 for fedprox, 0 otherwise
-    local_loss: str = "ce"                # losses.py: ce (paper) | balanced-softmax (Ren+ 2020) | fedlc (Zhang+ 2022)
+    local_loss: str | None = None         # losses.py: ce (paper) | balanced-softmax (Ren+ 2020) | fedlc (Zhang+ 2022);
+    #                                       None -> balanced-softmax under feddf (counts stay on the client), else ce
     fedlc_tau: float = 1.0                # FedLC's calibration strength tau (--local-loss fedlc)
     client_precision: str = "fp32"        # fp32|bf16|fp16|binary, or a comma list: client i gets p[i * P // n]
     server_momentum: float | None = None  # FedAvgM beta; None -> 0.9 for fedavgm
@@ -73,7 +78,8 @@ class TrainConfig:
     distill_lr: float = 1e-3              # paper: student_learning_rate 1e-3 (Adam, cosine annealing)
     temperature: float = 1.0              # paper: KL temperature 1
     ensemble: str = "avg-logits"          # paper: update_student_scheme=avg_logits
-    logit_adjust: float = 1.0             # teachers' logits minus tau * log(their client's label prior); 0 = paper
+    logit_adjust: float = 0.0             # teachers' logits minus tau * log(their client's label prior); 0 = paper
+    #                                       (and the private default: tau > 0 makes clients send their label counts)
     eval_every: int = 100                 # paper: eval_batches_freq=100
     patience: int = 1000                  # paper: early_stopping_server_batches=1000
     drop_worst: bool = False              # paper: server_teaching_scheme=drop_worst
@@ -87,6 +93,20 @@ class TrainConfig:
     teacher_precision: str = "auto"       # bf16 where native (AVX512-BF16/AMX CPUs, sm80+ GPUs), else fp32
     compile_teachers: bool = False
     prefetch: int = 2                     # batches whose teacher targets are computed ahead, in a thread
+    distill_pool: int | None = None       # images per round's transfer pool (pool.py); None -> 2000 for synth:, else
+    #                                       0 (the whole source: a cache in memory, or the stream)
+    save_pool: str | None = None          # write each round's pool as a feddf cache in this folder
+    # server-side synthesis (--distill-source synth:NAME, synth.py): defaults of DENSE (Zhang et al. 2022) and FedGen
+    synth_checkpoint: str | None = None   # a DCGAN checkpoint for synth:dcgan
+    synth_steps: int = 20                 # generator steps per round (DENSE: 30 per synthesis batch; CPU-sized)
+    synth_lr: float = 1e-3                # DENSE lr_g
+    synth_embed_lr: float = 3e-2          # the class embedding added to the noise (it starts at zero)
+    synth_batch_size: int = 64
+    synth_ce: float = 1.0                 # DENSE --oh
+    synth_bn: float = 1.0                 # DENSE --bn
+    synth_adv: float = 1.0                # DENSE --adv
+    synth_div: float = 1.0                # FedGen / FedFTG diversity weight
+    synth_labels: str = "uniform"         # uniform | prior (the clients' label counts: sent to the server)
     # run
     seed: int = 7                         # paper: --manual_seed 7
     device: str = "auto"
@@ -109,6 +129,7 @@ class TrainConfig:
 
         c = dataclasses.replace(self)
         c.check_values()  # first: a mistyped value must not reach the registry look-ups
+        c._node_local_data()
         c.validate()
         if c.archs:
             c.arch = c.archs[0]
@@ -118,14 +139,52 @@ class TrainConfig:
             c.test_split = "test[5000:]" if c.dataset == "fashion-mnist" else "test"
         if c.prox_mu is None:
             c.prox_mu = 0.01 if c.aggregator == "fedprox" else 0.0
+        if c.local_loss is None:  # docs/training.md, "What leaves a client": the private recipe for FedDF
+            c.local_loss = "balanced-softmax" if c.aggregator == "feddf" else "ce"
         if c.server_momentum is None:
             c.server_momentum = 0.9 if c.aggregator == "fedavgm" else 0.0
+        if c.distill_pool is None:
+            from feddf.federated.synth import is_synth
+
+            c.distill_pool = 2000 if is_synth(c.distill_source) else 0
         if c.out is None:
             src = f"-{Path(c.distill_source).stem}" if c.aggregator == "feddf" else ""
             archs = "+".join(map(_slug, c.archs))
             prec = "" if c.client_precision == "fp32" else "-" + c.client_precision.replace(",", "+")
             c.out = f"runs/{_slug(c.dataset)}-{archs}{prec}-{c.aggregator}{src}-a{c.alpha:g}-s{c.seed}"
         return c
+
+    def _node_local_data(self) -> None:
+        """--server-data/--test-data: absolute specs (the ServerApp runs in Flower's app folder), and `dataset`
+        becomes --server-data, the task's source; settings that only describe a central split are refused."""
+        from feddf.data import byo
+
+        def absolute(spec: str) -> str:
+            return str(byo.parse(spec)) if byo.is_byo(spec) else spec
+
+        if self.server_data is None:
+            if self.test_data is not None:
+                raise FeddfError(f"--test-data {self.test_data}: it goes with --server-data SPEC (node-local data); "
+                                 f"a split of --dataset uses --test-split")
+            return
+        from feddf.data import check_dataset
+
+        for flag, spec in (("--server-data", self.server_data), ("--test-data", self.test_data)):
+            if spec is not None:
+                check_dataset(spec, flag)
+        self.server_data = absolute(self.server_data)
+        if self.dataset not in (TrainConfig.dataset, self.server_data):
+            raise FeddfError(f"--dataset {self.dataset} --server-data {self.server_data}: with node-local data the "
+                             f"task comes from --server-data; drop --dataset")
+        if self.train_limit is not None:
+            raise FeddfError(f"--train-limit {self.train_limit}: with --server-data every node trains on all of "
+                             f"its own data=; drop --train-limit")
+        self.dataset = self.server_data
+        self.test_data = absolute(self.test_data) if self.test_data is not None else None
+
+    def node_local_data(self) -> bool:
+        """Whether every node brings its own data (--server-data) instead of a partition of --dataset."""
+        return self.server_data is not None
 
     def validate(self) -> None:
         from feddf.data import DATASETS, check_dataset
@@ -138,8 +197,9 @@ class TrainConfig:
         def bad(flag, value, fix):
             raise FeddfError(f"--{flag} {value}: {fix}")
 
-        if self.dataset not in DATASETS:
-            check_dataset(self.dataset)  # folder:/npz:/cache: sets (one line when bad), else an unknown name
+        for spec in (self.dataset, self.test_data):
+            if spec is not None and spec not in DATASETS:
+                check_dataset(spec)  # folder:/npz:/cache: sets (one line when bad), else an unknown name
         for a in self.arch_list():
             if a not in MODELS:
                 check_arch(a)  # pkg.module:factory / timm:NAME (one line when bad), else an unknown name
@@ -155,7 +215,7 @@ class TrainConfig:
                                  ("distill-augment", self.distill_augment, AUGMENT_NAMES),
                                  ("distill-bn", self.distill_bn, DISTILL_BN),
                                  ("client-engine", self.client_engine, CLIENT_ENGINES),
-                                 ("local-loss", self.local_loss, LOCAL_LOSSES),
+                                 ("local-loss", self.local_loss or "ce", LOCAL_LOSSES),  # None: per aggregator
                                  ("client-kernels", self.client_kernels, KERNELS),
                                  ("server-kernels", self.server_kernels, SERVER_KERNELS),
                                  ("teacher-precision", self.teacher_precision, ("auto", *PRECISIONS))):
@@ -215,9 +275,48 @@ class TrainConfig:
         check_range("--logit-adjust", self.logit_adjust, lo=0,
                     fix="tau of the teachers' label-prior adjustment: 1 (default), 0 = the paper's plain ensemble")
         check_range("--distill-mixup", self.distill_mixup, lo=0, fix="the Beta(a, a) parameter; 0 = off, e.g. 1.0")
+        self._check_synth()
         if self.prefetch < 0 or self.source_memory_mb < 0:
             bad("prefetch/source-memory-mb", f"{self.prefetch}/{self.source_memory_mb}", "must be >= 0")
         check_seed("--seed", self.seed)
+
+    def _check_synth(self) -> None:
+        from feddf.federated.synth import LABELS, PREFIX, is_synth
+
+        if self.distill_pool is not None and self.distill_pool < 0:
+            raise FeddfError(f"--distill-pool {self.distill_pool}: must be >= 0 (images per round; 0 = the whole "
+                             "source)")
+        for flag in ("synth_ce", "synth_bn", "synth_adv", "synth_div"):
+            check_range("--" + flag.replace("_", "-"), getattr(self, flag), lo=0,
+                        fix="a loss weight >= 0 (0 switches the term off)")
+        check_range("--synth-lr", self.synth_lr, lo=0, lo_open=True, fix="the generator's Adam rate, e.g. 1e-3")
+        check_range("--synth-embed-lr", self.synth_embed_lr, lo=0, lo_open=True,
+                    fix="the class embedding's Adam rate, e.g. 3e-2")
+        if self.synth_steps < 0 or self.synth_batch_size < 1:
+            raise FeddfError(f"--synth-steps {self.synth_steps} / --synth-batch-size {self.synth_batch_size}: steps "
+                             "must be >= 0 and the batch >= 1")
+        if self.synth_labels not in LABELS:
+            raise FeddfError(f"--synth-labels {self.synth_labels!r}: choose one of {', '.join(LABELS)}")
+        if is_synth(self.distill_source):
+            if self.distill_source == PREFIX:
+                raise FeddfError(f"--distill-source {PREFIX}: name the generator, e.g. synth:scratch or "
+                                 "synth:dcgan-fashion-mnist")
+            if self.distill_pool == 0:
+                raise FeddfError("--distill-pool 0 with a synth: source: the synthesiser draws a pool each round; "
+                                 "give its size, e.g. 5000")
+        elif self.synth_checkpoint is not None:
+            raise FeddfError("--synth-checkpoint applies to --distill-source synth:dcgan only")
+
+    def server_uses_label_counts(self) -> bool:
+        """Whether the server step uses the clients' label counts: the one rule for whether a client sends them
+        with its model (fusion.client_step, the Flower ClientApp). FedDF uses them for the teachers' label-prior
+        adjustment (--logit-adjust > 0) and for a synthesiser's label prior (--synth-labels prior); otherwise they
+        stay on the client."""
+        from feddf.federated.synth import is_synth
+
+        if self.aggregator != "feddf":
+            return False
+        return bool(self.logit_adjust) or (is_synth(self.distill_source) and self.synth_labels == "prior")
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -228,7 +327,7 @@ def _slug(spec: str) -> str:
     kind, sep, rest = spec.partition(":")
     if sep and kind in ("folder", "npz", "cache", "hf"):
         return Path(rest.split("[")[0].rstrip("/")).stem or kind
-    return spec.replace(":", ".").replace("/", "_")
+    return spec.split("[")[0].replace(":", ".").replace("/", "_")
 
 
 # config.json keys that describe a run rather than set it (setup.Task.config_record, the Flower ServerApp's engine),

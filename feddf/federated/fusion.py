@@ -52,7 +52,8 @@ class ClientUpdate:
     upload_bytes: int = 0
     download_bytes: int = 0
     payload: bytes | None = None    # the encoded upload (precision.encode); what a Flower node puts on the wire
-    class_counts: list[int] | None = None  # its training labels per class, sent with the model (--logit-adjust)
+    class_counts: list[int] | None = None  # its training labels per class, sent only when
+    #                                        cfg.server_uses_label_counts() (--logit-adjust, --synth-labels prior)
     # (server kernels, (N, K) logits of `model` on the test split): the batched engine computes them on a core the
     # round's last clients leave idle; fuse's ensemble test pass takes them instead of computing them (same floats)
     test_logits: tuple[str, torch.Tensor] | None = None
@@ -61,8 +62,12 @@ class ClientUpdate:
 def sample_clients(cfg: TrainConfig, r: int) -> list[int]:
     """Sorted client ids taking part in round r: round(clients * fraction) of them (the paper code's n_participated)."""
     rng = np.random.default_rng(seed_of(cfg.seed, r, 1))
-    m = max(1, int(cfg.clients * cfg.fraction + 0.5))
-    return sorted(int(k) for k in rng.choice(cfg.clients, m, replace=False))
+    return sorted(int(k) for k in rng.choice(cfg.clients, participants(cfg), replace=False))
+
+
+def participants(cfg: TrainConfig) -> int:
+    """Clients sampled per round: round(clients * fraction), at least 1."""
+    return max(1, int(cfg.clients * cfg.fraction + 0.5))
 
 
 def client_step(cfg: TrainConfig, task, r: int, k: int, state: dict, device,
@@ -94,17 +99,19 @@ def client_step(cfg: TrainConfig, task, r: int, k: int, state: dict, device,
                     make_transform(task.info, cfg.augment), gen, device, progress=progress, hooks=hooks)
     upload = prec.encode(model.state_dict(), p, hooks.codes if hooks is not None else None)
     received = task.new_model(arch, prec.decode(upload)[1]).to(device)
-    return ClientUpdate(k, arch, received, len(idx), p, len(upload), len(prec.encode(state, "fp32")), upload, counts)
+    sent = counts if cfg.server_uses_label_counts() else None  # the counts leave the client only when used
+    return ClientUpdate(k, arch, received, len(idx), p, len(upload), len(prec.encode(state, "fp32")), upload, sent)
 
 
 def teacher_adjustment(cfg: TrainConfig, task, teachers_counts: list) -> torch.Tensor | None:
     """(T, K) label-prior adjustment of the teachers (teachers.label_prior_adjustment) from each one's class counts,
-    or None with --logit-adjust 0. A teacher without counts (a client that did not send them) is refused: adjusting
-    the others only would bias the ensemble towards it."""
+    or None with --logit-adjust 0 or without distillation (cfg.server_uses_label_counts: under the baselines the
+    clients keep their counts and `ensemble_acc` is the plain ensemble's). A teacher without counts (a client
+    that did not send them) is refused: adjusting the others only would bias the ensemble towards it."""
     from feddf.errors import FeddfError
     from feddf.federated.teachers import label_prior_adjustment
 
-    if not cfg.logit_adjust:
+    if not (cfg.logit_adjust and cfg.server_uses_label_counts()):
         return None
     k = task.info.num_classes
     if any(c is None or len(c) != k for c in teachers_counts):
@@ -131,6 +138,39 @@ class _Clock:
         if self.parts:
             out["distill_parts"] = {k: round(v, 3) for k, v in self.parts.items()}
         return out
+
+
+def round_source(r: int, cfg: TrainConfig, task, teachers: list, students: dict, adjust, counts: list, device,
+                 single_thread: bool, phase) -> tuple[object | None, dict | None]:
+    """(the round's transfer source, its metrics record) - the synthesiser's new pool (synth: sources), a pool drawn
+    from the task's source (--distill-pool P > 0), or (None, None): the task's source as it is (pool.py)."""
+    from feddf.federated.pool import draw_pool
+
+    src = task.source
+    if getattr(src, "kind", None) == "synth":
+        phase(f"synthesising {cfg.distill_pool} images ({cfg.synth_steps} generator steps)", True)
+        rec = src.synthesize(seed_of(cfg.seed, r, 5), teachers, list(students.values()), adjust, counts, device,
+                             single_thread)
+        return src, {"n": src.n, "from": "synth", "synth": rec}
+    if cfg.distill_pool:
+        pool = draw_pool(src, cfg.distill_pool, seed_of(cfg.seed, r, 6))
+        return pool, {"n": pool.n, **pool.origin}
+    return None, None
+
+
+def save_round_pool(r: int, cfg: TrainConfig, task, source, ens: TeacherEnsemble):
+    """--save-pool DIR: the round's pool, labelled by the ensemble at T = 1, as DIR/round-NNN.h5 (pool.save_pool)."""
+    from pathlib import Path
+
+    from feddf.federated.pool import save_pool
+    from feddf.federated.teachers import ensemble_target
+
+    plain = task.eval_tf
+    probs = torch.cat([ensemble_target(ens.logits(plain(source.pool[s:s + 500]).to(ens.device)), ens.mode, 1.0,
+                                       ens.weights)[0].cpu() for s in range(0, source.n, 500)])
+    run = {"name": cfg.distill_source, "seed": cfg.seed, "round": r, "distill_pool": cfg.distill_pool}
+    return save_pool(Path(cfg.save_pool) / f"round-{r:03d}.h5", source, probs, round_=r,
+                     class_names=list(task.info.class_names), run=run)
 
 
 @dataclasses.dataclass
@@ -195,7 +235,9 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
                               precision=resolve_precision(cfg.teacher_precision, device), compile=cfg.compile_teachers,
                               batched="auto" if torch.device(device).type == "cuda" else False, device=device)
         ens.adjust = adjust
-        batches, cache = task.distill_batches(cfg, seed_of(cfg.seed, r, 3), device)
+        source, pool_record = round_source(r, cfg, task, teachers, students, adjust, counts, device, portable, phase)
+        clock.lap("pool")  # synthesis (synth: sources) or drawing the round's pool; ~0 without a pool
+        batches, cache = task.distill_batches(cfg, seed_of(cfg.seed, r, 3), device, source=source)
         dspec = DistillSpec(cfg.distill_steps, cfg.distill_lr, cfg.temperature, cfg.eval_every, cfg.patience,
                             prefetch=cfg.prefetch, bn=cfg.distill_bn, one_thread=portable, channels_last=cl)
 
@@ -218,6 +260,12 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
                  "stopped_early": {a: res.stopped_early for a, res in results.items()}}
         if cache is not None:
             extra["target_cache"] = {"hits": cache.hits, "misses": cache.misses}
+        if pool_record is not None:  # teacher forward passes: images labelled x teachers
+            pool_record["teacher_forwards"] = cache.misses * len(teachers) if cache is not None else None
+            if cfg.save_pool:
+                pool_record["saved"] = str(save_round_pool(r, cfg, task, source, ens))
+            extra["pool"] = pool_record
+            clock.lap("save_pool")
     new_server = {a: {k: v.detach().cpu().clone() for k, v in new_states[a].items()} for a in cfg.archs}
     metrics = {"acc": acc, "ensemble_acc": ensemble_acc, "distill_steps": steps, "best_step": best,
                "dropped": dropped, "teachers": len(teachers), **extra,

@@ -67,6 +67,9 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, on_round: Callable
     from feddf.utils import resolve_device
 
     cfg = cfg.resolved()
+    if cfg.node_local_data():
+        raise FeddfError(f"--server-data {cfg.server_data}: node-local data is for `feddf flower local|server`, "
+                         f"where every SuperNode brings its own data=; feddf train splits --dataset among its clients")
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision, device))
     out = Path(cfg.out)
@@ -110,7 +113,7 @@ def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None], on_round=
         for r in range(start + 1, cfg.rounds + 1):
             row = _round(r, cfg, task, agg, server, device, bar)
             rows.append(row)
-            _write_outputs(out, task, server, rows, checkpoint=checkpoint(r, cfg, server, agg, rows))
+            _write_outputs(out, task, server, rows, checkpoint=checkpoint(r, cfg, server, agg, rows, task.source))
             trackers.round(row, rows)
             if on_round is not None:
                 on_round(row)
@@ -141,10 +144,14 @@ def _round(r: int, cfg: TrainConfig, task: Task, agg, server: dict, device, bar:
 
 
 # ---- run folder (shared with the Flower ServerApp, feddf/flower/server_app.py) --------------------------------
-def checkpoint(r: int, cfg: TrainConfig, server: dict, agg, rows: list[dict]) -> dict:
-    """checkpoint.pt after round r: everything --resume needs to continue as the uninterrupted run would."""
-    return {"version": CHECKPOINT_VERSION, "round": r, "server": server, "aggregator": agg.state_dict(),
-            "metrics": rows, "config": dataclasses.asdict(cfg), "rng": {"torch": torch.get_rng_state()}}
+def checkpoint(r: int, cfg: TrainConfig, server: dict, agg, rows: list[dict], source=None) -> dict:
+    """checkpoint.pt after round r: everything --resume needs to continue as the uninterrupted run would, the
+    state of a learning transfer source (the synthesiser's generator, pool.SynthSource) included."""
+    out = {"version": CHECKPOINT_VERSION, "round": r, "server": server, "aggregator": agg.state_dict(),
+           "metrics": rows, "config": dataclasses.asdict(cfg), "rng": {"torch": torch.get_rng_state()}}
+    if hasattr(source, "state_dict"):
+        out["source"] = source.state_dict()
+    return out
 
 
 def restore(ckpt: dict | None, cfg: TrainConfig, out: Path, task: Task, agg, server: dict,
@@ -157,6 +164,11 @@ def restore(ckpt: dict | None, cfg: TrainConfig, out: Path, task: Task, agg, ser
     start, rows = int(ckpt["round"]), list(ckpt["metrics"])
     server.update({a: ckpt["server"][a] for a in cfg.archs})
     agg.load_state_dict(ckpt["aggregator"])
+    if hasattr(task.source, "load_state_dict"):
+        if "source" not in ckpt:
+            raise FeddfError(f"{out / 'checkpoint.pt'} holds no state of the transfer source "
+                             f"{cfg.distill_source}: the run folder is damaged; start a new --out")
+        task.source.load_state_dict(ckpt["source"])
     torch.set_rng_state(ckpt["rng"]["torch"])
     _write_outputs(out, task, server, rows)
     log(f"resuming {out} after round {start}/{cfg.rounds}")

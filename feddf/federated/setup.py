@@ -22,6 +22,7 @@ from feddf.errors import FeddfError
 from feddf.federated import partition as part
 from feddf.federated.client import accuracy, make_transform
 from feddf.federated.config import TrainConfig
+from feddf.federated.synth import is_synth
 
 # settings that may differ between a run and its --resume (they do not change the results)
 RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir", "client_engine", "trackers"}
@@ -29,7 +30,8 @@ RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache
 
 # What a run folder whose config predates a key did, where that is not today's default: such a run resumes only
 # with the old behaviour asked for explicitly (the refusal names the key).
-PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legacy", "server_kernels": "legacy"}
+PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legacy", "server_kernels": "legacy",
+            "local_loss": "ce", "distill_pool": 0}
 # keys left out of a run folder's identity (runner.run_settings) while they hold these defaults, so that folders made
 # before the keys existed keep their config hash and resume
 LATE_DEFAULTS = {"image_column": None, "label_column": None}
@@ -133,19 +135,21 @@ class Task:
                            kernels or self.cfg.server_kernels)
 
     # ---- distillation batches --------------------------------------------------------------------------------
-    def distill_batches(self, cfg: TrainConfig, seed: int, device):
+    def distill_batches(self, cfg: TrainConfig, seed: int, device, source=None):
         """(TransferStream of (ids | None, normalised float batch on device), TargetCache | None) for one round.
 
         Targets are reused (TargetCache) only for an in-memory source whose batches are neither augmented nor mixed:
-        an augmented or mixed sample is a new sample. Selection and mixup: feddf.federated.transfer."""
+        an augmented or mixed sample is a new sample. Selection and mixup: feddf.federated.transfer. `source`: the
+        round's pool (pool.py) instead of the task's source."""
         from feddf.federated.distill import TargetCache
         from feddf.federated.transfer import TransferStream
 
+        source = self.source if source is None else source
         reuse = (cfg.distill_augment == "none" and not cfg.distill_mixup
-                 and getattr(self.source, "pool", None) is not None)
-        n = self.source.n if reuse else 0
+                 and getattr(source, "pool", None) is not None)
+        n = source.n if reuse else 0
         cache = TargetCache(n, self.info.num_classes) if reuse and n * self.info.num_classes <= 50_000_000 else None
-        stream = TransferStream(self.source, make_transform(self.info, cfg.distill_augment),
+        stream = TransferStream(source, make_transform(self.info, cfg.distill_augment),
                                 make_transform(self.info, "none"), batch_size=cfg.distill_batch_size, seed=seed,
                                 device=device, num_classes=self.info.num_classes, select=cfg.distill_select,
                                 fraction=cfg.select_fraction, mixup_alpha=cfg.distill_mixup, cache=cache)
@@ -183,18 +187,28 @@ def _byo_record(task: Task) -> dict:
             "arch_info": {a: describe_arch(a) for a in task.cfg.archs}}
 
 
+def task_source(cfg: TrainConfig, info, memory_bytes: int, progress: bool):
+    """The run's --distill-source for a task of `info`'s channels and resolution: the server's generator of
+    `synth:NAME` (pool.SynthSource) or a cache / noise source (sources.resolve_source); one line when it cannot be."""
+    from feddf.federated.pool import SynthSource
+    from feddf.federated.sources import resolve_source
+    from feddf.federated.synth import PREFIX, SynthSpec
+
+    if not is_synth(cfg.distill_source):
+        return resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache, cache_dir=cfg.cache_dir,
+                              resize=cfg.source_resize, memory_bytes=memory_bytes, progress=progress)
+
+    spec = SynthSpec(cfg.synth_steps, cfg.synth_lr, cfg.synth_embed_lr, cfg.synth_batch_size, cfg.synth_ce,
+                     cfg.synth_bn, cfg.synth_adv, cfg.synth_div, cfg.synth_labels, cfg.temperature)
+    return SynthSource(cfg.distill_source[len(PREFIX):], info, spec, cfg.distill_pool, cfg.seed, cfg.synth_checkpoint)
+
+
 def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool = True) -> Task:
     """The run's Task; source=False skips the distillation source (a Flower client only trains locally)."""
     from feddf.data import dataset_info, get_dataset
 
-    want_source, source = source, None
-    if cfg.aggregator == "feddf" and want_source:  # first: a missing or mismatched cache fails before the data
-        from feddf.federated.sources import resolve_source
-
-        info = dataset_info(cfg.dataset, cfg.columns())
-        source = resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache,
-                                cache_dir=cfg.cache_dir, resize=cfg.source_resize,
-                                memory_bytes=cfg.source_memory_mb << 20, progress=cfg.progress)
+    info = dataset_info(cfg.dataset, cfg.columns())
+    source = _source(cfg, info) if source else None  # first: a bad cache fails before the data
     train = get_dataset(f"{cfg.dataset}:train", cfg.data_root, cfg.columns())
     test = get_dataset(f"{cfg.dataset}:{cfg.test_split}", cfg.data_root, cfg.columns())
     info = train.info
@@ -210,23 +224,66 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool
     pool, val_idx = part.split_validation(labels.numpy(), cfg.val_fraction, cfg.seed)
     parts = part.partition(cfg.partition, labels.numpy()[pool], cfg.clients, cfg.alpha, cfg.seed)
     client_indices = [pool[p] for p in parts]
-    client_arch = part.assign_archs(cfg.clients, cfg.archs)
+    hist = part.class_histograms(client_indices, labels.numpy(), info.num_classes)
+    return Task(cfg=cfg, info=info, train_images=images, train_labels=labels, val_idx=val_idx,
+                client_indices=client_indices, client_arch=part.assign_archs(cfg.clients, cfg.archs), hist=hist,
+                test_images=test_images, test_labels=test_labels, test_spec=test.spec,
+                data_files=list(train.source_files) + list(test.source_files), source=source,
+                param_names=_param_names(cfg, info), client_precision=client_precisions(cfg))
+
+
+def load_server_task(cfg: TrainConfig, log: Callable[[str], None] = print) -> Task:
+    """The server's Task of a run on node-local data (cfg.server_data): its validation set is all of --server-data,
+    its test set --test-data (else --server-data again), and it holds no client's data: no partition (each client
+    slot is empty), the nodes report their example counts with their models."""
+    from feddf.data import get_dataset
+
+    val = get_dataset(cfg.server_data, cfg.data_root)
+    info = val.info
+    source = _source(cfg, info)
+    test = get_dataset(cfg.test_data, cfg.data_root) if cfg.test_data else val
+    for flag, s in (("--server-data", val), ("--test-data", test)):
+        bad = int(((s.labels < 0) | (s.labels >= info.num_classes)).sum())
+        if bad or not len(s):
+            raise FeddfError(f"{flag} {s.spec}: {bad} of {len(s)} images have no label in 0..{info.num_classes - 1}:"
+                             f" the server validates and tests on labelled images of the task's classes")
+    if tuple(test.images.shape[1:]) != tuple(val.images.shape[1:]):
+        raise FeddfError(f"--test-data {test.spec}: images are {tuple(test.images.shape[1:])} but --server-data's "
+                         f"are {tuple(val.images.shape[1:])}")
+    test_images, test_labels = test.images[:cfg.test_limit], test.labels[:cfg.test_limit]
+    empty = np.zeros(0, dtype=np.int64)
+    return Task(cfg=cfg, info=info, train_images=val.images, train_labels=val.labels,
+                val_idx=np.arange(len(val)), client_indices=[empty] * cfg.clients,
+                client_arch=part.assign_archs(cfg.clients, cfg.archs),
+                hist=np.zeros((cfg.clients, info.num_classes), dtype=np.int64), test_images=test_images,
+                test_labels=test_labels, test_spec=test.spec if cfg.test_data else f"{val.spec} (no --test-data)",
+                data_files=sorted(set(val.source_files) | set(test.source_files)), source=source,
+                param_names=_param_names(cfg, info), client_precision=client_precisions(cfg))
+
+
+def _source(cfg: TrainConfig, info):
+    """The distillation source of a FedDF run (None for the baselines), checked against the task."""
+    if cfg.aggregator != "feddf":
+        return None
+    return task_source(cfg, info, cfg.source_memory_mb << 20, cfg.progress)
+
+
+def client_precisions(cfg: TrainConfig) -> list[str]:
     from feddf.federated.precision import parse_precisions
 
-    client_precision = part.assign_blocks(cfg.clients, parse_precisions(cfg.client_precision))
-    hist = part.class_histograms(client_indices, labels.numpy(), info.num_classes)
+    return part.assign_blocks(cfg.clients, parse_precisions(cfg.client_precision))
+
+
+def _param_names(cfg: TrainConfig, info) -> dict:
+    """arch -> its parameter names, after one forward pass (a model returning a tuple/dict fails here, in one line)."""
     from feddf.models import check_output, get_model
 
-    param_names = {}
-    for a in cfg.archs:  # one forward pass too: a model returning a tuple/dict fails here, in one line
+    out = {}
+    for a in cfg.archs:
         m = get_model(a, info.num_classes, info.channels, cfg.norm)
         check_output(m, a, info.num_classes, info.channels, info.size)
-        param_names[a] = {n for n, _ in m.named_parameters()}
-    return Task(cfg=cfg, info=info, train_images=images, train_labels=labels, val_idx=val_idx,
-                client_indices=client_indices, client_arch=client_arch, hist=hist, test_images=test_images,
-                test_labels=test_labels, test_spec=test.spec, data_files=list(train.source_files) +
-                list(test.source_files), source=source, param_names=param_names,
-                client_precision=client_precision)
+        out[a] = {n for n, _ in m.named_parameters()}
+    return out
 
 
 def print_partition(task: Task, log: Callable[[str], None]) -> None:

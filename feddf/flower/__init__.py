@@ -13,6 +13,8 @@ Modules (import flwr only through these; `pip install 'feddf[flower]'`):
   worker.py      a long-lived ClientApp process per SuperNode (`--isolation process`): imports and the loaded
                  partition stay across messages (Flower's flwr-clientapp handles one message and exits).
   supernode.py   flower-supernode with a shorter idle poll (Flower's loop sleeps a hard-coded 3 s).
+  options.py     the checks of the Flower options (--min-replies, timeouts, poll interval), shared by the CLI,
+                 the launcher and the ServerApp.
   launch.py      `feddf flower simulate|local`: starts a SuperLink (+ SuperNodes and their workers) on 127.0.0.1,
                  runs the app, reads the run's status, stops every process it started.
   app/           the Flower App (pyproject.toml) that `flwr run` ships to the SuperLink.

@@ -1,10 +1,12 @@
 """The feddf ClientApp: answers the server's QUERY (which partition and architecture this node holds) and TRAIN
-(feddf's local training, `fusion.client_step`, on the node's partition).
+(feddf's local training, `fusion.client_step`, on the node's partition or its own data).
 
     flower-supernode --insecure --superlink 127.0.0.1:9092 --node-config 'partition-id=0 num-partitions=3 arch="cnn"'
 
 The partition comes from feddf's own partitioner keyed by `partition-id` (`setup.load_task` with the run's config,
-which every TRAIN message carries), so Flower and `feddf train` split the data identically. The architecture is the
+which every TRAIN message carries), so Flower and `feddf train` split the data identically. In a run on node-local
+data (`--server-data`) the node instead trains on all of its node config's `data="SPEC"` (nodedata.node_task),
+checked against the server's task; the spec never leaves the node. The architecture is the
 node config's `arch` (deployment) or, when the node config has none (simulation: Flower only sets partition-id and
 num-partitions), the one the server derived from the run config and the partition id.
 
@@ -46,6 +48,27 @@ def _process_age(now: float) -> float:
         return -1.0
 
 
+def load(cfg, conf, spec: str, k: int, arch: str, node_config):
+    """This node's Task: its own data= (node-local data, cfg.server_data) or partition k of --dataset."""
+    from feddf.errors import FeddfError
+
+    if cfg.node_local_data():
+        if not spec:
+            raise FeddfError('this run trains on node-local data: start the SuperNode with data="SPEC" in its '
+                             '--node-config')
+        from feddf.flower.nodedata import node_task
+        from feddf.flower.wire import TASK_KEY, task_from_json
+
+        return node_task(cfg, task_from_json(str(conf[TASK_KEY])), spec, k, arch,
+                         str(dict(node_config).get("data-root", "")))
+    if spec:
+        raise FeddfError("this node has data= in its --node-config but the run splits --dataset among its nodes: "
+                         "start the run with --server-data SPEC for node-local data, or the node without data=")
+    from feddf.federated.setup import load_task
+
+    return load_task(cfg, log=lambda s: None, source=False)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     from feddf import __version__
@@ -71,18 +94,20 @@ def train(msg: Message, context: Context) -> Message:
                          f"({conf['arch']}): restart the run so the server learns the nodes again")
     text = str(conf[CONFIG_KEY])
     cfg = config_from_json(text)
-    task = _TASKS.get(text)
+    spec = str(context.node_config.get("data", ""))
+    task = _TASKS.get((text, spec))
     if task is None:
-        from feddf.federated.setup import load_task
-
         _TASKS.clear()
-        task = _TASKS[text] = load_task(cfg, log=lambda s: None, source=False)
+        task = _TASKS[text, spec] = load(cfg, conf, spec, k, arch, context.node_config)
     task.client_arch[k] = arch
     t1 = time.perf_counter()
     state = model_from_record(msg.content["arrays"], task.initial_state(arch))
     upd = client_step(cfg, task, r, k, state, resolve_device(str(context.node_config.get("device", cfg.device))))
     t2 = time.perf_counter()
-    metrics = MetricRecord({"num-examples": upd.n, "class-counts": upd.class_counts, "partition-id": k,
-                            "process-seconds": _process_age(t0), "load-seconds": t1 - t0, "train-seconds": t2 - t1})
+    sent = {"num-examples": upd.n, "partition-id": k,
+            "process-seconds": _process_age(t0), "load-seconds": t1 - t0, "train-seconds": t2 - t1}
+    if cfg.server_uses_label_counts():  # the label histogram leaves the node only when the server step uses it
+        sent["class-counts"] = upd.class_counts
+    metrics = MetricRecord(sent)
     # the upload is the client's encoded model at its precision (1-bit + scales, half, or fp32), byte for byte
     return Message(RecordDict({"arrays": payload_to_record(upd.payload), "metrics": metrics}), reply_to=msg)

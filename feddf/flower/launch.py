@@ -51,9 +51,11 @@ def _exe(name: str) -> str:
     return found
 
 
-def node_config(k: int, n: int, arch: str | None) -> str:
-    """--node-config of partition k: `partition-id=K num-partitions=N arch="A"` (strings need TOML quotes)."""
-    return f"partition-id={k} num-partitions={n}" + (f' arch="{arch}"' if arch else "")
+def node_config(k: int, n: int, arch: str | None, data: str | None = None) -> str:
+    """--node-config of partition k: `partition-id=K num-partitions=N arch="A" data="SPEC"` (strings need TOML
+    quotes; nodedata.check_specs keeps quotes and backslashes out of a spec)."""
+    return (f"partition-id={k} num-partitions={n}" + (f' arch="{arch}"' if arch else "")
+            + (f' data="{data}"' if data else ""))
 
 
 class LocalFlower:
@@ -67,14 +69,15 @@ class LocalFlower:
     (port 0: a free one). isolation: "process" (default) runs each SuperNode with `--isolation process` and one
     long-lived feddf.flower.worker that runs its ClientApp messages; "subprocess" is Flower's default, a fresh
     ClientApp process per message. idle_poll: seconds between an idle SuperNode's pulls (feddf.flower.supernode;
-    3 = Flower's own flower-supernode).
+    3 = Flower's own flower-supernode). data: node-local data, SuperNode k's `data=` spec (one per entry of nodes).
     """
 
     def __init__(self, nodes: list[str | None] | None = None, simulation: bool = False,
                  state_dir: str | Path | None = None, log: Callable[[str], None] = print, stream: bool = True,
                  secure: "bool | Secure" = False, host: str = HOST, port: int = 0,
-                 isolation: str = "process", idle_poll: float = 0.5):
+                 isolation: str = "process", idle_poll: float = 0.5, data: list[str] | None = None):
         self.nodes, self.simulation, self.log, self.stream = list(nodes or []), simulation, log, stream
+        self.data = list(data or [None] * len(self.nodes))  # node-local data: SuperNode k's data= spec
         if isolation not in ("process", "subprocess"):
             raise FeddfError(f"isolation={isolation!r}: choose process (a feddf worker per node) or subprocess")
         self.isolation, self.idle_poll = isolation, float(idle_poll)
@@ -125,7 +128,8 @@ class LocalFlower:
             self.secure = security.prepare(self._want_secure, self.dir / SECRETS, len(self.nodes))
             self._start_superlink()
             for k, arch in enumerate(self.nodes):
-                self.start_supernode(f"supernode-{k}", k, arch, security.supernode_args(self.secure, k))
+                self.start_supernode(f"supernode-{k}", k, arch, security.supernode_args(self.secure, k),
+                                     data=self.data[k])
         except BaseException:
             self.close(keep=True)
             raise
@@ -164,12 +168,13 @@ class LocalFlower:
             f'{security.connection(self.secure)}\n')
 
     def start_supernode(self, name: str, k: int, arch: str | None, tls: list[str],
-                        extra: tuple[str, ...] = ()) -> subprocess.Popen:
-        """A SuperNode for partition k of len(nodes), with `tls` (security.supernode_args) as its TLS/auth flags."""
+                        extra: tuple[str, ...] = (), data: str | None = None) -> subprocess.Popen:
+        """A SuperNode for partition k of len(nodes), with `tls` (security.supernode_args) as its TLS/auth flags
+        and (node-local data) its own `data` spec."""
         runtime_port = free_port()
         proc = self._spawn(name, [*self._supernode_exe(), *tls, "--superlink", f"{self.connect}:{self.port}",
                                   "--host", HOST, "--port", str(runtime_port), "--node-config",
-                                  node_config(k, len(self.nodes), arch), "--isolation", self.isolation, *extra])
+                                  node_config(k, len(self.nodes), arch, data), "--isolation", self.isolation, *extra])
         if self.isolation == "process":
             self._spawn_worker(name, runtime_port, proc.pid)
         return proc
@@ -247,6 +252,9 @@ class LocalFlower:
     def run(self, cfg, engine: str, min_replies: int = 1, node_timeout: float = 120,
             round_timeout: float = 3600, poll_interval: float = 0.2) -> dict:
         """Run the app once with the resolved cfg (cfg.out absolute); FeddfError with the ServerApp's error."""
+        from feddf.flower.options import check_flower_options
+
+        check_flower_options(min_replies, node_timeout, round_timeout, poll_interval, cfg)
         n = len(self.nodes) if self.nodes else cfg.clients
         from feddf.flower.wire import config_to_json
 
@@ -382,11 +390,9 @@ def prepare(cfg):
         raise FeddfError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if cfg.aggregator == "feddf":  # a missing cache or one that does not fit the task: one line, nothing started
         from feddf.data import dataset_info
-        from feddf.federated.sources import resolve_source
+        from feddf.federated.setup import task_source
 
-        info = dataset_info(cfg.dataset, cfg.columns())
-        src = resolve_source(cfg.distill_source, info.channels, info.size, cache=cfg.cache, cache_dir=cfg.cache_dir,
-                             resize=cfg.source_resize, memory_bytes=0, progress=False)
+        src = task_source(cfg, dataset_info(cfg.dataset, cfg.columns()), memory_bytes=0, progress=False)
         if cfg.distill_source == "gan" and cfg.cache is None:  # the newest cache now, not when the ServerApp looks
             cfg = dataclasses.replace(cfg, cache=str(Path(src.path).resolve()))
     if cfg.resume and (out / "checkpoint.pt").exists():

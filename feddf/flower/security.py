@@ -13,8 +13,9 @@ What Flower 1.42 does with them (read in flwr/superlink, flwr/supernode; every f
   SuperNode  `--root-certificates CA` verifies the SuperLink's certificate (there is no client certificate: the
              node proves itself with `--auth-supernode-private-key KEY`, an OpenSSH-format NIST EC private key).
   flwr       the connection in FLWR_HOME/config.toml carries `root-certificates = "CA"` instead of `insecure`.
-Private keys are written 0600 (O_EXCL: an existing file is never overwritten) into a 0700 folder, and are never
-printed: `Secure` holds paths, not key bytes.
+Private keys are written 0600 (O_EXCL: an existing file is never overwritten) into a folder made 0700 (an existing
+folder keeps its mode), and are never printed: `Secure` holds paths, not key bytes. The options are checked before
+anything is written, and a failure part-way removes every file of the set (and the folder, when made here).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import datetime as _dt
 import ipaddress
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Callable
@@ -30,6 +32,8 @@ from typing import Callable
 from feddf.errors import FeddfError
 
 LOOPBACK = "127.0.0.1"
+MAX_DAYS = 36500    # 100 years: far inside what X.509 dates (year 9999) and `cryptography` accept
+MAX_NODES = 10000   # key pairs one `flower certs` makes (about 1 ms each); a typo such as 10**8 is refused
 REGISTERED = "registered.json"  # in the state dir, next to the SuperLink's database: key fingerprint -> node id
 
 
@@ -115,6 +119,39 @@ def _save(record: Path | None, done: dict) -> None:
 
 
 # ---- making key material -------------------------------------------------------------------------------------
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def check_request(nodes: int, hosts, days: int, min_nodes: int = 1) -> None:
+    """`flower certs`' --nodes, --host and --days: one line naming the bad value, before any file is written
+    (min_nodes=0: a CA and SuperLink certificate alone, for SuperNode keys made elsewhere)."""
+    from feddf.checks import check_range
+
+    check_range("--nodes", nodes, lo=min_nodes, hi=MAX_NODES, fix="one key pair per SuperNode")
+    check_range("--days", days, lo=1, hi=MAX_DAYS, fix="the certificates' validity")
+    for h in hosts:
+        if not isinstance(h, str):
+            raise FeddfError(f"--host {h!r}: give a name or IP address as a string")
+        try:
+            ipaddress.ip_address(h)
+            continue
+        except ValueError:
+            pass
+        name = h[:-1] if h.endswith(".") else h
+        if not name or len(name) > 253 or not all(_LABEL.fullmatch(part) for part in name.split(".")):
+            raise FeddfError(f"--host {h!r} is neither an IP address nor a DNS name (letters, digits, '-', '.'): give "
+                             "the name or address the SuperNodes reach the SuperLink at")
+
+
+def private_dir(folder: Path) -> bool:
+    """Make `folder` 0700 and return True; an existing folder is left as it is (its mode too): False."""
+    if folder.exists():
+        return False
+    folder.mkdir(parents=True, mode=0o700)
+    os.chmod(folder, 0o700)  # mkdir's mode passes through the umask
+    return True
+
+
 def write_private(path: Path, data: bytes) -> None:
     """A private key file: created 0600 and never over an existing file (someone's key is never destroyed)."""
     try:
@@ -213,7 +250,9 @@ def make_node_key(path: Path) -> Path:
 def generate(folder: str | os.PathLike, nodes: int, hosts: list[str] = (), days: int = 2,
              keep_ca: bool = False) -> Secure:
     """A CA, a SuperLink certificate for `hosts` (+ 127.0.0.1) and `nodes` SuperNode key pairs in `folder` (made
-    0700). The CA's private key is deleted unless keep_ca: nothing more is ever signed with a throwaway CA."""
+    0700 when absent). The CA's private key is deleted unless keep_ca: nothing more is ever signed with a throwaway
+    CA. Bad values are refused before anything is written; a failure part-way leaves none of the set behind."""
+    check_request(nodes, hosts, days, min_nodes=0)
     folder = Path(folder)
     names = ["ca.key", "ca.crt", "superlink.key", "superlink.crt", *(f"node-{k}{e}" for k in range(nodes)
                                                                      for e in ("", ".pub"))]
@@ -221,13 +260,19 @@ def generate(folder: str | os.PathLike, nodes: int, hosts: list[str] = (), days:
     if taken:  # checked before anything is written: never half a set
         raise FeddfError(f"{folder / taken[0]} already exists: choose another --out (existing keys and certificates "
                          "are never overwritten)")
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    ca_cert, ca_key = make_ca(folder, days)
-    cert, key = make_server_cert(folder, ca_cert, ca_key, list(hosts), days)
-    if not keep_ca:
-        (folder / "ca.key").unlink()
-    node_keys = tuple(make_node_key(folder / f"node-{k}") for k in range(nodes))
+    created = private_dir(folder)
+    try:
+        ca_cert, ca_key = make_ca(folder, days)
+        cert, key = make_server_cert(folder, ca_cert, ca_key, list(hosts), days)
+        if not keep_ca:
+            (folder / "ca.key").unlink()
+        node_keys = tuple(make_node_key(folder / f"node-{k}") for k in range(nodes))
+    except BaseException:
+        for n in names:  # none of them existed before (checked above): all are this call's
+            (folder / n).unlink(missing_ok=True)
+        if created:
+            folder.rmdir()
+        raise
     return Secure(folder / "ca.crt", cert, key, node_keys, tuple(Path(f"{p}.pub") for p in node_keys))
 
 
@@ -240,8 +285,7 @@ def prepare(secure: "bool | Secure | None", folder: Path, nodes: int) -> Secure 
         return generate(folder, nodes)
     if len(secure.node_keys) >= nodes:
         return secure
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    private_dir(folder)
     made = tuple(make_node_key(folder / f"node-{k}") for k in range(len(secure.node_keys), nodes))
     return dataclasses.replace(secure, node_keys=secure.node_keys + made,
                                public_keys=secure.public_keys + tuple(Path(f"{p}.pub") for p in made))

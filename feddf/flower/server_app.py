@@ -1,6 +1,9 @@
 """The feddf ServerApp: reads the run's TrainConfig, learns every node's partition and architecture with one QUERY,
 runs the `FedDF` strategy and writes the same run folder as `feddf train` (config.json, partition.json,
 metrics.jsonl, models/<arch>.pt, checkpoint.pt), so `feddf compare` and `feddf audit --labeler` read it unchanged.
+On node-local data (`server_data` in the config) it loads only the server's data (setup.load_server_task), sends
+the nodes the task's description, and writes nodes.json (node, arch, reported example count, refusal) instead of
+partition.json.
 
     flwr run feddf/flower/app <connection> --stream -c 'config-file="/abs/path/train.toml"'
 
@@ -136,15 +139,16 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     import flwr
 
     from feddf.federated.runner import _write_json, _write_outputs, checkpoint, load_checkpoint, restore
-    from feddf.federated.setup import load_task, print_partition, print_summary
+    from feddf.federated.setup import load_server_task, load_task, print_partition, print_summary
     from feddf.federated.teachers import resolve_precision
     from feddf.federated.tracking import open_trackers
     from feddf.flower.strategy import FedDF
-    from feddf.flower.wire import CONFIG_KEY, config_to_json
+    from feddf.flower.wire import CONFIG_KEY, TASK_KEY, config_to_json, task_to_json
     from feddf.utils import resolve_device
 
-    if min_replies < 1:
-        raise FeddfError(f"min-replies={min_replies}: a round needs at least 1 reply")
+    from feddf.flower.options import check_flower_options
+
+    check_flower_options(min_replies, node_timeout, round_timeout, poll_interval, cfg)
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision, device))
     out = Path(cfg.out)
@@ -152,23 +156,47 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     if not cfg.resume and (ckpt_path.exists() or (out / "metrics.jsonl").exists()):
         raise FeddfError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume and ckpt_path.exists() else None
-    task = load_task(cfg, print)   # a distillation source that does not fit the task fails here, before the data
+    local = cfg.node_local_data()  # every node brings its own data: the server loads only --server/--test-data
+    # a distillation source that does not fit the task fails here, before the data
+    task = load_server_task(cfg, print) if local else load_task(cfg, print)
     nodes = learn_nodes(grid, cfg, node_timeout)
     task.client_arch[:] = [nodes[k][1] for k in range(cfg.clients)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(exist_ok=True)
+    # node-local data: what each node reported (its example count, or why it refused: one line, no path)
+    reported = {k: {"node": str(nodes[k][0]), "arch": nodes[k][1], "n": None, "refused": None, "round": None}
+                for k in range(cfg.clients)}
+
+    def write_nodes() -> None:
+        _write_json(out / "nodes.json", {"clients": [{"id": k, **reported[k]} for k in range(cfg.clients)]})
+
     if ckpt is None:
-        _write_json(out / "partition.json", task.partition_record())
+        if local:
+            write_nodes()
+        else:
+            _write_json(out / "partition.json", task.partition_record())
         _write_json(out / "config.json", {**task.config_record(), "engine": {
             "name": engine, "flwr": flwr.__version__, "min_replies": min_replies, "poll_interval": poll_interval,
             "nodes": {str(k): str(nodes[k][0]) for k in sorted(nodes)}}})
     else:
         check_same_archs(out, task)
-    print_partition(task, print)
+    if local:
+        print(f"node-local data: {cfg.clients} SuperNodes, server validation {len(task.val_idx)}, test "
+              f"{task.test_spec} ({len(task.test_labels)})")
+    else:
+        print_partition(task, print)
 
     def on_round(row: dict, server: dict) -> None:
         rows.append(row)
-        _write_outputs(out, task, server, rows, checkpoint=checkpoint(row["round"], cfg, server, strategy.agg, rows))
+        _write_outputs(out, task, server, rows, checkpoint=checkpoint(row["round"], cfg, server, strategy.agg, rows,
+                                                                     task.source))
+        if local:
+            for k, rec in reported.items():
+                if k in row["replied"]:
+                    rec.update(n=strategy.examples[k], refused=None, round=row["round"])
+                elif str(k) in row["failed"]:
+                    rec.update(refused=row["failed"][str(k)], round=row["round"])
+            write_nodes()
         trackers.round(row, rows)
         lost = f", missing partitions {row['missing']}" if row["missing"] else ""
         print(f"round {row['round']}/{cfg.rounds}: " + " ".join(
@@ -177,11 +205,12 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     strategy = FedDF(cfg, task, {k: v[0] for k, v in nodes.items()}, device, on_round, min_replies=min_replies)
     start, rows = restore(ckpt, cfg, out, task, strategy.agg, strategy.server, print)
     strategy.offset = start  # Flower counts this run's rounds from 1: round r of the run is Flower's r - start
+    sent = {CONFIG_KEY: config_to_json(cfg), **({TASK_KEY: task_to_json(task.info)} if local else {})}
     trackers = open_trackers(cfg.trackers, out, dataclasses.asdict(cfg), start)
     try:
         if start < cfg.rounds:
             strategy.start(grid, strategy.global_arrays(), num_rounds=cfg.rounds - start, timeout=round_timeout,
-                           train_config=ConfigRecord({CONFIG_KEY: config_to_json(cfg)}))
+                           train_config=ConfigRecord(sent))
     finally:
         trackers.close()
     print_summary(rows, cfg.archs, print)
@@ -192,10 +221,13 @@ def check_same_archs(out: Path, task) -> None:
     settings, which load_checkpoint compares)."""
     import json
 
+    record = out / "partition.json"
+    if not record.exists() and (out / "nodes.json").exists():  # a run on node-local data
+        record = out / "nodes.json"
     try:
-        saved = [c["arch"] for c in json.loads((out / "partition.json").read_text())["clients"]]
+        saved = [c["arch"] for c in json.loads(record.read_text())["clients"]]
     except (OSError, ValueError, KeyError, TypeError):
-        raise FeddfError(f"--resume: {out}/partition.json is missing or damaged: start a new --out") from None
+        raise FeddfError(f"--resume: {record} is missing or damaged: start a new --out") from None
     for k, (a, b) in enumerate(zip(saved, task.client_arch)):
         if a != b:
             raise FeddfError(f"--resume: partition {k} is now arch={b!r} but the run in {out} was started with "

@@ -44,6 +44,7 @@ class FedDF(FedAvg):
         self.agg = get_aggregator(cfg.aggregator, weighting=cfg.weighting, server_momentum=cfg.server_momentum)
         self.server = {a: task.initial_state(a) for a in cfg.archs}
         self.offset = 0  # rounds a resumed run finished before: Flower's round 1 is the run's round offset + 1
+        self.examples: dict[int, int] = {}  # partition id -> example count of its latest reply
         self._round: dict = {}
 
     # ---- helpers ---------------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ class FedDF(FedAvg):
     def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
         from feddf.federated.fusion import ClientUpdate, fuse
         from feddf.federated.precision import decode
-        from feddf.flower.wire import payload_from_record
+        from feddf.flower.wire import contents, payload_from_record
 
         server_round += self.offset
         valid, errors = self._check_and_log_replies(list(replies), is_train=True, validate=False)
@@ -112,7 +113,7 @@ class FedDF(FedAvg):
             precision, state = decode(blob)  # exact: a binarised teacher computes with the client's own weights
             state = {name: v.to(self.server[arch][name].dtype) for name, v in state.items()}
             reply = got[k].content["metrics"]
-            n = int(reply["num-examples"])
+            n = self.examples[k] = int(reply["num-examples"])
             counts = [int(c) for c in reply["class-counts"]] if "class-counts" in reply else None
             updates.append(ClientUpdate(k, arch, self.task.new_model(arch, state).to(self.device), n, precision,
                                         len(blob), self._download_bytes[arch], class_counts=counts))
@@ -124,6 +125,7 @@ class FedDF(FedAvg):
                "selected": selected,
                "replied": sorted(got), "missing": missing,
                "failed": {str(k): v for k, v in failed.items() if k is not None},
+               "received": {str(k): contents(got[k]) for k in sorted(got)},
                "node_seconds": {str(k): {key.split("-")[0]: round(float(got[k].content["metrics"][key]), 3)
                                          for key in ("process-seconds", "load-seconds", "train-seconds")
                                          if key in got[k].content["metrics"]} for k in sorted(got)}}

@@ -1,6 +1,6 @@
 """What travels between the Flower ServerApp and ClientApps: model states (each way one encoded payload in a
-one-array `ArrayRecord`; the run's global models as a plain ArrayRecord) and the run's resolved `TrainConfig` as a
-JSON string in a `ConfigRecord`.
+one-array `ArrayRecord`; the run's global models as a plain ArrayRecord), the run's resolved `TrainConfig` as a
+JSON string in a `ConfigRecord` and, with node-local data, the server's task description (task_to_json).
 
     python -c "import torch; from feddf.flower.wire import to_record, from_record; \
 s = {'w': torch.ones(2), 'n': torch.tensor(3)}; print(from_record(to_record(s), s))"
@@ -18,6 +18,7 @@ import dataclasses
 import json
 
 CONFIG_KEY = "feddf-config"   # ConfigRecord / run-config key holding the TrainConfig JSON
+TASK_KEY = "feddf-task"       # with node-local data: the server's task (channels, size, classes, mean/std) as JSON
 
 
 def to_record(state: dict):
@@ -83,6 +84,21 @@ def payload_from_record(record) -> bytes:
         raise FeddfError("a model state arrived instead of an encoded payload: the server and every node must run "
                          "the same feddf version")
     return state["payload"].numpy().tobytes()
+
+
+def contents(message) -> list[str]:
+    """What a message carries, as sorted "record/key" names (no values): what the run folder records of a reply."""
+    return sorted(f"{name}/{key}" for name, record in message.content.items() for key in record.keys())
+
+
+def task_to_json(info) -> str:
+    """What a node needs of the server's task (a DatasetInfo) to check and normalise its own data."""
+    return json.dumps({"channels": info.channels, "size": info.size, "num_classes": info.num_classes,
+                       "class_names": list(info.class_names), "mean": list(info.mean), "std": list(info.std)})
+
+
+def task_from_json(text: str) -> dict:
+    return json.loads(text)
 
 
 def config_to_json(cfg) -> str:

@@ -131,6 +131,10 @@ def run_gen(cfg: GenConfig, *, force: bool = False, progress: bool = True) -> di
     from feddf.utils import resolve_device, to_jsonable, versions
 
     validate(cfg)
+    if cfg.out:  # before the generator loads: a link --out is never replaced
+        from feddf.cache.replace import refuse_link
+
+        refuse_link(cfg.out, force)
     ranks = Rank()
     ok = False
     try:
