@@ -19,6 +19,7 @@ from feddf.errors import FeddfError
 
 MAX_INT = 2**63 - 1   # every integer ends up in int64 tensors/arrays or 64-bit seeds
 MAX_SEED = 2**63 - 1  # seeds are hashed as 63-bit values: a larger seed would silently alias a smaller one
+MAX_CLASSES = 100_000  # classes a label space may have (ImageNet-21k has 21 841): coverage/heads are (K,)-sized
 
 
 def _flag(name: str) -> str:
@@ -119,3 +120,17 @@ def merge_options(cls, config, options: dict, what: str):
         raise FeddfError(f"feddf.{what}(): config must be a {cls.__name__}, not a {type(config).__name__}")
     check_options(cls, options, what)
     return dataclasses.replace(config, **options) if config is not None else cls(**options)
+
+
+def label_problem(labels, k: int) -> str:
+    """'' when every class id in `labels` (int array) lies in -1..k-1 (-1 = unlabelled), else what is wrong (one
+    phrase: how many, the first bad index and value). Shared by every reader of labels: datasets, caches on open,
+    `feddf cache verify` and `feddf cache import`, so a label of 10^9 never sizes an array."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    bad = (labels < -1) | (labels >= k)
+    if not bad.any():
+        return ""
+    i = int(np.flatnonzero(bad)[0])
+    return f"{int(bad.sum())} label(s) outside -1..{k - 1} for {k} classes (first: image {i} has label {labels[i]})"

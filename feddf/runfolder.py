@@ -22,6 +22,8 @@ into a hidden staging folder inside it and moved in once complete (`OutputFolder
 old outputs as they were and nothing of the new ones; the marker lists the outputs, and a replacement removes only
 the earlier outputs it does not rewrite (a user's own files in the folder stay). A folder the claim creates gets
 `mode`; an existing folder's mode is never changed.
+- `check_folder` makes the same refusals read-only: commands call it before loading their data and `claim` only
+  after, so a load that is refused or killed never leaves a folder holding just a lock file.
 """
 from __future__ import annotations
 
@@ -103,10 +105,7 @@ class _Claimed:
     def release(self) -> None:
         self.lock.release()
         if self.created and self.marker is None:
-            try:
-                self.path.rmdir()
-            except OSError:
-                pass
+            _remove_if_empty(self.path)
 
     def __enter__(self):
         return self
@@ -163,6 +162,35 @@ def read_marker(path: Path) -> dict | None:
     return marker
 
 
+def check_folder(out: str | os.PathLike, *, kind: str, settings: dict,
+                 legacy: Callable[[Path], bool] | None = None) -> None:
+    """The refusals of `claim`, read-only (nothing created or locked): commands run it before loading their data, so
+    a foreign or mismatched --out is refused at once and a run killed while loading leaves no folder behind."""
+    from feddf.utils import to_jsonable
+
+    path = Path(out)
+    settings = to_jsonable(settings)
+    if path.exists() and not path.is_dir():
+        raise FeddfError(f"--out {path} is a file, not a run folder: choose another --out")
+    if not path.exists():
+        return
+    try:
+        entries = set(os.listdir(path)) - {LOCK}
+    except OSError as e:
+        raise FeddfError(f"cannot read --out {path}: {e.strerror}") from None
+    if entries and MARKER not in entries and not (legacy and legacy(path)):
+        raise FeddfError(f"--out {path} is not empty and is not a feddf {kind} run (no {MARKER}): refusing to "
+                         "touch it; choose another --out")
+    m = read_marker(path)
+    if m is not None:
+        if m.get("kind") != kind:
+            raise FeddfError(f"--out {path} holds a feddf {m.get('kind')} run, not a {kind} run: choose another --out")
+        if m.get("config_hash") != config_hash(settings):
+            saved = m.get("settings") if isinstance(m.get("settings"), dict) else {}
+            raise FeddfError(f"--out {path} holds a {kind} run made with other settings ({_diff(saved, settings)}): "
+                             "use its settings (--resume continues it) or choose another --out")
+
+
 def claim(out: str | os.PathLike, *, kind: str, settings: dict,
           legacy: Callable[[Path], bool] | None = None) -> RunFolder:
     """Lock `out` for a `feddf <kind>` run with `settings` (see the module docstring); FeddfError when refused."""
@@ -170,17 +198,8 @@ def claim(out: str | os.PathLike, *, kind: str, settings: dict,
 
     path = Path(out)
     settings = to_jsonable(settings)
-    if path.exists() and not path.is_dir():
-        raise FeddfError(f"--out {path} is a file, not a run folder: choose another --out")
+    check_folder(path, kind=kind, settings=settings, legacy=legacy)
     created = not path.exists()
-    if not created:
-        try:
-            entries = set(os.listdir(path)) - {LOCK}
-        except OSError as e:
-            raise FeddfError(f"cannot read --out {path}: {e.strerror}") from None
-        if entries and MARKER not in entries and not (legacy and legacy(path)):
-            raise FeddfError(f"--out {path} is not empty and is not a feddf {kind} run (no {MARKER}): refusing to "
-                             "touch it; choose another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -188,20 +207,13 @@ def claim(out: str | os.PathLike, *, kind: str, settings: dict,
     lock = FolderLock(path / LOCK, lambda pid: f"--out {path} is in use by another feddf process (pid {pid}): wait "
                                                "for it to finish or choose another --out")
     try:
-        folder = RunFolder(path, kind, settings, lock, created)
-        m = folder.marker
-        if m is not None:
-            if m.get("kind") != kind:
-                raise FeddfError(f"--out {path} holds a feddf {m.get('kind')} run, not a {kind} run: choose another "
-                                 "--out")
-            if m.get("config_hash") != config_hash(settings):
-                saved = m.get("settings") if isinstance(m.get("settings"), dict) else {}
-                raise FeddfError(f"--out {path} holds a {kind} run made with other settings ({_diff(saved, settings)})"
-                                 ": use its settings (--resume continues it) or choose another --out")
+        check_folder(path, kind=kind, settings=settings, legacy=legacy)  # again, now that we hold the lock
+        return RunFolder(path, kind, settings, lock, created)
     except BaseException:
         lock.release()
+        if created:
+            _remove_if_empty(path)
         raise
-    return folder
 
 
 class OutputFolder(_Claimed):
@@ -289,3 +301,10 @@ def legacy_report(path: Path) -> bool:
         return False
     return (isinstance(saved, dict) and isinstance(saved.get("versions"), dict) and "feddf" in saved["versions"]
             and (path / "report.md").is_file() and (path / "report.html").is_file())
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()  # only succeeds when empty: nothing of a run is ever deleted
+    except OSError:
+        pass

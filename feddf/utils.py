@@ -135,3 +135,53 @@ def check_can_create(path: str | os.PathLike, flag: str = "--out", file: bool = 
         raise FeddfError(f"{flag} {p} cannot be created: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise FeddfError(f"{flag} {p} cannot be created: {folder} is not writable")
+
+
+def load_torch_file(path: str | os.PathLike, what: str, fix: str = "re-export it") -> Any:
+    """torch.load(path, weights_only=True) whose every failure is one FeddfError line naming `what` and the fix:
+    an empty file, an unreadable path, a pickle of Python objects the safe loader refuses (torch's own advice,
+    weights_only=False, would run the file's code), or anything else torch.load raises."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    from feddf.errors import FeddfError
+
+    p = Path(path)
+    try:
+        if p.is_file() and p.stat().st_size == 0:
+            raise FeddfError(f"{what} {p} is empty (0 bytes): the copy or save was cut short; {fix}")
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except FeddfError:
+        raise
+    except FileNotFoundError:
+        raise FeddfError(f"{what} {p} does not exist") from None
+    except OSError as e:
+        raise FeddfError(f"cannot read {what} {p}: {e.strerror or type(e).__name__}; {fix}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged zip, a foreign format: one line, never a traceback
+        # a class or function the safe loader refused, inside a real torch.save archive (zip) rather than junk bytes
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e) and zipfile.is_zipfile(p):
+            raise FeddfError(f"{what} {p} is not a plain state_dict / tensors-only checkpoint (it pickles Python "
+                             "objects, which feddf never loads): re-save only its tensors, "
+                             f"torch.save(model.state_dict(), PATH); {fix}") from None
+        first = str(e).splitlines()[0][:160] if str(e).strip() else "no details"
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in first:  # never torch's weights_only advice
+            first = "its bytes are not a valid pickle"
+        raise FeddfError(f"cannot read {what} {p}: not a readable PyTorch weights file ({type(e).__name__}: "
+                         f"{first}); {fix}") from None
+
+
+def check_finite_weights(state: dict, what: str,
+                         fix: str = "the weights are broken (a diverged or corrupted training run); use another "
+                                    "checkpoint") -> None:
+    """Refuse a state_dict holding NaN/inf (a diverged training run, a broken export): every output would be
+    garbage. One line naming `what`, the first bad tensor and `fix`."""
+    import torch
+
+    from feddf.errors import FeddfError
+
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise FeddfError(f"{what}: tensor {k!r} holds {bad} NaN/inf value(s) of {v.numel()}: {fix}")

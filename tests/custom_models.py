@@ -54,3 +54,29 @@ def build_tuple(num_classes: int, in_channels: int) -> nn.Module:
 
 def build_not_a_module(num_classes: int, in_channels: int):
     return {"num_classes": num_classes}
+
+
+class _NoParams(nn.Module):
+    """Returns (B, K) zeros: a forward pass that works, with nothing to train."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.k = num_classes
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], self.k)
+
+
+def build_without_parameters(num_classes: int, in_channels: int) -> nn.Module:
+    return _NoParams(num_classes)
+
+
+class _NaNNet(TinyNet):
+    """TinyNet whose logits are NaN: a model that breaks training without any bad option."""
+
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+def build_nan(num_classes: int, in_channels: int) -> nn.Module:
+    return _NaNNet(num_classes, in_channels)

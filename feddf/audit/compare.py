@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
         lines = met_file.read_text().splitlines()
     except ValueError as e:  # not UTF-8
         raise FeddfError(f"{met_file} is not text ({type(e).__name__}): the run folder is damaged") from None
-    records, skipped = [], 0
+    records, skipped, seen = [], 0, {}
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -59,8 +60,11 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
         if not isinstance(rec, dict) or "round" not in rec or not isinstance(rec.get("acc"), dict):
             raise FeddfError(f"{met_file}:{i + 1} lacks 'round' or 'acc': not a feddf metrics file ({hint})")
         bad = _bad_field(rec)
+        if not bad and rec["round"] in seen:
+            bad = f"round {rec['round']} is recorded twice (first on line {seen[rec['round']]})"
         if bad:
             raise FeddfError(f"{met_file}:{i + 1}: {bad}: the run folder is damaged ({hint})")
+        seen[rec["round"]] = i + 1
         records.append(rec)
     if not records:
         raise FeddfError(f"{met_file} has no completed round yet: let the run finish at least one round")
@@ -68,21 +72,30 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     return Run(p, name or p.name, config, records, skipped)
 
 
-def _number(v, none_ok: bool = True) -> bool:
-    return (v is None and none_ok) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+def _number(v, none_ok: bool = True, lo: float = 0.0, hi: float = math.inf) -> bool:
+    """None (when allowed) or a finite int/float in [lo, hi]: json.loads accepts Infinity and NaN."""
+    if v is None:
+        return none_ok
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
 
 
 def _bad_field(rec: dict) -> str:
-    """'' when a metrics record has the types compare reads, else what is wrong (one phrase)."""
-    if not isinstance(rec["round"], int) or isinstance(rec["round"], bool):
-        return f"round {rec['round']!r} is not an integer"
+    """'' when a metrics record has the types and ranges compare reads, else what is wrong (one phrase)."""
+    if not isinstance(rec["round"], int) or isinstance(rec["round"], bool) or rec["round"] < 1:
+        return f"round {rec['round']!r} is not a round number (an integer >= 1)"
     for arch, entry in rec["acc"].items():
         vals = entry.values() if isinstance(entry, dict) else [entry]
-        if not all(_number(v) for v in vals):
-            return f"acc of {arch} {entry!r} is not a number"
-    for key in ("ensemble_acc", "client_seconds", "distill_seconds"):
+        if not all(_number(v, hi=1.0) for v in vals):
+            return f"acc of {arch} {entry!r} is not an accuracy (a number in [0, 1])"
+    if not _number(rec.get("ensemble_acc"), hi=1.0):
+        return f"ensemble_acc {rec.get('ensemble_acc')!r} is not an accuracy (a number in [0, 1])"
+    for key in ("client_seconds", "distill_seconds"):
         if not _number(rec.get(key)):
-            return f"{key} {rec.get(key)!r} is not a number"
+            return f"{key} {rec.get(key)!r} is not a duration (a finite number >= 0)"
+    for key in ("distill_steps", "upload_bytes", "download_bytes"):
+        per = rec.get(key)
+        if per is not None and not (isinstance(per, dict) and all(_number(v) for v in per.values())):
+            return f"{key} {per!r} is not a mapping to finite counts >= 0"
     return ""
 
 

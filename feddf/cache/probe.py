@@ -7,6 +7,7 @@ Nothing here writes, locks or modifies a file; a path that is not a feddf cache 
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -37,3 +38,15 @@ def probe_cache(path: str | os.PathLike) -> dict[str, Any] | None:
     except (OSError, KeyError, ValueError):
         return None
     return attrs if attrs.get("format") == fmt.FORMAT_NAME else None
+
+
+def json_attr(v: Any) -> dict | None:
+    """A JSON-object attribute (config, identity) as a dict; None when it is missing, not a string or not JSON (a
+    damaged header: writers then treat the cache as one of another config, replaced only with --force)."""
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    try:
+        out = json.loads(v) if isinstance(v, str) else None
+    except ValueError:
+        return None
+    return out if isinstance(out, dict) else None

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from feddf.cache import format as fmt
+from feddf.cache.probe import json_attr
+from feddf.checks import MAX_CLASSES
 from feddf.errors import FeddfError
 
 _JSON_ATTRS = ("config", "versions", "label_names", "target_names", "classes", "shards")
@@ -61,6 +63,14 @@ def open_h5(path: str | os.PathLike, rdcc_nbytes: int = 4 << 20):
         raise FeddfError(f"cache file not found: {p} ({_MAKE})")
     if p.is_dir():
         raise FeddfError(f"{p} is a directory, not a cache file: pass the .h5 file ({_MAKE})")
+    if not p.is_file():
+        raise FeddfError(f"{p} is not a regular file (a FIFO, socket or device): pass the .h5 cache file ({_MAKE})")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as e:
+        raise FeddfError(f"cannot read {p}: {e.strerror or type(e).__name__} (check its permissions and the disk)"
+                         ) from None
     if not is_hdf5(p):
         raise FeddfError(f"{p} is not an HDF5 file (no HDF5 signature): pass a cache written by feddf ({_MAKE})")
     # rdcc: the chunk cache only has to hold the one chunk being decoded; w0=1 evicts fully read chunks first.
@@ -140,8 +150,60 @@ def _layout_error(p, what: str) -> FeddfError:
     return FeddfError(f"{p} is an HDF5 file but not a feddf cache ({what}): pass a cache written by feddf ({_MAKE})")
 
 
-def read_info(f, path: str | os.PathLike, live: bool = False) -> CacheInfo:
-    """Validate an open cache file against format.py and describe it."""
+def read_info(f, path: str | os.PathLike, live: bool = False, check: bool = True) -> CacheInfo:
+    """Validate an open cache file against format.py and describe it; check=True also refuses (one line) what
+    `consistency_problems` finds, so every reader (info, preview, train, audit, gan-train) refuses what verify
+    flags. `feddf cache verify` passes check=False and lists the problems instead."""
+    info = _read_info(f, path, live)
+    if check:
+        problems = consistency_problems(f, info)
+        if problems:
+            raise FeddfError(f"{path} is inconsistent: {problems[0]}" + (
+                f" (+{len(problems) - 1} more)" if len(problems) > 1 else "") + f"; `feddf cache verify {path}` "
+                "lists every problem: recreate or re-import the cache")
+    return info
+
+
+def consistency_problems(f, info: CacheInfo, labels: bool = True) -> list[str]:
+    """What contradicts itself in a cache's header (attributes against the datasets' shapes; JSON attributes that
+    are not JSON; a `complete` flag that is not a boolean) and, with `labels`, committed /labels outside the class
+    count of /label_counts. Cheap: the header plus 8 bytes per committed image, memoised per file identity.
+    Shared by `read_info` (refusal on open) and `feddf cache verify` (its report)."""
+    from feddf.checks import label_problem
+
+    key = None
+    if not info.live and info.attrs.get("complete") is True:
+        st = os.stat(info.path)
+        key = (os.path.realpath(info.path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, labels)
+        if key in _consistent:
+            return []
+    raw = {k: _decode(f.attrs[k]) for k in f.attrs}
+    problems = []
+    for name, want in (("channels", info.channels), ("resolution", info.resolution), ("n_requested", info.capacity)):
+        if name in raw and raw[name] != want:
+            problems.append(f"attribute {name}={raw[name]!r} but /images implies {want}")
+    for name in ("config", "identity"):
+        if name in raw and json_attr(raw[name]) is None:
+            problems.append(f"attribute {name} is not JSON ({str(raw[name])[:40]!r})")
+    if "complete" in raw and not isinstance(raw["complete"], bool):
+        problems.append(f"attribute complete={raw['complete']!r} is not a boolean")
+    if labels and info.label_counts is not None and info.n:
+        try:
+            values = f[fmt.LABELS][: info.n]
+        except OSError:
+            values = None  # a chunk failing its checksum: the readers' checksum checks and verify name it
+        bad = "" if values is None else label_problem(values, int(info.label_counts.shape[0]))
+        if bad:
+            problems.append(f"/{fmt.LABELS} has {bad}")
+    if key is not None and not problems:
+        _consistent.add(key)
+    return problems
+
+
+_consistent: set[tuple] = set()  # finished files found consistent (by path and identity): later opens skip the read
+
+
+def _read_info(f, path: str | os.PathLike, live: bool = False) -> CacheInfo:
     import h5py
 
     p = Path(path)
@@ -178,8 +240,11 @@ def read_info(f, path: str | os.PathLike, live: bool = False) -> CacheInfo:
 
     def counts(name):
         ds = f.get(name)
-        return np.asarray(ds[()], dtype=np.int64 if ds.dtype.kind in "iu" else np.float64) \
-            if isinstance(ds, h5py.Dataset) else None
+        if not isinstance(ds, h5py.Dataset):
+            return None
+        if ds.ndim != 1 or ds.shape[0] > MAX_CLASSES:  # bounded memory: a tampered (10^9,) coverage is not read
+            raise _layout_error(p, f"/{name} is {ds.shape}, expected (K,) with K <= {MAX_CLASSES}")
+        return np.asarray(ds[()], dtype=np.int64 if ds.dtype.kind in "iu" else np.float64)
 
     virtual = bool(images.is_virtual)
     chunk_len = images.chunks[0] if images.chunks else fmt.chunk_images(images.shape[1], images.shape[2])

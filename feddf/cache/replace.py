@@ -15,11 +15,10 @@ resumes or swaps a staged file. Multi-process caches (torchrun) stage every shar
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from feddf.cache.probe import probe_cache
+from feddf.cache.probe import json_attr, probe_cache
 from feddf.errors import FeddfError
 
 SUFFIX = ".replacing"  # no .h5 ending: globs for caches (`*.h5`, e.g. the newest generated cache) never see it
@@ -52,7 +51,7 @@ def resumable(staging: Path, identity: dict) -> bool:
     if not staging.is_file():
         return False
     old = probe_cache(staging)
-    return old is not None and json.loads(old.get("identity", "{}")) == identity
+    return old is not None and json_attr(old.get("identity")) == identity
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from feddf.cache import format as fmt
+from feddf.checks import label_problem
 from feddf.errors import FeddfError
 
 
@@ -128,10 +129,9 @@ def _recount(values: np.ndarray, stored: np.ndarray | None, name: str, counts_na
         problems.append(f"/{counts_name} is missing: the coverage counts for /{name} are part of the format")
         return
     k = stored.shape[0]
-    bad = (values < fmt.UNLABELED) | (values >= k)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        problems.append(f"/{name} has {int(bad.sum())} value(s) outside -1..{k - 1} (first: [{i}] = {values[i]})")
+    bad = label_problem(values, k)
+    if bad:
+        problems.append(f"/{name} has {bad}")
         return
     keep = values >= 0
     recount = np.bincount(values[keep], weights=None if weights is None else weights[keep], minlength=k)
@@ -147,7 +147,7 @@ def verify_cache(path: str | os.PathLike, progress: bool = False) -> VerifyRepor
     """Verify everything verifiable about a cache; never raises for a bad file (problems go into the report)."""
     import h5py
 
-    from feddf.cache.reader import open_h5, read_info
+    from feddf.cache.reader import consistency_problems, open_h5, read_info
 
     rep = VerifyReport(path=str(path))
     try:
@@ -158,16 +158,14 @@ def verify_cache(path: str | os.PathLike, progress: bool = False) -> VerifyRepor
     ident = file_identity(path)
     with f:
         try:
-            info = read_info(f, path, live)
+            info = read_info(f, path, live, check=False)
         except FeddfError as e:
             rep.problems.append(str(e))
             return rep
         n, cap, attrs, problems = info.n, info.capacity, info.attrs, rep.problems
         rep.n = n
-        # header vs shapes
-        for key, want in (("channels", info.channels), ("resolution", info.resolution), ("n_requested", cap)):
-            if key in attrs and attrs[key] != want:
-                problems.append(f"attribute {key}={attrs[key]!r} but /images implies {want}")
+        # header vs shapes, JSON attributes, the complete flag (what every reader refuses on open; labels below)
+        problems += consistency_problems(f, info, labels=False)
         if info.virtual:
             from feddf.cache.reader import shard_paths
 

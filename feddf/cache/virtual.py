@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from feddf.cache import format as fmt
-from feddf.cache.probe import open_h5_read, probe_cache
+from feddf.cache.probe import json_attr, open_h5_read, probe_cache
 from feddf.cache.replace import swap_all
 from feddf.cache.writer import _writer_lock
 from feddf.errors import FeddfError
@@ -55,7 +55,9 @@ def write_virtual_cache(out: str | os.PathLike, shards: list[str | os.PathLike],
         if starts != [sum(sizes[:i]) for i in range(len(sizes))]:
             raise FeddfError(f"shards {[str(p) for p, *_ in metas]} do not tile 0..{sum(sizes)}; rerun with --force")
         n, attrs0 = sum(sizes), metas[0][1]
-        identity = json.loads(attrs0["identity"])
+        identity = json_attr(attrs0.get("identity"))
+        if identity is None:
+            raise FeddfError(f"shard {metas[0][0]} has no readable identity attribute; rerun with --force")
         for k in ("shard_start", "shard_index", "n", "shard_world"):
             identity.pop(k, None)
         identity["n"] = n
@@ -63,7 +65,7 @@ def write_virtual_cache(out: str | os.PathLike, shards: list[str | os.PathLike],
             old = probe_cache(out)
             if old is None:
                 raise FeddfError(f"{out} exists and is not a feddf cache; refusing to touch it: choose another --out")
-            if not force and json.loads(old.get("identity", "{}")) != identity:
+            if not force and json_attr(old.get("identity")) != identity:
                 raise FeddfError(f"{out} holds a cache made with a different config; use --force to overwrite it")
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         try:

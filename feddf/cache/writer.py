@@ -42,7 +42,7 @@ from feddf.cache import layout, replace
 from feddf.cache.blocks import COMMIT_BYTES, BlockPipeline
 from feddf.cache.codec import Pipeline
 from feddf.cache.layout import CHUNK_ALIGN, COMPRESSIONS, DEFAULT_COMPRESSION, GZIP_LEVEL  # noqa: F401 (public here)
-from feddf.cache.probe import open_h5_read, probe_cache  # noqa: F401 (public here: docs/CONTRACTS.md)
+from feddf.cache.probe import json_attr, open_h5_read, probe_cache  # noqa: F401 (public here: docs/CONTRACTS.md)
 from feddf.cache.superblock import clear_write_flags
 from feddf.errors import FeddfError
 
@@ -153,11 +153,14 @@ class CacheWriter(BlockPipeline):
             if old is None:
                 raise FeddfError(f"{self.path} exists and is not a feddf cache; refusing to touch it: choose another "
                                  "--out or move that file away")
-            old_identity = json.loads(old.get("identity", "{}"))
+            old_identity = json_attr(old.get("identity"))
             if old_identity == self.identity and not force:
                 self.resumed = True
                 self._open_rw()
                 return
+            if not force and old_identity is None:
+                raise FeddfError(f"{self.path} holds a cache whose identity attribute is missing or not JSON (a damaged "
+                                 "header): use --force to replace it or choose another --out")
             if not force:
                 diff = sorted(k for k in set(old_identity) | set(self.identity)
                               if old_identity.get(k) != self.identity.get(k))

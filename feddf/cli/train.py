@@ -39,7 +39,8 @@ OPTIONS = [
          "replay that run (flags override it).", field="config_file"),
     _opt("--dataset", str, "Task dataset: fashion-mnist, cifar10, cifar100, or your own: folder:PATH, npz:PATH, "
          "cache:PATH.h5, hf:PATH (a Hugging Face dataset; docs/api.md)."),
-    _opt("--data-root", str, "Folder of the datasets (feddf.data's default when omitted)."),
+    _opt("--data-root", str, "Folder of the datasets; it must exist (feddf.data's default, created on demand, when "
+         "omitted)."),
     _opt("--image-column", str, "hf: datasets: the image column (default: the Image feature, or image/img).",
          metavar="NAME"),
     _opt("--label-column", str, "hf: datasets: the label column (default: the ClassLabel feature, or label).",

@@ -8,6 +8,7 @@ one uncompressed `.npz` so a second load is a single sequential read (the IDX/pi
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from feddf.checks import label_problem
 from feddf.errors import FeddfError
 
 
@@ -61,11 +63,18 @@ class Loader:
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """--data-root, else $FEDDF_DATA_ROOT, else ~/.cache/feddf/data."""
-    if root is not None:
-        return Path(root).expanduser()
+    """--data-root, else $FEDDF_DATA_ROOT, else ~/.cache/feddf/data. A given root must be an existing folder (a typo
+    must not become a new folder filled with copies of the data sets); only the default root is created on demand."""
     env = os.environ.get("FEDDF_DATA_ROOT")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "feddf" / "data"
+    default = Path(env).expanduser() if env else Path.home() / ".cache" / "feddf" / "data"
+    if root is None:
+        return default
+    p = Path(root).expanduser()
+    if not p.is_dir() and p.absolute() != default.absolute():
+        what = "is not a folder" if p.exists() else "does not exist"
+        raise FeddfError(f"--data-root {root} {what}: create it first, fix the path, or leave --data-root out to use "
+                         f"the default root {default}")
+    return p
 
 
 def load_split(loader: Loader, split: str, root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -73,18 +82,25 @@ def load_split(loader: Loader, split: str, root: Path) -> tuple[np.ndarray, np.n
     if not loader.cache:
         return loader.load(split, root)
     cache_file = root / loader.info.name / f"{split}.feddf.npz"
+    k = loader.info.num_classes
     if cache_file.exists():
         try:
-            with np.load(cache_file) as z:
-                return z["images"], z["labels"], [str(cache_file)]
-        except (OSError, ValueError, KeyError):
-            pass  # a broken cache file is rebuilt below rather than trusted
+            with np.load(cache_file, allow_pickle=False) as z:
+                images, labels = z["images"], z["labels"]
+            if images.dtype == np.uint8 and images.ndim == 4 and labels.shape == images.shape[:1] \
+                    and labels.dtype == np.int64 and not label_problem(labels, k):
+                return images, labels, [str(cache_file)]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # a broken (or tampered) cache file is rebuilt below rather than trusted
     images, labels, files = loader.load(split, root)
     images = np.ascontiguousarray(images, dtype=np.uint8)
     labels = np.asarray(labels, dtype=np.int64)
     if images.ndim != 4 or images.shape[0] != labels.shape[0]:
         raise FeddfError(f"{loader.info.name}:{split}: loader returned images {images.shape} / labels "
                          f"{labels.shape}; the files in {root} look corrupt")
+    bad = label_problem(labels, k)
+    if bad:
+        raise FeddfError(f"{loader.info.name}:{split}: {bad}; the files in {root} look corrupt: download them again")
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(".tmp.npz")

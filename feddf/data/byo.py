@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feddf.checks import label_problem
 from feddf.errors import FeddfError
 
 KINDS = ("folder", "npz", "cache", "hf")
@@ -141,21 +142,25 @@ def _load_folder(path: Path) -> Loaded:
 
 
 def _load_npz(path: Path) -> Loaded:
-    from feddf.data.decode import npz_labels, npz_names, open_npz, to_nchw_uint8
+    from feddf.data.decode import npz_declared_classes, npz_labels, npz_names, npz_num_labels, open_npz, to_nchw_uint8
 
     p, z = open_npz(str(path))
     with z:
         names = npz_names(z)
+        declared = npz_declared_classes(z, str(path))
         stats = [_tuple(z[k].tolist()) if k in z.files else None for k in ("mean", "std")]
+        # K as `feddf cache import` derives it (npz_num_labels): declared, named, else from the labels, bounded,
+        # so a label of 10^9 is one line, not a list of 10^9 class names
         if "x_train" in z.files:
             missing = [k for k in ("y_train", "x_test", "y_test") if k not in z.files]
             if missing:
                 raise FeddfError(f"npz:{path} has x_train but not {', '.join(missing)}: save x_train, y_train, "
                                  "x_test, y_test (or x, y for a seeded split)")
-            splits = {}
+            splits, k = {}, 0
             for s in SPLITS:
                 x = to_nchw_uint8(z[f"x_{s}"], str(path))
                 splits[s] = (x, npz_labels(z[f"y_{s}"], x.shape[0], str(path), f"y_{s}", names))
+                k = max(k, npz_num_labels(splits[s][1], names, declared, f"{path} (y_{s})"))
             rule = "x_train/x_test arrays"
         else:
             key = next((k for k in ("x", "images") if k in z.files), None)
@@ -164,12 +169,13 @@ def _load_npz(path: Path) -> Loaded:
                 raise FeddfError(f"npz:{path} has arrays {', '.join(z.files) or '(none)'}: a task dataset needs "
                                  "x_train, y_train, x_test, y_test, or x|images with y|labels")
             x = to_nchw_uint8(z[key], str(path))
-            splits = _seeded_split(x, npz_labels(z[lkey], x.shape[0], str(path), lkey, names))
+            y = npz_labels(z[lkey], x.shape[0], str(path), lkey, names)
+            k = npz_num_labels(y, names, declared, str(path))
+            splits = _seeded_split(x, y)
             rule = f"seeded split (seed {SPLIT_SEED}, test {TEST_FRACTION:g})"
     if splits["train"][0].shape[1:] != splits["test"][0].shape[1:]:
         raise FeddfError(f"npz:{path}: x_train images are {splits['train'][0].shape[1:]} but x_test "
                          f"{splits['test'][0].shape[1:]}")
-    k = max(int(y.max()) + 1 if y.size else 0 for _, y in splits.values())
     names = names or [f"class_{i}" for i in range(k)]
     return Loaded(splits, tuple(names), stats[0], stats[1], (str(p),), rule)
 
@@ -219,6 +225,13 @@ def _load(name: str, stamp: int, columns: tuple = ()) -> tuple[Loaded, object]:
         loaded = hf.load(path, *columns)
     else:
         loaded = {"folder": _load_folder, "npz": _load_npz, "cache": _load_cache}[kind](path)
+    k = len(loaded.class_names)
+    for s, (_, lab) in loaded.splits.items():  # every loader derives K boundedly; a label outside it is refused
+        if lab.shape[0] == 0:
+            raise FeddfError(f"{name}: the {s} split has no images: give it at least one")
+        bad = label_problem(lab, k)
+        if bad:
+            raise FeddfError(f"{name}: {s} split: {bad}: use class ids 0..K-1 (and as many class names)")
     x, y = loaded.splits["train"]
     c, r = int(x.shape[1]), int(x.shape[-1])
     if loaded.mean is not None and loaded.std is not None:
@@ -228,9 +241,8 @@ def _load(name: str, stamp: int, columns: tuple = ()) -> tuple[Loaded, object]:
         mean = tuple(float(m) for m in v.mean(axis=(0, 2), dtype=np.float64) / 255)
         std = tuple(float(s) for s in v.std(axis=(0, 2), dtype=np.float64) / 255)
         how = f"derived from the {x.shape[0]} training images"
-    if len(mean) != c or len(std) != c or min(std) <= 0:
-        raise FeddfError(f"{name}: mean {mean} / std {std} must have {c} value(s), std > 0")
-    k = max(len(loaded.class_names), max(int(lab.max()) + 1 for _, lab in loaded.splits.values()))
+    if len(mean) != c or len(std) != c or not all(np.isfinite(mean + std)) or min(std) <= 0:
+        raise FeddfError(f"{name}: mean {mean} / std {std} must have {c} finite value(s), std > 0")
     digest = hashlib.sha256()
     for s in SPLITS:
         for a in loaded.splits[s]:

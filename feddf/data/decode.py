@@ -8,14 +8,15 @@ Every problem with a file or an array is one FeddfError line naming it and the f
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from feddf.checks import MAX_CLASSES
 from feddf.errors import FeddfError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-MAX_CLASSES = 100_000  # classes an import may derive from its labels (ImageNet-21k has 21 841): coverage is (K,) int64
 
 
 # ---------------------------------------------------------------------------------------------------- folders
@@ -133,9 +134,38 @@ def open_npz(path: str):
     if not p.is_file():
         raise FeddfError(f"npz:{path}: no such file; give npz:PATH of a .npz with an 'x' or 'images' array")
     try:
-        return p, np.load(p, allow_pickle=False)
+        z = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise FeddfError(f"npz:{path} is not a readable .npz ({e}); save it with numpy.savez") from None
+    if not hasattr(z, "files"):  # a bare .npy saved under an .npz name
+        raise FeddfError(f"npz:{path} holds a single array, not named arrays: save it with numpy.savez(PATH, x=..., "
+                         "y=...)")
+    return p, _Npz(z, path)
+
+
+class _Npz:
+    """An open npz whose arrays are read one by one: an array that cannot be read (an object array, which would
+    need a pickle; a damaged member) is one FeddfError line naming it."""
+
+    def __init__(self, z, path: str):
+        self._z, self._path, self.files = z, path, z.files
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self._z[key]
+        except ValueError as e:
+            raise FeddfError(f"npz:{self._path}: array {key!r} cannot be loaded ({str(e).splitlines()[0]}): save "
+                             "plain numeric arrays (uint8/float images, integer labels) and string class names"
+                             ) from None
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            raise FeddfError(f"npz:{self._path}: array {key!r} is damaged ({type(e).__name__}); save the file again "
+                             "with numpy.savez") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._z.close()
 
 
 def npz_names(z) -> list[str] | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feddf.checks import MAX_CLASSES
 from feddf.errors import FeddfError
 
 IMAGE_NAMES = ("image", "img", "pixel_values")
@@ -112,5 +113,7 @@ def load(path: Path, image_column: str | None = None, label_column: str | None =
         raise FeddfError(f"hf:{path}: train images are {out['train'][0].shape[1:]} but test images "
                          f"{out['test'][0].shape[1:]}")
     k = max(int(y.max()) + 1 for _, y in out.values())
+    if not names and k > MAX_CLASSES:  # a label of 10^9 must not size the class list
+        raise FeddfError(f"hf:{path}: label {k - 1} in column {lcol}: use class ids 0..K-1 (K <= {MAX_CLASSES})")
     return Loaded(out, names or tuple(f"class_{i}" for i in range(k)), None, None, (str(path),),
                   f"{rule}; columns {icol}, {lcol}")

@@ -27,6 +27,7 @@ import numpy as np
 from feddf.data.decode import MAX_CLASSES  # noqa: F401 (the import's limit, named here too)
 from feddf.data.decode import (folder_decoder, folder_files, npz_declared_classes, npz_labels, npz_names,
                                npz_num_labels, open_npz, to_nchw_uint8)
+from feddf.checks import label_problem
 from feddf.errors import FeddfError
 
 BLOCK = 4096  # images decoded/resized per append: bounded memory for folders, tqdm granularity for the rest
@@ -200,11 +201,9 @@ def import_source(source: str, out: str | os.PathLike, split: str | None = None,
                     continue
                 skip = max(0, w.committed - done)
                 images, labels = images[skip:], labels[skip:]
-                bad = (labels < -1) | (labels >= k)
-                if bad.any():  # any source: a label the cache's K classes cannot hold is refused, not written
-                    i = int(np.flatnonzero(bad)[0])
-                    raise FeddfError(f"{src.spec}: image {done + skip + i} has label {int(labels[i])}, outside "
-                                     f"-1..{k - 1} for its {k} classes: fix the source's labels")
+                bad = label_problem(labels, k)
+                if bad:  # any source: a label the cache's K classes cannot hold is refused, not written
+                    raise FeddfError(f"{src.spec} (block from image {done + skip}): {bad}: fix the source's labels")
                 if images.shape[-1] != r:
                     images = resize(torch.from_numpy(np.ascontiguousarray(images)), r).numpy()
                 w.append(images, labels)

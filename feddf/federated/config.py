@@ -187,7 +187,7 @@ class TrainConfig:
         return self.server_data is not None
 
     def validate(self) -> None:
-        from feddf.data import DATASETS, check_dataset
+        from feddf.data import DATASETS, check_dataset, data_root
         from feddf.federated.kernels import KERNELS, SERVER_KERNELS
         from feddf.federated.losses import LOCAL_LOSSES
         from feddf.federated.partition import ALL_PARTITIONERS as PARTITIONERS
@@ -200,6 +200,8 @@ class TrainConfig:
         for spec in (self.dataset, self.test_data):
             if spec is not None and spec not in DATASETS:
                 check_dataset(spec)  # folder:/npz:/cache: sets (one line when bad), else an unknown name
+        if self.data_root is not None:
+            data_root(self.data_root)  # an existing folder (or the default root): one line before any work
         for a in self.arch_list():
             if a not in MODELS:
                 check_arch(a)  # pkg.module:factory / timm:NAME (one line when bad), else an unknown name

@@ -28,11 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from feddf.errors import FeddfError
 from feddf.federated.aggregate import drop_worst
 from feddf.federated.client import accuracy
 from feddf.federated.config import TrainConfig
 from feddf.federated.distill import DistillSpec, distill
 from feddf.federated.teachers import TeacherEnsemble, ensemble_scores, resolve_precision
+from feddf.utils import check_finite_weights
 
 
 def seed_of(*parts: int) -> int:
@@ -108,7 +110,6 @@ def teacher_adjustment(cfg: TrainConfig, task, teachers_counts: list) -> torch.T
     or None with --logit-adjust 0 or without distillation (cfg.server_uses_label_counts: under the baselines the
     clients keep their counts and `ensemble_acc` is the plain ensemble's). A teacher without counts (a client
     that did not send them) is refused: adjusting the others only would bias the ensemble towards it."""
-    from feddf.errors import FeddfError
     from feddf.federated.teachers import label_prior_adjustment
 
     if not (cfg.logit_adjust and cfg.server_uses_label_counts()):
@@ -180,10 +181,19 @@ class FusionResult:
     seconds: dict = dataclasses.field(default_factory=dict)  # wall seconds per phase (metrics.jsonl server_seconds)
 
 
+def _diverged(cfg: TrainConfig) -> str:
+    return (f"training diverged (NaN/inf); nothing of this round was saved: lower --local-lr (now {cfg.local_lr:g})"
+            + (f" or --distill-lr (now {cfg.distill_lr:g})" if cfg.aggregator == "feddf" else "")
+            + ", or check the model's forward pass, then start a new --out or --resume from the last saved round")
+
+
 def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[ClientUpdate], device,
          phase: Callable[[str, bool], None] = lambda text, force=False: None) -> FusionResult:
     """The server step of round r (1-based). `server` is not modified; the result holds the new states."""
     torch.manual_seed(seed_of(cfg.seed, r, 4))  # whatever draws from the global RNG here: the same in every engine
+    for c in clients:  # a diverged client ends the run here, before anything of this round is saved
+        check_finite_weights(c.model.state_dict(), f"round {r}: client {c.cid}'s trained {c.arch} model",
+                             _diverged(cfg))
     clock = _Clock()
     sk = cfg.server_kernels  # every evaluation of the round: evaluation.py
     # ---- FedAvg per architecture (after --drop-worst) --------------------------------------------------------
@@ -217,6 +227,10 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
     adjust = teacher_adjustment(cfg, task, counts) if teachers else None
     known = [clients[i].test_logits for i in keep_teach]  # the FedAvg teachers (--ensemble-fedavg) have none
     test_logits = task.test_logits(teachers, device, sk, known) if teachers else None  # (T, N, K)
+    for i, j in enumerate(keep_teach):  # finite weights can still overflow: a client whose outputs are NaN/inf
+        if not bool(torch.isfinite(test_logits[i]).all()):
+            raise FeddfError(f"round {r}: client {clients[j].cid}'s trained {clients[j].arch} model outputs NaN/inf "
+                             f"on the test images: {_diverged(cfg)}")
     if adjust is not None:
         test_logits = test_logits - adjust[:, None, :]  # the ensemble as it teaches: (T, N, K) - (T, 1, K)
     ensemble_acc = accuracy(ensemble_scores(test_logits, cfg.ensemble), task.test_labels) if teachers else None
@@ -267,6 +281,8 @@ def fuse(r: int, cfg: TrainConfig, task, agg, server: dict, clients: list[Client
             extra["pool"] = pool_record
             clock.lap("save_pool")
     new_server = {a: {k: v.detach().cpu().clone() for k, v in new_states[a].items()} for a in cfg.archs}
+    for a, state in new_server.items():
+        check_finite_weights(state, f"round {r}: the server's {a} model", _diverged(cfg))
     metrics = {"acc": acc, "ensemble_acc": ensemble_acc, "distill_steps": steps, "best_step": best,
                "dropped": dropped, "teachers": len(teachers), **extra,
                "upload_bytes": {str(c.cid): c.upload_bytes for c in clients},

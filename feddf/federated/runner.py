@@ -63,7 +63,7 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, on_round: Callable
     """Run (or resume) the federated training described by cfg; returns the final summary dict. on_round(row) is
     called with each round's metrics row once the round is committed (checkpoint.pt and metrics.jsonl written)."""
     from feddf.federated.teachers import resolve_precision
-    from feddf.runfolder import claim, legacy_run
+    from feddf.runfolder import check_folder, claim, legacy_run
     from feddf.utils import resolve_device
 
     cfg = cfg.resolved()
@@ -73,9 +73,12 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, on_round: Callable
     device = resolve_device(cfg.device)
     cfg = dataclasses.replace(cfg, teacher_precision=resolve_precision(cfg.teacher_precision, device))
     out = Path(cfg.out)
-    folder = claim(out, kind="train", settings=run_settings(cfg), legacy=legacy_run("aggregator"))
+    folder_rules = dict(kind="train", settings=run_settings(cfg), legacy=legacy_run("aggregator"))
+    check_folder(out, **folder_rules)
+    task = load_task(cfg, log)  # every data check before the folder exists: a refused or killed load leaves none
+    folder = claim(out, **folder_rules)
     try:
-        return _run(cfg, device, folder, log, on_round)
+        return _run(cfg, device, folder, task, log, on_round)
     finally:
         folder.release()
 
@@ -88,14 +91,14 @@ def run_settings(cfg: TrainConfig) -> dict:
             if k not in RESUMABLE and not (k in LATE_DEFAULTS and v == LATE_DEFAULTS[k])}
 
 
-def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None], on_round=None) -> dict:
+def _run(cfg: TrainConfig, device, folder, task: Task, log: Callable[[str], None],
+         on_round=None) -> dict:
     """The run itself, in the claimed run folder (feddf.runfolder.RunFolder)."""
     out = folder.path
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not cfg.resume:
         raise FeddfError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume and ckpt_path.exists() else None
-    task = load_task(cfg, log)
     folder.mark()
     (out / "models").mkdir(exist_ok=True)
     if ckpt is None:
@@ -193,11 +196,9 @@ def _write_outputs(out: Path, task: Task, server: dict, rows: list[dict], checkp
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is a user-facing problem
-        raise FeddfError(f"cannot read {path} ({type(e).__name__}): the run folder is damaged; start a new --out") \
-            from None
+    from feddf.utils import load_torch_file
+
+    ckpt = load_torch_file(path, "checkpoint", "the run folder is damaged; start a new --out")
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         raise FeddfError(f"{path} is not a feddf train checkpoint (version {CHECKPOINT_VERSION})")
     if (not {"round", "server", "aggregator", "metrics", "config", "rng"} <= set(ckpt)

@@ -12,6 +12,7 @@ precision precisions[i * P // n] (--client-precision).
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -222,6 +223,11 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool
     if cfg.test_limit is not None:
         test_images, test_labels = test_images[:cfg.test_limit], test_labels[:cfg.test_limit]
     pool, val_idx = part.split_validation(labels.numpy(), cfg.val_fraction, cfg.seed)
+    if len(val_idx) == 0 and (cfg.aggregator == "feddf" or cfg.drop_worst):  # its accuracy would be NaN
+        raise FeddfError(f"the server's validation split is empty: --val-fraction {cfg.val_fraction:g} of the "
+                         f"{len(labels)} training images rounds to 0 images in every class, and distillation (or "
+                         f"--drop-worst) selects models by validation accuracy; raise --train-limit (a class needs "
+                         f"at least {math.ceil(0.5 / cfg.val_fraction)} images) or --val-fraction")
     parts = part.partition(cfg.partition, labels.numpy()[pool], cfg.clients, cfg.alpha, cfg.seed)
     client_indices = [pool[p] for p in parts]
     hist = part.class_histograms(client_indices, labels.numpy(), info.num_classes)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from feddf.errors import FeddfError
+from feddf.utils import check_finite_weights, load_torch_file
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _TRUNC_LO, _TRUNC_HI = -2.0, 2.0  # BigGAN's truncated normal bounds (as in truncated_noise_sample)
@@ -127,31 +128,12 @@ def load_state_dict_strict(module, state: dict, what: str) -> None:
             parts.append("wrong shapes " + few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                                                 for k in shapes]))
         raise FeddfError(f"{what} does not match the architecture: {'; '.join(parts)}")
-    check_finite_weights(state, what)
+    check_finite_weights(state, f"generator weights {what}")
     module.load_state_dict(state, strict=True)
 
 
-def check_finite_weights(state: dict, what: str) -> None:
-    """Refuse weights holding NaN/inf (a diverged training run, a broken export): every image would be garbage."""
-    import torch
-
-    for k, v in state.items():
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            bad = int((~torch.isfinite(v)).sum())
-            raise FeddfError(f"generator weights {what}: tensor {k!r} holds {bad} NaN/inf value(s) of {v.numel()}: "
-                             "the weights are broken (a diverged or corrupted training run); use another checkpoint")
-
-
 def load_weights_file(path: Path, what: str) -> dict:
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FeddfError(f"{what} {path} does not exist") from None
-    except Exception as e:
-        raise FeddfError(f"{what} {path} is not a readable PyTorch weights file ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:120] if str(e) else ''}); re-download or re-export it") from None
+    state = load_torch_file(path, what, "re-download or re-export it")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):

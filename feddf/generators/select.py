@@ -43,7 +43,7 @@ def keep_draws(pred: np.ndarray, conf: np.ndarray, *, n: int, k: int, min_confid
         c = int(pred[j])
         st["drawn"] += 1
         st["drawn_per_class"][c] += 1
-        if conf[j] < tau:
+        if not conf[j] >= tau:  # NaN confidence (a labeler producing NaN logits) never passes the filter
             st["low"][c] += 1
         elif st["kept_per_class"][c] >= cap:
             st["capped"][c] += 1

@@ -135,33 +135,45 @@ def load_training_images(data: str, size: int, limit: int | None, with_labels: b
 
 def train(cfg: GanTrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Run (or resume) training; returns the path of the last generator checkpoint."""
-    from feddf.runfolder import claim, legacy_run
+    from feddf.runfolder import check_folder, claim, legacy_run
 
     cfg.validate()
     # the folder's identity: the recipe without where it lives and how long it runs (the checkpoint checks epochs)
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("out", "epochs")}
-    folder = claim(cfg.out, kind="gan-train", settings=settings, legacy=legacy_run("generator"))
+    rules = dict(kind="gan-train", settings=settings, legacy=legacy_run("generator"))
+    check_folder(cfg.out, **rules)
+    data = _load_data(cfg)  # before the folder exists: a refused or killed load leaves none behind
+    folder = claim(cfg.out, **rules)
     try:
-        return _train(cfg, folder, resume, progress)
+        return _train(cfg, folder, data, resume, progress)
     finally:
         folder.release()
 
 
-def _train(cfg: GanTrainConfig, folder, resume: bool, progress: bool) -> Path:
+def _load_data(cfg: GanTrainConfig) -> tuple:
+    """(images in [-1, 1], source record, labels or None, class names or None) with at least one full batch."""
+    labels, names = None, None
+    if cfg.conditional:
+        x, source, labels, names = load_training_images(cfg.data, cfg.size, cfg.limit, with_labels=True)
+    else:
+        x, source = load_training_images(cfg.data, cfg.size, cfg.limit)
+    if x.shape[0] < cfg.batch_size:  # an epoch drops the ragged last batch: it would have no step at all
+        raise FeddfError(f"--data {cfg.data} gives {x.shape[0]} image(s), fewer than one batch (--batch-size "
+                         f"{cfg.batch_size}): use more images or a smaller --batch-size")
+    return x, source, labels, names
+
+
+def _train(cfg: GanTrainConfig, folder, data: tuple, resume: bool, progress: bool) -> Path:
     from tqdm import tqdm
 
-    from feddf.utils import atomic_torch_save, atomic_write_json, versions
+    from feddf.utils import atomic_torch_save, atomic_write_json, load_torch_file, versions
 
     out = folder.path
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
         raise FeddfError(f"{out} already holds a GAN run: pass --resume to continue it or choose another --out")
-    labels, names, k = None, None, 0
-    if cfg.conditional:
-        x, source, labels, names = load_training_images(cfg.data, cfg.size, cfg.limit, with_labels=True)
-        k = len(names)
-    else:
-        x, source = load_training_images(cfg.data, cfg.size, cfg.limit)
+    x, source, labels, names = data
+    k = len(names) if cfg.conditional else 0
     nc = x.shape[1]
     torch.manual_seed(cfg.seed)
     netG = ConditionalGenerator(cfg.nz, cfg.ngf, nc, cfg.size, k) if k else Generator(cfg.nz, cfg.ngf, nc, cfg.size)
@@ -173,11 +185,7 @@ def _train(cfg: GanTrainConfig, folder, resume: bool, progress: bool) -> Path:
     noise = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     start = 0
     if resume and ckpt_path.exists():
-        try:
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is a user-facing problem
-            raise FeddfError(f"cannot read {ckpt_path} ({type(e).__name__}): the run folder is damaged; start a "
-                             "new --out") from None
+        ck = load_torch_file(ckpt_path, "checkpoint", "the run folder is damaged; start a new --out")
         if not isinstance(ck, dict) or not {"config", "netG", "netD", "optG", "optD", "noise_rng", "epoch"} <= set(ck):
             raise FeddfError(f"{ckpt_path} is not a feddf gan-train checkpoint: start a new --out")
         if {"conditional": False, **ck["config"]} != asdict(cfg):

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feddf.checks import MAX_CLASSES
 from feddf.errors import FeddfError
+from feddf.utils import check_finite_weights, load_torch_file
 
 FORMAT = "feddf-classifier"
 
@@ -107,17 +109,22 @@ def load_classifier(path: str | os.PathLike, arch: str | None = None, device: st
     from feddf.models.zoo import get_model
 
     file = _resolve(Path(path).expanduser(), arch)
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FeddfError(f"cannot read classifier {file}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    ckpt = load_torch_file(file, "classifier", "save it again with `feddf train` or feddf.models.save_classifier")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FeddfError(f"{file} is not a feddf classifier checkpoint (written by `feddf train` / save_classifier)")
+    k = ckpt.get("num_classes")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_CLASSES or \
+            not {"arch", "in_channels", "norm"} <= set(ckpt):  # a tampered header must not size a huge model
+        raise FeddfError(f"{file} is a damaged feddf classifier checkpoint (num_classes {k!r}, expected 1.."
+                         f"{MAX_CLASSES}, with arch, in_channels and norm): save it again")
     try:
         model = get_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], ckpt["norm"])
     except FeddfError as e:  # a custom architecture whose module is not importable here
         raise FeddfError(f"classifier {file} needs architecture {ckpt['arch']!r}, which cannot be built here: "
                          f"{str(e).split(': ', 1)[-1]}") from None
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise FeddfError(f"{file} is a feddf classifier checkpoint without a state_dict: the file is damaged")
+    check_finite_weights(ckpt["state_dict"], f"classifier {file}")  # a diverged run must not label or be audited
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

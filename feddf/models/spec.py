@@ -111,9 +111,13 @@ def build_custom(spec: str, num_classes: int, in_channels: int, norm: str) -> nn
 
 
 def check_output(model: nn.Module, spec: str, num_classes: int, in_channels: int, resolution: int) -> None:
-    """One eval-mode forward pass of 2 images: the output must be a (2, num_classes) floating tensor."""
+    """Trainable parameters, and one eval-mode forward pass of 2 images: the output must be a (2, num_classes)
+    floating tensor."""
     import torch
 
+    if not any(p.requires_grad for p in model.parameters()):  # nothing to train, and no device to read off it
+        raise FeddfError(f"--arch {spec}: the model has no trainable parameters: return an nn.Module whose layers "
+                         "are registered (attributes or nn.ModuleList, not a plain list) and not frozen")
     was = model.training
     model.eval()
     try:
