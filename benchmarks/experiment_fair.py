@@ -29,7 +29,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from experiment_fmnist import (ROOT, _header, finish, finished, grid_parser, mean_std, sh, summarise,  # noqa: E402
                               train_run)
-from experiment_precision import upload_mb  # noqa: E402
 
 BS, LC = ["--local-loss", "balanced-softmax"], ["--local-loss", "fedlc"]
 METHODS = {  # key -> (label, source or None, extra flags)
@@ -106,7 +105,6 @@ def main() -> None:
                     continue
                 train_run(run, alpha, seed, args, [*arch, *flags])  # skips a finished run
                 res = summarise(run, args.target_acc, args.rounds)
-                res["upload_mb"] = upload_mb(run, args.rounds)
                 results.setdefault(f"{alpha:g}|{key}|{label}", []).append(res)
     lines = [f"| α | method | seeds | test all rounds | test last 3 | rounds to {args.target_acc:.0%} | "
              "upload MB/round | Δ vs best count-aware FedAvg (all / last 3) |", "|---|---|---|---|---|---|---|---|"]

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from feddf.audit.compare import load_run, mean_std, run_figures  # noqa: E402,F401 (mean_std: the grid scripts)
 FEDDF = [sys.executable, "-m", "feddf"]
 
 
@@ -38,35 +40,9 @@ def sh(args: list[str]) -> None:
     subprocess.run(FEDDF + args, check=True, cwd=ROOT)
 
 
-def mean_std(xs: list[float]) -> str:
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return "—"
-    if len(xs) == 1:
-        return f"{xs[0]:.3f}"
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
-
-
 def summarise(run: Path, target: float, rounds: int | None = None) -> dict:
     """Figures of the first `rounds` rounds of a run (all when None): runs of different lengths compare alike."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][:rounds]
-    arch = next(iter(rows[-1]["acc"]))
-
-    def acc(r):  # the server model's test accuracy after this round (distilled where distillation ran)
-        a = r["acc"][arch]
-        return a["distilled"] if a.get("distilled") is not None else a["fedavg"]
-
-    accs = [acc(r) for r in rows]
-    hit = next((r["round"] for r in rows if acc(r) >= target), None)
-    steps = [r["distill_steps"].get(arch, 0) for r in rows if r.get("distill_steps")]
-    # the server model's validation accuracy after each round (FedDF rows only: FedAvg runs never validate)
-    vals = [r["val_acc"][arch]["distilled"] for r in rows if r.get("val_acc")]
-    return {"final": accs[-1], "best": max(accs), "rounds_to_target": hit, "rounds": len(rows),
-            "mean_all": statistics.mean(accs), "mean_last3": statistics.mean(accs[-3:]),
-            "val_all": statistics.mean(vals) if vals else None, "val_last3": statistics.mean(vals[-3:]) if vals else None,
-            "distill_steps": statistics.mean(steps) if steps else 0.0,
-            "local_s": statistics.mean(r["client_seconds"] for r in rows),
-            "distill_s": statistics.mean(r["distill_seconds"] for r in rows)}
+    return run_figures(load_run(run), target, rounds)
 
 
 # --ablation: name -> (transfer source, extra `feddf train` flags). Each lever alone on top of "gan-old" (the old

@@ -15,7 +15,6 @@ short can be tabulated at a smaller --rounds). Ends with one JSON line of all fi
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -25,11 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from experiment_fmnist import ROOT, finish, grid_parser, mean_std, sh, summarise, train_run  # noqa: E402
-
-
-def upload_mb(run: Path, upto: int) -> float:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()][:upto]
-    return statistics.mean(sum(r.get("upload_bytes", {}).values()) / 1e6 for r in rows)
 
 
 def main() -> None:
@@ -78,7 +72,6 @@ def main() -> None:
                 run = out / f"a{alpha}-{key}-s{seed}"
                 train_run(run, alpha, seed, args, [*limit, *extra])
                 res = summarise(run, 0.8, args.rounds)  # a longer run's first --rounds rounds: the same numbers
-                res["upload_mb"] = upload_mb(run, args.rounds)
                 results.setdefault(f"{alpha}|{name}", []).append(res)
     lines = ["| α | method | final acc | best acc | mean acc, all rounds | mean acc, last 3 | upload MB/round | "
              "local s/round | server s/round |", "|---|---|---|---|---|---|---|---|---|"]

@@ -23,8 +23,9 @@ from feddf.errors import FeddfError
 # ---------------------------------------------------------------------------------------------------- train
 def train_config(config=None, *, config_file: str | None = None, **options: Any):
     """Options of `feddf train` -> a TrainConfig. Precedence (lowest first): the run's saved config.json (with
-    resume=True and out=...), the TOML config_file, `config`, then the options given (None = not given)."""
-    from feddf.federated.config import TrainConfig, config_from, load_toml
+    resume=True and out=...), config_file (TOML, or a run's config.json: a replay), `config`, then the options given
+    (None = not given)."""
+    from feddf.federated.config import TrainConfig, config_from, load_config_file
 
     given = {k: v for k, v in options.items() if v is not None}
     check_options(TrainConfig, given, "train")
@@ -35,7 +36,7 @@ def train_config(config=None, *, config_file: str | None = None, **options: Any)
     explicit = dataclasses.asdict(config) if config is not None else {}
     merged = {**explicit, **given}
     base = _saved_config(merged["out"]) if merged.get("resume") and merged.get("out") else {}
-    return config_from({**base, **(load_toml(config_file) if config_file else {}), **explicit}, given)
+    return config_from({**base, **(load_config_file(config_file) if config_file else {}), **explicit}, given)
 
 
 def _saved_config(out: str) -> dict:
@@ -54,15 +55,16 @@ def _saved_config(out: str) -> dict:
 
 
 def train(config=None, *, config_file: str | None = None, log: Callable[[str], None] | None = print,
-          **options: Any) -> dict:
+          on_round: Callable[[dict], None] | None = None, **options: Any) -> dict:
     """Run (or resume) `feddf train`; returns its summary {"out", "rounds", "final": last metrics.jsonl row}.
 
-    `feddf.train(arch="mypkg.nets:build", dataset="folder:/data/xray", rounds=5)`; log=None prints nothing."""
+    `feddf.train(arch="mypkg.nets:build", dataset="folder:/data/xray", rounds=5)`; log=None prints nothing;
+    on_round(row) is called with each round's metrics dict (its metrics.jsonl row) once the round is saved."""
     cfg = train_config(config, config_file=config_file, **options)
     cfg.check_values()  # bad numbers fail here, before torch, any data or any model is loaded
     from feddf.federated.runner import run
 
-    return run(cfg, log=log or (lambda s: None))
+    return run(cfg, log=log or (lambda s: None), on_round=on_round)
 
 
 # ---------------------------------------------------------------------------------------------------- gen

@@ -160,7 +160,7 @@ def test_fedavg_equals_feddf_train_and_a_supernode_killed_after_round_2_is_recor
     run = tmp_path / "run"
     cfg = prepare(TrainConfig(dataset="fashion-mnist", arch="cnn", aggregator="fedavg", clients=3, fraction=1.0,
                               local_epochs=1, train_limit=300, test_limit=200, eval_batch_size=200, rounds=3,
-                              progress=False, out=str(run)))
+                              progress=False, out=str(run), trackers=["csv"]))
     with LocalFlower([None] * 3, state_dir=tmp_path / "state", stream=False) as fl:
         def kill_after_round_2():
             while not (run / "metrics.jsonl").exists() or len(metrics(run)) < 2:
@@ -182,6 +182,8 @@ def test_fedavg_equals_feddf_train_and_a_supernode_killed_after_round_2_is_recor
     assert all(r["replied"] == [0, 1, 2] and r["missing"] == [] for r in rows[:2])
     assert rows[2]["selected"] == [0, 1, 2] and rows[2]["replied"] == [0, 1] and rows[2]["missing"] == [2]
     assert (run / "models" / "cnn.pt").exists()
+    table = (run / "metrics.csv").read_text().splitlines()  # --log csv, written by the ServerApp
+    assert [line.split(",")[0] for line in table[1:]] == ["1", "2", "3"]
 
 
 @pytest.mark.slow

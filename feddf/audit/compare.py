@@ -177,6 +177,41 @@ def summarize(runs: list[Run], target: float | None) -> list[dict]:
     return rows
 
 
+def run_figures(run: Run, target: float | None, rounds: int | None = None, arch: str | None = None) -> dict:
+    """Figures of one architecture (the first when None) over the first `rounds` rounds of a run (all when None), so
+    runs of different lengths compare alike: final/best test accuracy, the mean over all rounds and the last 3, the
+    server's validation accuracy likewise (FedDF rounds only), rounds to `target`, distillation steps, seconds and
+    upload MB per round."""
+    import statistics
+
+    rows = run.records[:rounds]
+    arch = arch or next(iter(rows[-1]["acc"]))
+    accs = [server_acc(r["acc"][arch]) for r in rows]
+    steps = [r["distill_steps"].get(arch, 0) for r in rows if r.get("distill_steps")]
+    vals = [r["val_acc"][arch]["distilled"] for r in rows if r.get("val_acc")]  # FedAvg rounds never validate
+    upload = [sum((r.get("upload_bytes") or {}).values()) / 1e6 for r in rows]
+    return {"final": accs[-1], "best": max(accs), "rounds": len(rows),
+            "rounds_to_target": rounds_to_target([r["round"] for r in rows], accs, target) if target else None,
+            "mean_all": statistics.mean(accs), "mean_last3": statistics.mean(accs[-3:]),
+            "val_all": statistics.mean(vals) if vals else None,
+            "val_last3": statistics.mean(vals[-3:]) if vals else None,
+            "distill_steps": statistics.mean(steps) if steps else 0.0,
+            "local_s": statistics.mean(r["client_seconds"] for r in rows),
+            "distill_s": statistics.mean(r["distill_seconds"] for r in rows), "upload_mb": statistics.mean(upload)}
+
+
+def mean_std(xs: list[float | None], digits: int = 3) -> str:
+    """'0.812 ± 0.004' over the numbers of xs (None skipped), one number alone, '—' for none."""
+    import statistics
+
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "—"
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
+
+
 def distill_source(config: dict) -> str | None:
     """The distillation source of a run, or None when its aggregator does not distill (config keeps the default)."""
     return config.get("distill_source") if config.get("aggregator", "feddf") == "feddf" else None

@@ -171,7 +171,7 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
     import sys
 
     from feddf.errors import FeddfError
-    from feddf.federated.config import config_from, load_toml
+    from feddf.federated.config import config_from, load_config_file
     from feddf.flower.options import check_flower_options
 
     as_json, quiet, config_file = options.pop("as_json"), options.pop("quiet"), options.pop("config_file")
@@ -195,7 +195,7 @@ def _run(options: dict, simulation: bool, nodes: int | None = None, node_arch: t
             raise FeddfError(f"--nodes {nodes} --clients {given['clients']}: one SuperNode per client; "
                              f"give one of them")
         given["clients"] = nodes
-    raw = config_from(load_toml(config_file) if config_file else {}, given)
+    raw = config_from(load_config_file(config_file) if config_file else {}, given)
     if raw.server_data is not None and (simulation or not remote and not specs):
         raise FeddfError(f"--server-data {raw.server_data}: node-local data needs SuperNodes that bring it: "
                          "`feddf flower local --node-data SPEC,SPEC,...` or `feddf flower server`")

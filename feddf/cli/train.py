@@ -4,7 +4,8 @@
         --local-epochs 1 --train-limit 600 --test-limit 500 --distill-steps 20 --eval-every 10 --out runs/demo
 
 Every option defaults to the FedDF paper's released setting (see `feddf.federated.config` and docs/training.md);
-`--config FILE.toml` supplies the same keys, and flags given on the command line override it.
+`--config FILE.toml` supplies the same keys, `--config runs/X/config.json` replays run X, and flags given on the command
+line override either.
 """
 from __future__ import annotations
 
@@ -34,12 +35,16 @@ def _flag(flag: str, help_: str):
 
 
 OPTIONS = [
-    _opt("--config", click.Path(dir_okay=False), "TOML file with any of these options (flags override it).",
-         field="config_file"),
+    _opt("--config", click.Path(dir_okay=False), "TOML file with any of these options, or a run's config.json to "
+         "replay that run (flags override it).", field="config_file"),
     _opt("--dataset", str, "Task dataset: fashion-mnist, cifar10, cifar100, or your own: folder:PATH, npz:PATH, "
-         "cache:PATH.h5 (docs/api.md)."),
+         "cache:PATH.h5, hf:PATH (a Hugging Face dataset; docs/api.md)."),
     _opt("--data-root", str, "Folder of the datasets; it must exist (feddf.data's default, created on demand, when "
          "omitted)."),
+    _opt("--image-column", str, "hf: datasets: the image column (default: the Image feature, or image/img).",
+         metavar="NAME"),
+    _opt("--label-column", str, "hf: datasets: the label column (default: the ClassLabel feature, or label).",
+         metavar="NAME"),
     _opt("--test-split", str, "Evaluation split; fashion-mnist uses test[5000:] because test[:5000] trains the DCGAN, "
          "other datasets use test.", metavar="SPLIT"),
     _opt("--train-limit", int, "Use a seeded random subset of N training images (quick runs).", metavar="N"),
@@ -52,7 +57,8 @@ OPTIONS = [
     _opt("--norm", str, "Normalisation layers: bn, gn, none."),
     _opt("--aggregator", str, "feddf, fedavg, fedprox or fedavgm."),
     _opt("--weighting", str, "FedAvg weights: size (client data size) or uniform (the paper code)."),
-    _opt("--partition", str, "Non-iid split: dirichlet-balanced (paper code), dirichlet (Hsu et al.), iid."),
+    _opt("--partition", str, "Non-iid split: dirichlet-balanced (paper code), dirichlet (Hsu et al.), iid, or Flower "
+         "Datasets' flwr:dirichlet, flwr:pathological, flwr:shard, flwr:iid."),
     _opt("--clients", int, "Number of clients."),
     _opt("--alpha", float, "Dirichlet concentration (smaller = more non-iid)."),
     _opt("--fraction", float, "Share of clients sampled each round, in (0, 1]."),
@@ -141,6 +147,9 @@ OPTIONS = [
     _opt("--out", click.Path(file_okay=False), "Run folder (default runs/<dataset>-<archs>-<aggregator>...).",
          metavar="runs/NAME"),
     _flag("--resume/--no-resume", "Continue the run in --out after its last completed round."),
+    click.option("--log", "trackers", multiple=True, metavar="tensorboard|csv|wandb", callback=lambda c, p, v: list(v)
+                 or None, help="Also write each round's metrics to TensorBoard event files (<out>/tensorboard), "
+                 "<out>/metrics.csv or an offline wandb run (needs wandb); repeat for several."),
 ]
 
 

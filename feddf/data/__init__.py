@@ -36,7 +36,7 @@ def _loader(name: str) -> Loader:
         return REGISTRY[name]
     except KeyError:
         raise FeddfError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, or folder:PATH, "
-                         "npz:PATH, cache:PATH.h5") from None
+                         "npz:PATH, cache:PATH.h5, hf:PATH") from None
 
 
 def check_dataset(spec: str, flag: str = "--dataset") -> None:
@@ -47,18 +47,19 @@ def check_dataset(spec: str, flag: str = "--dataset") -> None:
         _loader(parse_spec(spec).name)
 
 
-def dataset_info(name: str) -> DatasetInfo:
+def dataset_info(name: str, columns: tuple = ()) -> DatasetInfo:
     """Metadata of a dataset (channels, size, classes, mean/std) without loading it (a bring-your-own set is
-    loaded once per process: its channels, size and statistics come from the data)."""
+    loaded once per process: its channels, size and statistics come from the data). columns: an hf: set's (image
+    column, label column)."""
     if byo.is_byo(name):
-        return byo.info(name)
+        return byo.info(name, columns)
     return _loader(parse_spec(name).name).info
 
 
-def get_dataset(spec: str | DatasetSpec, root: str | os.PathLike | None = None) -> ImageSet:
+def get_dataset(spec: str | DatasetSpec, root: str | os.PathLike | None = None, columns: tuple = ()) -> ImageSet:
     """Load `name[:split][[a:b]]` as an ImageSet; the whole split is cached under the data root after the first load."""
     if isinstance(spec, str) and byo.is_byo(spec) or isinstance(spec, DatasetSpec) and byo.is_byo(spec.name):
-        return byo.get(spec)
+        return byo.get(spec, columns)
     s = parse_spec(spec) if isinstance(spec, str) else spec
     loader = _loader(s.name)
     split = s.split or loader.info.default_split

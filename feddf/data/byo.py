@@ -1,4 +1,4 @@
-"""Bring-your-own task data: `folder:PATH`, `npz:PATH` and `cache:PATH.h5` (or `PATH.h5`) as datasets.
+"""Bring-your-own task data: `folder:PATH`, `npz:PATH`, `cache:PATH.h5` (or `PATH.h5`) and `hf:PATH` as datasets.
 
     python -c "from feddf.data import get_dataset; print(get_dataset('npz:/tmp/my.npz:test[:100]'))"
 
@@ -10,6 +10,7 @@ Specs are `KIND:PATH[:train|:test][[start:stop]]`, the same split/slice syntax a
   npz:PATH     arrays x_train, y_train, x_test, y_test, or the `feddf cache import` names x|images and y|labels
                (then the seeded 80/20 split); optional class_names, mean, std.
   cache:PATH   a feddf cache whose every image has a label (an imported real set, a conditional GAN's classes).
+  hf:PATH      a Hugging Face `datasets` dataset saved with save_to_disk, or local files it reads (feddf/data/hf.py).
 Channels, resolution and class names come from the data; the normalisation statistics are the per-channel mean/std
 of the training split unless given (npz arrays `mean`/`std`, or `PATH/dataset.json` with "mean", "std" and
 optionally "class_names" for a folder). Everything derived is in `DatasetInfo.details` and so in config.json.
@@ -29,7 +30,7 @@ import numpy as np
 from feddf.checks import label_problem
 from feddf.errors import FeddfError
 
-KINDS = ("folder", "npz", "cache")
+KINDS = ("folder", "npz", "cache", "hf")
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.2   # share of a single set held out as `test`
 SPLIT_SEED = 0        # fixed, not --seed: every run of a study evaluates on the same held-out images
@@ -212,13 +213,18 @@ def _tuple(v) -> tuple | None:
 
 
 @lru_cache(maxsize=4)
-def _load(name: str, stamp: int) -> tuple[Loaded, object]:
-    """(loaded arrays, DatasetInfo) of 'KIND:/abs/path'; memoised per modification time of the path."""
+def _load(name: str, stamp: int, columns: tuple = ()) -> tuple[Loaded, object]:
+    """(loaded arrays, DatasetInfo) of 'KIND:/abs/path'; memoised per modification time of the path. columns: an
+    hf: set's (image column, label column), None each for the detected one."""
+    from feddf.data import hf
     from feddf.data.base import DatasetInfo
 
     kind, _, p = name.partition(":")
     path = Path(p)
-    loaded = {"folder": _load_folder, "npz": _load_npz, "cache": _load_cache}[kind](path)
+    if kind == "hf":
+        loaded = hf.load(path, *columns)
+    else:
+        loaded = {"folder": _load_folder, "npz": _load_npz, "cache": _load_cache}[kind](path)
     k = len(loaded.class_names)
     for s, (_, lab) in loaded.splits.items():  # every loader derives K boundedly; a label outside it is refused
         if lab.shape[0] == 0:
@@ -248,18 +254,18 @@ def _load(name: str, stamp: int) -> tuple[Loaded, object]:
     return loaded, info
 
 
-def _stamped(name: str) -> tuple[Loaded, object]:
+def _stamped(name: str, columns: tuple = ()) -> tuple[Loaded, object]:
     p = Path(name.split(":", 1)[1])
     if not p.exists():
         raise FeddfError(f"dataset {name}: {p} does not exist")
-    return _load(name, p.stat().st_mtime_ns)
+    return _load(name, p.stat().st_mtime_ns, tuple(columns) if name.startswith("hf:") else ())
 
 
-def info(spec: str):
-    return _stamped(parse(spec).name)[1]
+def info(spec: str, columns: tuple = ()):
+    return _stamped(parse(spec).name, columns)[1]
 
 
-def get(spec):
+def get(spec, columns: tuple = ()):
     """ImageSet of a bring-your-own spec (str or a parsed DatasetSpec)."""
     import torch
 
@@ -267,7 +273,7 @@ def get(spec):
     from feddf.data.spec import DatasetSpec
 
     s = parse(spec) if isinstance(spec, str) else spec
-    loaded, inf = _stamped(s.name)
+    loaded, inf = _stamped(s.name, columns)
     split = s.split or "train"
     images, labels = loaded.splits[split]
     n = labels.shape[0]

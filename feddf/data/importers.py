@@ -74,7 +74,11 @@ def _dataset(spec: str, split: str | None, limit: int | None) -> Loaded:
                 (given.split, given.start, given.stop):
             raise FeddfError(f"source {spec!r} already names split {s.split!r} but --split is {split!r}: give it once")
         s = given
-    ds = get_dataset(s)
+    return _loaded(get_dataset(s), limit)
+
+
+def _loaded(ds, limit: int | None) -> Loaded:
+    """The blocks of a loaded ImageSet (its first `limit` images)."""
     n = _apply_limit(len(ds), limit)
     images, labels = ds.images[:n], ds.labels[:n]
 
@@ -141,10 +145,14 @@ def load_source(source: str, split: str | None = None, limit: int | None = None,
         return _npz(rest, limit)
     if kind == "noise":
         raise FeddfError("'noise' is generated on the fly, not imported: use `feddf train --distill-source noise`")
+    if kind == "hf":  # a Hugging Face dataset (feddf/data/hf.py): --split picks train or test
+        from feddf.data import get_dataset
+
+        return _loaded(get_dataset(f"{source}:{split}" if split else source), limit)
     from feddf.data import DATASETS, parse_spec
 
     if parse_spec(source).name not in DATASETS:
-        raise FeddfError(f"unknown import source {source!r}: use one of {', '.join(DATASETS)}, folder:PATH or "
+        raise FeddfError(f"unknown import source {source!r}: use one of {', '.join(DATASETS)}, folder:PATH, hf:PATH or "
                          "npz:PATH")
     return _dataset(source, split, limit)
 

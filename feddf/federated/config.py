@@ -33,6 +33,8 @@ class TrainConfig:
     train_limit: int | None = None        # use a seeded random subset of the training split (quick runs, tests)
     test_limit: int | None = None         # evaluate on the first N images of the test split
     val_fraction: float = 0.1             # paper: --val_data_ratio 0.1 (the server's labelled validation split)
+    image_column: str | None = None       # hf: datasets: the image / label column (None: detected, data/hf.py)
+    label_column: str | None = None
     # node-local data (Flower only, docs/flower.md): every SuperNode trains on its own data= and the server holds
     # only these; the task (channels, resolution, classes) is --server-data's, which also becomes `dataset`
     server_data: str | None = None        # the server's labelled validation set (FedDF validates, early-stops on it)
@@ -112,10 +114,14 @@ class TrainConfig:
     out: str | None = None                # None -> runs/<dataset>-<archs>-<aggregator>[-<source>]-s<seed>
     resume: bool = False
     progress: bool = True
+    trackers: list[str] | None = None     # --log: tensorboard, csv, wandb (tracking.py)
 
     # ------------------------------------------------------------------------------------------------------------
     def arch_list(self) -> list[str]:
         return list(self.archs) if self.archs else [self.arch]
+
+    def columns(self) -> tuple:
+        return (self.image_column, self.label_column)
 
     def resolved(self) -> "TrainConfig":
         """A validated copy with every None default filled in (what config.json records)."""
@@ -184,7 +190,7 @@ class TrainConfig:
         from feddf.data import DATASETS, check_dataset, data_root
         from feddf.federated.kernels import KERNELS, SERVER_KERNELS
         from feddf.federated.losses import LOCAL_LOSSES
-        from feddf.federated.partition import PARTITIONERS
+        from feddf.federated.partition import ALL_PARTITIONERS as PARTITIONERS
         from feddf.federated.teachers import ENSEMBLES, PRECISIONS
         from feddf.models import MODELS, check_arch
 
@@ -218,6 +224,9 @@ class TrainConfig:
             if v not in choices:
                 bad(flag, repr(v), f"choose one of {', '.join(choices)}")
         self.check_values()  # types, finiteness, ranges, seeds (also run first by resolved(), before the names)
+        from feddf.federated.tracking import check_trackers
+
+        check_trackers(self.trackers)
 
     def check_values(self) -> None:
         """Types, finiteness, ranges and seeds of every field (TOML, CLI and Python callers alike); needs no registry
@@ -319,32 +328,65 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 def _slug(spec: str) -> str:
     """A run-folder name part: 'folder:/data/xray' -> 'xray', 'mypkg.nets:build' -> 'mypkg.nets.build'."""
     kind, sep, rest = spec.partition(":")
-    if sep and kind in ("folder", "npz", "cache"):
+    if sep and kind in ("folder", "npz", "cache", "hf"):
         return Path(rest.split("[")[0].rstrip("/")).stem or kind
     return spec.split("[")[0].replace(":", ".").replace("/", "_")
 
 
-def load_toml(path: str | Path) -> dict:
-    """Keys of a TOML file (dashes -> underscores), checked against TrainConfig's fields."""
+# config.json keys that describe a run rather than set it (setup.Task.config_record, the Flower ServerApp's engine),
+# and how it was invoked: a replay ignores both
+RECORD_ONLY = {"versions", "hashes", "test_spec", "num_classes", "channels", "resolution", "dataset_info",
+               "arch_info", "engine", "resume", "progress"}
+
+
+def load_config_file(path: str | Path) -> dict:
+    """`--config FILE`: a TOML file of `feddf train` keys, or a run's config.json (replays that run)."""
+    return load_json(path) if Path(path).suffix == ".json" else load_toml(path)
+
+
+def read_config(p: Path, where: str):
+    """The parsed TOML (or, for a .json file, JSON) of p; one line starting with `where` when it cannot be read."""
+    import json
     import tomllib
 
-    p = Path(path)
+    kind = "JSON" if p.suffix == ".json" else "TOML"
     try:
-        data = tomllib.loads(p.read_text())
+        text = p.read_text()
+        return json.loads(text) if kind == "JSON" else tomllib.loads(text)
     except FileNotFoundError:
-        raise FeddfError(f"--config {p}: no such file") from None
+        raise FeddfError(f"{where}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise FeddfError(f"--config {p}: cannot read it as text ({getattr(e, 'strerror', None) or e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise FeddfError(f"--config {p}: not valid TOML ({e})") from None
+        raise FeddfError(f"{where}: cannot read it as text ({getattr(e, 'strerror', None) or e})") from None
+    except ValueError as e:  # json.JSONDecodeError, tomllib.TOMLDecodeError
+        raise FeddfError(f"{where}: not valid {kind} ({e})") from None
+
+
+def load_json(path: str | Path) -> dict:
+    """The settings of a run's config.json, without its record-only keys; an unknown key is refused."""
+    p = Path(path)
+    data = read_config(p, f"--config {p}")
+    if not isinstance(data, dict):
+        raise FeddfError(f"--config {p}: must hold a JSON object of `feddf train` options (a run's config.json)")
+    return train_keys(f"--config {p}", {k: v for k, v in data.items() if k not in RECORD_ONLY})
+
+
+def load_toml(path: str | Path) -> dict:
+    """Keys of a TOML file (dashes -> underscores), checked against TrainConfig's fields."""
+    p = Path(path)
+    data = read_config(p, f"--config {p}")
     data = data.get("train", data)  # either top-level keys or a [train] table
     if not isinstance(data, dict):
         raise FeddfError(f"--config {p}: `train` must be a table ([train]) of `feddf train` options")
+    return train_keys(f"--config {p}", data)
+
+
+def train_keys(where: str, data: dict) -> dict:
+    """`data`'s keys as TrainConfig fields (dashes -> underscores); one line naming `where` for a key that is none."""
     out = {}
     for k, v in data.items():
         key = k.replace("-", "_")
         if key not in FIELDS:
-            raise FeddfError(f"--config {p}: unknown key {k!r}; valid keys are the `feddf train` options")
+            raise FeddfError(f"{where}: unknown key {k!r}; valid keys are the `feddf train` options")
         out[key] = v
     if isinstance(out.get("client_precision"), list):
         out["client_precision"] = ",".join(str(v) for v in out["client_precision"])

@@ -12,8 +12,15 @@ Registry `PARTITIONERS`:
                       that already holds its fair share gets no more of the next class, and the draw is repeated until
                       every client holds at least half its fair share. Client sizes are therefore roughly equal.
   iid                 a uniform random split into near-equal parts (alpha is ignored).
+  flwr:dirichlet, flwr:pathological, flwr:shard, flwr:iid
+                      Flower Datasets' partitioners (`flwr-datasets`, the splits Flower's baselines use) on the
+                      labels: DirichletPartitioner(alpha), PathologicalPartitioner (2 classes per client),
+                      ShardPartitioner (2 shards per client, McMahan et al. 2017) and IidPartitioner, each seeded
+                      from --seed (the rows are shuffled with it first). As in Flower, pathological and shard may
+                      leave some samples to no client (a class no client draws, an incomplete last shard).
 
-Every function returns one sorted int64 array of positions per client; each position appears exactly once overall.
+Every function returns one sorted int64 array of positions per client; each position appears exactly once overall
+(at most once for flwr:pathological and flwr:shard).
 Invalid input (alpha <= 0, more clients than samples, an impossible draw) raises FeddfError with one line.
 """
 from __future__ import annotations
@@ -125,19 +132,54 @@ def iid(labels: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generat
     return [np.sort(p).astype(np.int64) for p in np.array_split(rng.permutation(len(labels)), n_clients)]
 
 
+def flower(kind: str) -> Partitioner:
+    """A Flower Datasets partitioner as a Partitioner (see the module docstring)."""
+    def split(labels: np.ndarray, n_clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+        _check(labels, n_clients, 1.0)
+        try:
+            from datasets import Dataset
+            from flwr_datasets import partitioner as fp
+        except ImportError:
+            raise FeddfError(f"--partition flwr:{kind} needs Flower Datasets: pip install flwr-datasets") from None
+        seed = int(rng.integers(2**31 - 1))
+        ds = Dataset.from_dict({"label": labels.astype(np.int64), "pos": np.arange(len(labels))}).shuffle(seed=seed)
+        make = {"dirichlet": lambda: fp.DirichletPartitioner(n_clients, "label", alpha, seed=seed),
+                "pathological": lambda: fp.PathologicalPartitioner(n_clients, "label", 2, "first-deterministic",
+                                                                    seed=seed),
+                "shard": lambda: fp.ShardPartitioner(n_clients, "label", 2, seed=seed),
+                "iid": lambda: fp.IidPartitioner(n_clients)}[kind]
+        try:
+            p = make()
+            p.dataset = ds
+            parts = [np.sort(np.asarray(p.load_partition(i)["pos"], dtype=np.int64)) for i in range(n_clients)]
+        except ValueError as e:
+            raise FeddfError(f"--partition flwr:{kind}: {str(e).splitlines()[0][:200]} (with {len(labels)} samples "
+                             f"for {n_clients} clients)") from None
+        empty = [i for i, q in enumerate(parts) if not len(q)]
+        if empty:
+            raise FeddfError(f"--partition flwr:{kind} left clients {empty[:5]} without data: use fewer --clients "
+                             "or more data")
+        return parts
+
+    return split
+
+
 PARTITIONERS: dict[str, Partitioner] = {
     "dirichlet-balanced": dirichlet_balanced,
     "dirichlet": dirichlet_hsu,
     "iid": iid,
 }
+FLOWER_PARTITIONERS: dict[str, Partitioner] = {f"flwr:{k}": flower(k) for k in ("dirichlet", "pathological",
+                                                                                 "shard", "iid")}
+ALL_PARTITIONERS = {**PARTITIONERS, **FLOWER_PARTITIONERS}  # what --partition accepts
 
 
 def partition(name: str, labels, n_clients: int, alpha: float, seed: int) -> list[np.ndarray]:
     """Partition positions 0..len(labels)-1 among n_clients with the named partitioner (deterministic in seed)."""
     try:
-        fn = PARTITIONERS[name]
+        fn = ALL_PARTITIONERS[name]
     except KeyError:
-        raise FeddfError(f"unknown partition {name!r}: choose one of {', '.join(PARTITIONERS)}") from None
+        raise FeddfError(f"unknown partition {name!r}: choose one of {', '.join(ALL_PARTITIONERS)}") from None
     return fn(np.asarray(labels), n_clients, float(alpha), np.random.default_rng(seed))
 
 

@@ -29,6 +29,7 @@ from feddf.federated.config import TrainConfig
 from feddf.federated.engines import train_clients
 from feddf.federated.fusion import fuse, sample_clients
 from feddf.federated.setup import Task, load_task, print_partition, print_summary, same_run
+from feddf.federated.tracking import open_trackers
 
 CHECKPOINT_VERSION = 1
 
@@ -58,8 +59,9 @@ class Progress:
         self.bar.close()
 
 
-def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the federated training described by cfg; returns the final summary dict."""
+def run(cfg: TrainConfig, log: Callable[[str], None] = print, on_round: Callable[[dict], None] | None = None) -> dict:
+    """Run (or resume) the federated training described by cfg; returns the final summary dict. on_round(row) is
+    called with each round's metrics row once the round is committed (checkpoint.pt and metrics.jsonl written)."""
     from feddf.federated.teachers import resolve_precision
     from feddf.runfolder import check_folder, claim, legacy_run
     from feddf.utils import resolve_device
@@ -76,19 +78,21 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     task = load_task(cfg, log)  # every data check before the folder exists: a refused or killed load leaves none
     folder = claim(out, **folder_rules)
     try:
-        return _run(cfg, device, folder, task, log)
+        return _run(cfg, device, folder, task, log, on_round)
     finally:
         folder.release()
 
 
 def run_settings(cfg: TrainConfig) -> dict:
     """What identifies a run folder's run: the resolved config without the settings --resume may change."""
-    from feddf.federated.setup import RESUMABLE
+    from feddf.federated.setup import LATE_DEFAULTS, RESUMABLE
 
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in RESUMABLE and not (k in LATE_DEFAULTS and v == LATE_DEFAULTS[k])}
 
 
-def _run(cfg: TrainConfig, device, folder, task: Task, log: Callable[[str], None]) -> dict:
+def _run(cfg: TrainConfig, device, folder, task: Task, log: Callable[[str], None],
+         on_round=None) -> dict:
     """The run itself, in the claimed run folder (feddf.runfolder.RunFolder)."""
     out = folder.path
     ckpt_path = out / "checkpoint.pt"
@@ -107,14 +111,19 @@ def _run(cfg: TrainConfig, device, folder, task: Task, log: Callable[[str], None
     start, rows = restore(ckpt, cfg, out, task, agg, server, log)
 
     bar = Progress(cfg.rounds, start, cfg.progress)
+    trackers = open_trackers(cfg.trackers, out, dataclasses.asdict(cfg), start)
     try:
         for r in range(start + 1, cfg.rounds + 1):
             row = _round(r, cfg, task, agg, server, device, bar)
             rows.append(row)
             _write_outputs(out, task, server, rows, checkpoint=checkpoint(r, cfg, server, agg, rows, task.source))
+            trackers.round(row, rows)
+            if on_round is not None:
+                on_round(row)
             bar.advance()
     finally:
         bar.close()
+        trackers.close()
     summary = {"out": str(out), "rounds": len(rows), "final": rows[-1] if rows else None}
     print_summary(rows, cfg.archs, log)
     return summary
@@ -199,7 +208,8 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     diff = same_run(ckpt["config"], dataclasses.asdict(cfg))
     if diff:
         raise FeddfError(f"--resume with different settings than {path.parent} was started with ({diff}): "
-                         f"use the same options (only --rounds, --device, --prefetch, --client-engine and progress may change)")
+                         f"use the same options (only --rounds, --device, --prefetch, --client-engine, --log and "
+                         f"progress may change)")
     if int(ckpt["round"]) > cfg.rounds:
         raise FeddfError(f"{path.parent} already completed {ckpt['round']} rounds, more than --rounds {cfg.rounds}")
     return ckpt

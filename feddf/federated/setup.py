@@ -26,13 +26,16 @@ from feddf.federated.config import TrainConfig
 from feddf.federated.synth import is_synth
 
 # settings that may differ between a run and its --resume (they do not change the results)
-RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir", "client_engine"}
+RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir", "client_engine", "trackers"}
 
 
 # What a run folder whose config predates a key did, where that is not today's default: such a run resumes only
 # with the old behaviour asked for explicitly (the refusal names the key).
 PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legacy", "server_kernels": "legacy",
             "local_loss": "ce", "distill_pool": 0}
+# keys left out of a run folder's identity (runner.run_settings) while they hold these defaults, so that folders made
+# before the keys existed keep their config hash and resume
+LATE_DEFAULTS = {"image_column": None, "label_column": None}
 
 
 def same_run(saved: dict, now: dict) -> str:
@@ -205,9 +208,10 @@ def load_task(cfg: TrainConfig, log: Callable[[str], None] = print, source: bool
     """The run's Task; source=False skips the distillation source (a Flower client only trains locally)."""
     from feddf.data import dataset_info, get_dataset
 
-    source = _source(cfg, dataset_info(cfg.dataset)) if source else None  # first: a bad cache fails before the data
-    train = get_dataset(f"{cfg.dataset}:train", cfg.data_root)
-    test = get_dataset(f"{cfg.dataset}:{cfg.test_split}", cfg.data_root)
+    info = dataset_info(cfg.dataset, cfg.columns())
+    source = _source(cfg, info) if source else None  # first: a bad cache fails before the data
+    train = get_dataset(f"{cfg.dataset}:train", cfg.data_root, cfg.columns())
+    test = get_dataset(f"{cfg.dataset}:{cfg.test_split}", cfg.data_root, cfg.columns())
     info = train.info
     images, labels = train.images, train.labels
     if cfg.train_limit is not None and cfg.train_limit < len(labels):

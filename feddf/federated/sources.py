@@ -226,6 +226,13 @@ def resolve_source(name: str, channels: int, resolution: int, *, cache: str | No
         if not out.exists() or not _complete(out):  # first use, or an interrupted import (which resumes)
             import_source(spec, out, progress=progress)
         return CacheSource(out, channels, resolution, resize, memory_bytes, name=name)
+    if name.startswith("hf:"):  # a Hugging Face dataset: imported once into a cache, like the named real sets
+        from feddf.data.importers import import_source
+
+        out = Path(cache) if cache else Path(cache_dir) / f"{_import_name(name)[-80:].strip('-')}.h5"
+        if not out.exists() or not _complete(out):
+            import_source(name, out, progress=progress)
+        return CacheSource(out, channels, resolution, resize, memory_bytes, name=name)
     if name.endswith(".h5") or Path(name).exists():
         return CacheSource(name, channels, resolution, resize, memory_bytes)
     raise FeddfError(f"unknown --distill-source {name!r}: choose gan, noise, {', '.join(REAL_SOURCES)} or a PATH.h5 "

@@ -392,7 +392,7 @@ def prepare(cfg):
         from feddf.data import dataset_info
         from feddf.federated.setup import task_source
 
-        src = task_source(cfg, dataset_info(cfg.dataset), memory_bytes=0, progress=False)
+        src = task_source(cfg, dataset_info(cfg.dataset, cfg.columns()), memory_bytes=0, progress=False)
         if cfg.distill_source == "gan" and cfg.cache is None:  # the newest cache now, not when the ServerApp looks
             cfg = dataclasses.replace(cfg, cache=str(Path(src.path).resolve()))
     if cfg.resume and (out / "checkpoint.pt").exists():

@@ -141,6 +141,7 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     from feddf.federated.runner import _write_json, _write_outputs, checkpoint, load_checkpoint, restore
     from feddf.federated.setup import load_server_task, load_task, print_partition, print_summary
     from feddf.federated.teachers import resolve_precision
+    from feddf.federated.tracking import open_trackers
     from feddf.flower.strategy import FedDF
     from feddf.flower.wire import CONFIG_KEY, TASK_KEY, config_to_json, task_to_json
     from feddf.utils import resolve_device
@@ -196,6 +197,7 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
                 elif str(k) in row["failed"]:
                     rec.update(refused=row["failed"][str(k)], round=row["round"])
             write_nodes()
+        trackers.round(row, rows)
         lost = f", missing partitions {row['missing']}" if row["missing"] else ""
         print(f"round {row['round']}/{cfg.rounds}: " + " ".join(
             f"{a}={FedDF._final_acc(row, a):.4f}" for a in cfg.archs) + lost, flush=True)
@@ -204,9 +206,13 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     start, rows = restore(ckpt, cfg, out, task, strategy.agg, strategy.server, print)
     strategy.offset = start  # Flower counts this run's rounds from 1: round r of the run is Flower's r - start
     sent = {CONFIG_KEY: config_to_json(cfg), **({TASK_KEY: task_to_json(task.info)} if local else {})}
-    if start < cfg.rounds:
-        strategy.start(grid, strategy.global_arrays(), num_rounds=cfg.rounds - start, timeout=round_timeout,
-                       train_config=ConfigRecord(sent))
+    trackers = open_trackers(cfg.trackers, out, dataclasses.asdict(cfg), start)
+    try:
+        if start < cfg.rounds:
+            strategy.start(grid, strategy.global_arrays(), num_rounds=cfg.rounds - start, timeout=round_timeout,
+                           train_config=ConfigRecord(sent))
+    finally:
+        trackers.close()
     print_summary(rows, cfg.archs, print)
 
 
