@@ -27,8 +27,8 @@ from feddf.errors import FeddfError
 from feddf.federated.aggregate import get_aggregator
 from feddf.federated.config import TrainConfig
 from feddf.federated.engines import train_clients
-from feddf.federated.fusion import fuse, sample_clients
-from feddf.federated.setup import Task, load_task, print_partition, print_summary, same_run
+from feddf.federated.fusion import fuse, participants, sample_clients
+from feddf.federated.setup import Task, load_task, print_partition, print_start, print_summary, same_run, teacher_warning
 
 CHECKPOINT_VERSION = 1
 
@@ -98,6 +98,7 @@ def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None]) -> dict:
     if ckpt is None:
         _write_json(out / "partition.json", task.partition_record())
         _write_json(out / "config.json", task.config_record())
+    print_start(task, out, log)
     print_partition(task, log)
 
     agg = get_aggregator(cfg.aggregator, weighting=cfg.weighting, server_momentum=cfg.server_momentum)
@@ -105,9 +106,15 @@ def _run(cfg: TrainConfig, device, folder, log: Callable[[str], None]) -> dict:
     start, rows = restore(ckpt, cfg, out, task, agg, server, log)
 
     bar = Progress(cfg.rounds, start, cfg.progress)
+    warned = teacher_warning(cfg, participants(cfg), "") is not None  # print_start said it already
     try:
         for r in range(start + 1, cfg.rounds + 1):
             row = _round(r, cfg, task, agg, server, device, bar)
+            kept = len(row["selected"]) - len(row.get("dropped", []))  # --drop-worst may leave one teacher
+            late = None if warned else teacher_warning(cfg, kept, f"round {r} after --drop-worst")
+            if late:
+                warned = True
+                log(late)
             rows.append(row)
             _write_outputs(out, task, server, rows, checkpoint=checkpoint(r, cfg, server, agg, rows, task.source))
             bar.advance()
