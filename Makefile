@@ -31,7 +31,7 @@ demo: $(STAMP) system-deps-demo
 	bash scripts/demo.sh
 
 # CI: everything but the tests marked slow (the real-process failure scenarios, the GPU script's CPU smoke run); they
-# run in `make test-all`, which every landing session runs on a clean clone (README, "Tests").
+# run in `make test-all` (README, "Tests").
 test: $(STAMP) system-deps-test
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 

@@ -1,4 +1,4 @@
-"""The fair contest (issue 24): FedDF from generated data against the FedAvg variants that also use label counts.
+"""The fair contest: FedDF from generated data against the FedAvg variants that also use label counts.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/experiment_fair.py --alphas 0.1 --seeds 0 --out runs/fair
     .venv/bin/python benchmarks/experiment_fair.py --table-only --alphas 0.05,0.1,1 --seeds 0,1,2 --out runs/fair \
