@@ -75,12 +75,13 @@ OPTIONS = [
          "cores, one thread each) or sequential (one after another); the results are identical.",
          metavar="batched|sequential"),
     _opt("--client-kernels", str, "How a client computes: portable (one thread, channels_last: the same floats on "
-         "any machine, which batched needs) or legacy (NCHW, all threads: runs made before this option).",
+         "any machine, which batched needs) or legacy (NCHW, all threads: what a run folder whose config.json lacks "
+         "client_kernels computed).",
          metavar="portable|legacy"),
     _opt("--server-kernels", str, "How the server computes (test and validation passes, distillation students): "
          "fused (portable on copies with BatchNorm folded into the convolutions and exact 2x2 max-pools), portable "
-         "(one thread per chunk of images, channels_last: the same floats on any machine; runs made before fused) "
-         "or legacy (NCHW, all threads: runs made before this option).", metavar="fused|portable|legacy"),
+         "(one thread per chunk of images, channels_last: the same floats on any machine) or legacy (NCHW, all "
+         "threads: what a run folder whose config.json lacks server_kernels computed).", metavar="fused|portable|legacy"),
     _opt("--server-momentum", float, "FedAvgM server momentum (0.9 for fedavgm when omitted).", metavar="B"),
     _opt("--distill-source", str, "gan (= --cache or the newest generated cache), noise, cifar100, stl10, "
          "imagenet32, fashion-mnist, a PATH.h5 cache, or synth:NAME: the server trains a class-conditional "

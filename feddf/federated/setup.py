@@ -28,7 +28,7 @@ from feddf.federated.synth import is_synth
 RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir", "client_engine"}
 
 
-# What a run folder whose config predates a key did, where that is not today's default: such a run resumes only
+# What a run folder whose config predates a key did, where that is not the current default: such a run resumes only
 # with the old behaviour asked for explicitly (the refusal names the key).
 PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legacy", "server_kernels": "legacy",
             "local_loss": "ce", "distill_pool": 0}
