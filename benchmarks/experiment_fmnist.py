@@ -69,8 +69,8 @@ def summarise(run: Path, target: float, rounds: int | None = None) -> dict:
             "distill_s": statistics.mean(r["distill_seconds"] for r in rows)}
 
 
-# --ablation: name -> (transfer source, extra `feddf train` flags). Each lever alone on top of "gan-old" (the old
-# defaults, spelled out so the rows keep their meaning whatever the defaults), then --distill-bn running (-bn) per source.
+# --ablation: name -> (transfer source, extra `feddf train` flags). Each lever alone on top of "gan-old" (the paper
+# code's recipe, spelled out so the rows keep their meaning whatever the defaults), then --distill-bn running (-bn) per source.
 OLD = ["--distill-bn", "train", "--logit-adjust", "0"]  # the paper code's recipe (students' BN statistics
 #                                                          re-estimated on the transfer set, the plain ensemble)
 BN = ["--distill-bn", "running", "--logit-adjust", "0"]  # BN statistics kept, the plain ensemble
