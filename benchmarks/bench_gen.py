@@ -10,7 +10,7 @@ with --sink, the writer itself: `feddf gen` of a near-free generator vs writing 
 Sink mode: a TorchScript generator z (B, 8) -> clamp(z @ P) as (B, 3, 32, 32), P eight fixed smooth patterns, costs
 ~1.5 us per image alone, so `feddf gen` (the real CLI in a subprocess: noise, forward, uint8, the writer's encoder
 pool, chunk writes, commits, fsync) measures the sampler's pipeline, not the generator (a copy-only sink gives the
-same figure; docs/benchmarks.md, "Writer, session 6"). For each compression (default gzip, none)
+same figure; docs/benchmarks.md, "Cache writer"). For each compression (default gzip, none)
 and each --workers it reports the CLI's img/s with process start included (`cli_img_s`) and gen's own figure from the
 open cache to the finished, fsynced one (`img_s`). The baselines, in the same run: the same uint8 images written with
 numpy.ndarray.tofile to the same folder, right after warm_pages (`tofile_img_s`; with an fsync too:
@@ -62,7 +62,7 @@ from feddf.generators.sample import GenConfig, run_gen  # noqa: E402
 from feddf.utils import resolve_device  # noqa: E402
 
 
-BIGGAN_128_GFLOP = 22.6  # per image, BigGAN-deep-128 forward (issue 17)
+BIGGAN_128_GFLOP = 22.6  # per image, BigGAN-deep-128 forward
 
 
 def raw_forward(gen, device, n, batch, dtype, trunc, invariant=True, mode="bitwise"):

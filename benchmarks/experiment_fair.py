@@ -1,4 +1,4 @@
-"""The fair contest (issue 24): FedDF from generated data against the FedAvg variants that also use label counts.
+"""The fair contest: FedDF from generated data against the FedAvg variants that also use label counts.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/experiment_fair.py --alphas 0.1 --seeds 0 --out runs/fair
     .venv/bin/python benchmarks/experiment_fair.py --table-only --alphas 0.05,0.1,1 --seeds 0,1,2 --out runs/fair \
@@ -9,7 +9,7 @@
 Methods (METHODS): FedAvg with cross-entropy, with balanced softmax and with FedLC's calibrated loss (the clients use
 their label counts), FedProx, FedDF from the shipped DCGAN's cache, FedDF from the real public split test[:5000],
 and FedDF with count-aware clients (balanced softmax under FedDF, with --logit-adjust 0: their logits are already
-prior-free). The other FedDF rows use today's defaults (--logit-adjust 1: the server uses the same label counts).
+prior-free). The other FedDF rows use --logit-adjust 1 (the server uses the same label counts).
 The grid settings are benchmarks/experiment_fmnist.py's
 (20 clients, C = 0.4, 12 rounds x 2 local epochs, no augmentation, <= 500 distillation steps, patience 200,
 evaluation on test[5000:]); --gan-sizes adds one FedDF + DCGAN row per generated-set size. Every run is a real

@@ -11,7 +11,7 @@ the server's validation split carved from the training set). Every run is a real
 accuracy, rounds to reach --target-acc, distillation steps used per round, and wall seconds per round split into local
 training and distillation. Ends with one JSON line of all figures.
 
-`--ablation` runs the transfer-set levers of issue 18 one at a time against FedDF + DCGAN with the old defaults
+`--ablation` runs the transfer-set levers one at a time against FedDF + DCGAN with the paper code's recipe
 (ABLATION below: temperature, transfer-batch augmentation, mixup, per-round selection, a labeler-filtered cache, a
 class-conditional generator) and reports, per variant, the **server validation** accuracy (the only figure used to
 choose defaults: mean over all rounds and over the last 3) next to the test figures (mean over all rounds, last 3,
@@ -45,12 +45,12 @@ def summarise(run: Path, target: float, rounds: int | None = None) -> dict:
     return run_figures(load_run(run), target, rounds)
 
 
-# --ablation: name -> (transfer source, extra `feddf train` flags). Each lever alone on top of "gan-old" (the old
-# defaults, spelled out so the rows keep their meaning under today's defaults), then the new default (-bn) per source.
-OLD = ["--distill-bn", "train", "--logit-adjust", "0"]  # the recipe before session 5 (students' BN statistics
+# --ablation: name -> (transfer source, extra `feddf train` flags). Each lever alone on top of "gan-old" (the paper
+# code's recipe, spelled out so the rows keep their meaning whatever the defaults), then --distill-bn running (-bn) per source.
+OLD = ["--distill-bn", "train", "--logit-adjust", "0"]  # the paper code's recipe (students' BN statistics
 #                                                          re-estimated on the transfer set, the plain ensemble)
-BN = ["--distill-bn", "running", "--logit-adjust", "0"]  # session 5's recipe: BN statistics kept, the plain ensemble
-NEW = ["--distill-bn", "running", "--logit-adjust", "1"]  # session 6: + the teachers' label-prior adjustment
+BN = ["--distill-bn", "running", "--logit-adjust", "0"]  # BN statistics kept, the plain ensemble
+NEW = ["--distill-bn", "running", "--logit-adjust", "1"]  # + the teachers' label-prior adjustment
 ABLATION = {
     "fedavg": (None, ["--aggregator", "fedavg"]),
     "real": ("public", OLD),
@@ -63,12 +63,12 @@ ABLATION = {
     "gan-sel-hard": ("gan", [*OLD, "--distill-select", "hard", "--select-fraction", "0.5"]),
     "gan-filter": ("filtered", OLD),
     "cgan": ("cgan", OLD),
-    # session 5's default (--distill-bn running), on each source, and one lever on top of it
+    # --distill-bn running (the default), on each source, and one lever on top of it
     "gan-bn": ("gan", BN),
     "real-bn": ("public", BN),
     "noise-bn": ("noise", BN),
     "gan-bn-fedavg": ("gan", [*BN, "--ensemble-fedavg"]),
-    # session 6's defaults (+ --logit-adjust 1) on each source
+    # + --logit-adjust 1 on each source
     "gan-la": ("gan", NEW),
     "real-la": ("public", NEW),
     "noise-la": ("noise", NEW),

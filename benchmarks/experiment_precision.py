@@ -4,8 +4,8 @@
 
 Grid: alpha x seeds x {FedAvg fp32, FedAvg binary, FedDF binary + DCGAN cache, FedDF binary + real test[:5000],
 FedDF fp32+binary (half the clients each, client i gets [fp32, binary][i * 2 // 20]) + DCGAN, and FedAvg over
-that mixed federation}, FedDF with today's defaults (--logit-adjust 1); the -la0 methods are the two DCGAN FedDF
-rows with the plain ensemble (--logit-adjust 0, session 5's FedDF). The settings of
+that mixed federation}, FedDF with --logit-adjust 1; the -la0 methods are the two DCGAN FedDF
+rows with the plain ensemble (--logit-adjust 0). The settings of
 benchmarks/experiment_fmnist.py (20 clients, C = 0.4, `cnn`, no augmentation, evaluation on test[5000:]) unless
 overridden (--rounds, --local-epochs, --train-limit for a reduced grid). Every run is a real resumable `feddf train`
 subprocess. Reports mean ± std over seeds of final / best test accuracy and the mean upload MB per round (the sum of
@@ -41,8 +41,8 @@ def main() -> None:
             str(gan_cache), "--quiet"])
     if not public_cache.exists():
         sh(["cache", "import", "fashion-mnist", "--split", "test[:5000]", "--out", str(public_cache)])
-    la = ["--logit-adjust", "1"]  # the FedDF rows: today's default ensemble rule, spelled out
-    la0 = ["--logit-adjust", "0"]  # the -la0 rows: the plain ensemble (session 5's FedDF), for the ablation
+    la = ["--logit-adjust", "1"]  # the FedDF rows: the label-prior-adjusted ensemble, spelled out
+    la0 = ["--logit-adjust", "0"]  # the -la0 rows: the plain ensemble, for the ablation
     feddf = ["--aggregator", "feddf"]
     methods = {
         "fedavg-fp32": ("FedAvg fp32", ["--aggregator", "fedavg"]),

@@ -91,7 +91,7 @@ def test_old_run_folders_resume_with_legacy_server_kernels():
     before = {k: v for k, v in now.items() if k != "server_kernels"}  # a config.json written before the option
     assert same_run(before, now) == ""
     assert "server_kernels" in same_run(before, {**now, "server_kernels": "portable"})
-    portable = {**now, "server_kernels": "portable"}  # a run folder written in session 9 resumes only as portable
+    portable = {**now, "server_kernels": "portable"}  # a run folder whose config records portable resumes only as portable
     assert "server_kernels" in same_run(portable, {**now, "server_kernels": "fused"})
 
 

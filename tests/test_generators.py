@@ -218,7 +218,7 @@ def test_registry_errors():
     entry = GENERATORS["dcgan-fashion-mnist"]
     from pathlib import Path
 
-    if not Path(entry.options["checkpoint"]).is_file():  # until issue 7 ships the weights
+    if not Path(entry.options["checkpoint"]).is_file():  # a checkout without the weights file
         with pytest.raises(FeddfError, match="not installed"):
             get_generator("dcgan-fashion-mnist")
     with pytest.raises(FeddfError, match="--weights DIR is for BigGAN"):

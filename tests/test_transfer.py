@@ -1,4 +1,4 @@
-"""The transfer-set levers of issue 18: gen-time filtering (--labeler --min-confidence --balance), per-round selection by
+"""The transfer-set levers: gen-time filtering (--labeler --min-confidence --balance), per-round selection by
 the ensemble (--distill-select), mixup and temperature of transfer batches, class-conditional DCGAN checkpoints."""
 from __future__ import annotations
 

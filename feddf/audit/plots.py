@@ -132,7 +132,7 @@ def accuracy_curves(series: Sequence[dict], target: float | None = None, title: 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(arch, fontsize=10)
         ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test accuracy (fraction)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     if title:

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from feddf.audit.labeler_accuracy import summary_lines
 from feddf.audit.plots import data_uri
 from feddf.utils import atomic_write_bytes, atomic_write_json
 
@@ -151,6 +152,7 @@ def audit_summary(report: dict) -> str:
     fid = report["fid"]
     if fid.get("requested") and not fid.get("available"):
         lines.append(f"FID unavailable: {fid['reason']}")
+    lines += summary_lines((report.get("labeler") or {}).get("accuracy"))
     gate = report.get("gate")
     if gate:
         lines.append(f"coverage gate (min effective classes {gate['min_effective_classes']:g}): "
@@ -178,6 +180,8 @@ def audit_markdown(report: dict) -> str:
                     f"weights `{fid['weights']}`, resize {fid['resize']}, input {fid['input']}.", ""]
         else:
             out += [f"**FID unavailable: {fid['reason']}**", ""]
+    lab_lines = summary_lines((report.get("labeler") or {}).get("accuracy"))
+    out += [f"- {line}" for line in lab_lines] + ([""] if lab_lines else [])
     gate = report.get("gate")
     if gate:
         out += [f"Coverage gate (min effective classes {gate['min_effective_classes']:g}): "
@@ -264,7 +268,7 @@ def audit_html(report: dict, figures: dict[str, bytes]) -> str:
 
 # --------------------------------------------------------------------------------------------------------- compare
 
-COMPARE_HEADER = ["run", "arch", "aggregator", "source", "rounds", "best acc", "best round", "final acc",
+COMPARE_HEADER = ["run", "arch", "aggregator", "source", "rounds", "best acc (0-1)", "best round", "final acc (0-1)",
                   "rounds to target", "distill steps", "wall time", "precision", "upload MB/round"]
 
 
@@ -279,7 +283,7 @@ def _duration(seconds: float | None) -> str:
 def compare_rows(report: dict) -> list[list[str]]:
     target = report.get("target_acc")
     return [[r["run"], r["arch"], fmt(r["aggregator"]), fmt(r["distill_source"]), str(r["rounds_run"]),
-             fmt(r["best_acc"], 4), str(r["best_round"]), fmt(r["final_acc"], 4),
+             fmt(r["best_acc"], 4), fmt(r["best_round"]), fmt(r["final_acc"], 4),
              ("-" if target is None else (str(r["rounds_to_target"]) if r["rounds_to_target"] is not None
                                           else "not reached")),
              str(r["distill_steps"]), _duration(r["wall_seconds"]), r.get("client_precision", "fp32"),

@@ -17,6 +17,7 @@ from feddf.audit import coverage as cov
 from feddf.audit import fid as F
 from feddf.audit import fidelity as FD
 from feddf.audit import labeler as lab
+from feddf.audit.labeler_accuracy import labeler_accuracy
 from feddf.audit import plots
 from feddf.audit.reference import Reference, reference_stats, resolve_reference
 from feddf.audit.sources import Source, open_source, sample_indices, unique_names
@@ -112,7 +113,8 @@ def run_audit(cfg: AuditConfig, progress: bool = True, extractor: F.InceptionFea
         result = AuditResult(report={
             "command": "audit", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "config": to_jsonable(cfg), "device": str(device), "versions": versions(),
-            "labeler": lab.describe(classifier) if classifier else None,
+            "labeler": {**lab.describe(classifier), "accuracy": labeler_accuracy(
+                classifier, ref, cfg.limit, cfg.seed, cfg.batch_size)} if classifier else None,
             "reference": {"spec": ref.spec, "kind": ref.kind} if ref else None,
             "fid": ({"requested": True, "available": extractor is not None, "reason": fid_unavailable,
                      **(extractor.describe() if extractor else {})} if want_fid else {"requested": False}),

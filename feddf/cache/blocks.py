@@ -7,7 +7,7 @@ pool (codec.Pipeline.encode: shuffle/deflate/fletcher32; zlib and numpy release 
 on the writer thread again: write_direct_chunk every per-image array. Stored blocks are committed together
 (coverage, flush, /committed, flush) once `commit_every` blocks (default: COMMIT_BYTES of images) or COMMIT_SECONDS
 have gone by since the last commit, and always by flush()/finish(): those four HDF5 calls per ~1 MiB chunk had cost
-~15% of an uncompressed `feddf gen` (docs/benchmarks.md, "Writer, session 7"). Every SYNC_BYTES of commits an
+~15% of an uncompressed `feddf gen` (docs/benchmarks.md, "Cache writer"). Every SYNC_BYTES of commits an
 fdatasync starts on a helper thread (_background_sync). So chunk order, file layout and bytes do not depend on the
 number of workers or on the timing, and the commit protocol is the writer's (feddf.cache.writer,
 docs/cache-format.md). Any error is fatal (self.failed): nothing more is written and the cache is never marked
@@ -87,7 +87,7 @@ class BlockPipeline:
         ds = self._ds[name]
         buf = np.full((self.chunk,) + rows.shape[1:], ds.fillvalue, rows.dtype)
         if s > c0:
-            # This session's own partial chunk is kept: HDF5 2.0 fails to read back, in the writing session, a chunk
+            # The writer's own partial chunk is kept: HDF5 2.0 fails to read back, while the file is still open, a chunk
             # stored raw with a filter masked by write_direct_chunk (other processes and later opens read it fine).
             kept = self._partial.get(name)
             buf[:s - c0] = kept[:s - c0] if kept is not None and self._partial_at == c0 else ds[c0:s]
@@ -137,7 +137,7 @@ class BlockPipeline:
     def _background_sync(self) -> None:
         """Start an fdatasync of the file on a helper thread (never two at once), so the disk writes the committed
         data while generation goes on and finish()'s fsync has little left: that fsync was ~12% of an uncompressed
-        131 072-image `feddf gen` (0.17 of 1.4 s; docs/benchmarks.md, "Writer, session 7"). Durability is still
+        131 072-image `feddf gen` (0.17 of 1.4 s; docs/benchmarks.md, "Cache writer"). Durability is still
         promised only by finish(); an error of a background sync fails the writer at its next commit or finish."""
         if self._syncing is not None:
             if not self._syncing.done():

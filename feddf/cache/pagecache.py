@@ -9,8 +9,8 @@ used for the file, which depends on how the pages got there (measured on the 2-c
 ~0.43 when the stream's own random-order faults brought a cold file in. So:
   * the first verified open of a finished cache (verify.ensure_verified, which reads every chunk for its checksums
     anyway) writes it out (fsync), drops its pages and reads it back front to back (`recache`): about 1 s per GB
-    from disk, once per file, in the first `feddf train` that streams it. (Until session 5 the writer did this at
-    the end of every `feddf gen`, where it was ~half the writer's time for uncompressed caches; docs/benchmarks.md);
+    from disk, once per file, in the first `feddf train` that streams it. (Not at
+    the end of every `feddf gen`: there it cost ~half the writer's time for uncompressed caches; docs/benchmarks.md);
   * the reader, when it first maps a finished file that is mostly not resident (after a reboot, or a cache copied
     in), reads it front to back before streaming (`warm`), instead of faulting it in at random: 0.8 instead of
     0.43 of in-memory.

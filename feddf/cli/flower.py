@@ -10,8 +10,9 @@ ones below; `server` is the SuperLink of a multi-machine deployment, `certs` mak
 from __future__ import annotations
 
 import click
+import cloup
 
-from feddf.cli.train import _command
+from feddf.cli.train import _command, group_options
 
 FLOWER_OPTIONS = [
     click.option("--min-replies", type=int, default=1, show_default=True,
@@ -54,6 +55,17 @@ SERVER_DATA_OPTIONS = [
 ]
 
 
+# --help: the Flower options in a section of their own, after the train options' sections (cli/train.py GROUPS)
+FLOWER_GROUP = {"Flower": ["nodes", "node_arch", "secure", "isolation", "node_poll", "node_data", "server_data",
+                           "test_data", "host", "port", "public_keys", "ssl_ca_certfile", "ssl_certfile",
+                           "ssl_keyfile", "min_replies", "node_timeout", "round_timeout", "poll_interval",
+                           "state_dir"]}
+
+
+def _grouped(fn):
+    return group_options(fn, FLOWER_GROUP)
+
+
 def _flower_command(fn, extra=()):
     fn = _command(fn)
     for o in reversed([*FLOWER_OPTIONS, *extra]):
@@ -83,14 +95,16 @@ def command() -> None:
     """
 
 
-@command.command("simulate")
+@command.command("simulate", cls=cloup.Command)
+@_grouped
 @_flower_command
 def simulate(**options) -> None:
     """Flower's simulation engine (Ray): a SuperLink in simulation mode plays one virtual SuperNode per client."""
     _run(options, simulation=True)
 
 
-@command.command("local")
+@command.command("local", cls=cloup.Command)
+@_grouped
 @click.option("--nodes", type=int, default=None, help="SuperNodes to start (one per client; default --clients).")
 @click.option("--node-arch", "node_arch", multiple=True, metavar="K=ARCH",
               help="Give SuperNode K this arch in its --node-config (default archs[K*A//N]); repeatable.")
@@ -119,7 +133,8 @@ def local(nodes, node_arch, secure, isolation, node_poll, node_data, ssl_ca_cert
          nodes_opts={"isolation": isolation, "idle_poll": node_poll}, node_data=node_data)
 
 
-@command.command("server")
+@command.command("server", cls=cloup.Command)
+@_grouped
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address the SuperLink listens on (0.0.0.0: every interface).")
 @click.option("--port", type=int, default=9093, show_default=True, help="The SuperLink's port (Fleet, Control and "

@@ -10,6 +10,7 @@ line override either.
 from __future__ import annotations
 
 import click
+import cloup
 
 from feddf.federated.config import TrainConfig as _C
 
@@ -81,12 +82,13 @@ OPTIONS = [
          "cores, one thread each) or sequential (one after another); the results are identical.",
          metavar="batched|sequential"),
     _opt("--client-kernels", str, "How a client computes: portable (one thread, channels_last: the same floats on "
-         "any machine, which batched needs) or legacy (NCHW, all threads: runs made before this option).",
+         "any machine, which batched needs) or legacy (NCHW, all threads: what a run folder whose config.json lacks "
+         "client_kernels computed).",
          metavar="portable|legacy"),
     _opt("--server-kernels", str, "How the server computes (test and validation passes, distillation students): "
          "fused (portable on copies with BatchNorm folded into the convolutions and exact 2x2 max-pools), portable "
-         "(one thread per chunk of images, channels_last: the same floats on any machine; runs made before fused) "
-         "or legacy (NCHW, all threads: runs made before this option).", metavar="fused|portable|legacy"),
+         "(one thread per chunk of images, channels_last: the same floats on any machine) or legacy (NCHW, all "
+         "threads: what a run folder whose config.json lacks server_kernels computed).", metavar="fused|portable|legacy"),
     _opt("--server-momentum", float, "FedAvgM server momentum (0.9 for fedavgm when omitted).", metavar="B"),
     _opt("--distill-source", str, "gan (= --cache or the newest generated cache), noise, cifar100, stl10, "
          "imagenet32, fashion-mnist, a PATH.h5 cache, or synth:NAME: the server trains a class-conditional "
@@ -153,13 +155,54 @@ OPTIONS = [
 ]
 
 
+# --help sections (cloup option groups), in this order, by option name; an option named in none of them is listed
+# under REST. ENGINE last: switches of how this machine computes, not of the method.
+GROUPS = {
+    "Data": ["dataset", "data_root", "test_split", "train_limit", "test_limit", "val_fraction"],
+    "Clients and local training": ["arch", "archs", "norm", "clients", "partition", "alpha", "fraction",
+                                   "local_epochs", "local_lr", "local_momentum", "weight_decay", "batch_size", "augment",
+                                   "prox_mu", "local_loss", "fedlc_tau", "client_precision"],
+    "Rounds and aggregation": ["rounds", "aggregator", "weighting", "server_momentum", "drop_worst"],
+    "Transfer set (FedDF)": ["distill_source", "cache", "cache_dir", "source_resize", "distill_pool", "save_pool",
+                             "synth_checkpoint", "synth_steps", "synth_lr", "synth_embed_lr", "synth_batch_size",
+                             "synth_ce", "synth_bn", "synth_adv", "synth_div", "synth_labels"],
+    "Distillation (FedDF)": ["distill_steps", "distill_batch_size", "distill_lr", "temperature", "ensemble",
+                             "logit_adjust", "ensemble_fedavg", "patience", "eval_every", "distill_bn",
+                             "distill_augment", "distill_mixup", "distill_select", "select_fraction"],
+}
+REST = "Run and output"
+ENGINE = ("Engine: how this machine computes", ["server_kernels", "client_kernels", "client_engine", "prefetch",
+                                                 "compile_teachers", "teacher_precision", "eval_batch_size",
+                                                 "source_memory_mb", "device"])
+
+
+def group_options(fn, groups: dict[str, list[str]] | None = None):
+    """Put the options click collected on `fn` into cloup option groups: GROUPS, then `groups` (a command's own),
+    then REST (every option not named), then ENGINE; the command must be a cloup.Command."""
+    from cloup import OptionGroup
+
+    sections = {**GROUPS, **(groups or {}), REST: [], ENGINE[0]: ENGINE[1]}
+    where = {name: i for i, names in enumerate(sections.values()) for name in names}
+    objs = [OptionGroup(title) for title in sections]
+    rest = list(sections).index(REST)
+    params = getattr(fn, "__click_params__", [])
+    # click stores decorator params in reverse; cloup lists groups and options in the order of the command's params
+    order = {id(p): i for i, p in enumerate(reversed(params))}
+    for p in params:
+        if isinstance(p, click.Option):
+            p.group = objs[where.get(p.name, rest)]
+    params.sort(key=lambda p: (-where.get(p.name, rest) if isinstance(p, click.Option) else 1, -order[id(p)]))
+    return fn
+
+
 def _command(fn):
     for o in reversed(OPTIONS):
         fn = o(fn)
     return fn
 
 
-@click.command("train")
+@click.command("train", cls=cloup.Command)
+@group_options
 @_command
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as one JSON line on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

@@ -89,7 +89,7 @@ class TrainConfig:
     distill_select: str = "none"          # per-round selection by the ensemble: none | low-entropy | hard
     select_fraction: float = 0.5          # share of the transfer samples kept by --distill-select
     distill_bn: str = "running"           # students' BatchNorm while distilling: running (keep the FedAvg start's
-    #                                       statistics; docs/results.md, issue 18) | train (paper code: re-estimated)
+    #                                       statistics; docs/results.md, transfer-set ablation) | train (paper code: re-estimated)
     teacher_precision: str = "auto"       # bf16 where native (AVX512-BF16/AMX CPUs, sm80+ GPUs), else fp32
     compile_teachers: bool = False
     prefetch: int = 2                     # batches whose teacher targets are computed ahead, in a thread

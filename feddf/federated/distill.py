@@ -9,7 +9,7 @@ learning from every teacher). Per student, as in the paper code (`NoiseKTSolver.
     default): they normalise with the running statistics the clients measured on real data, and keep them, while
     every weight (BN's affine ones included) learns. The paper code trains in train mode (`bn="train"`), which
     re-estimates the statistics on the transfer batches: with generated or noise inputs the student then evaluates
-    real images with the generator's statistics (measured: docs/results.md, issue 18);
+    real images with the generator's statistics (measured: docs/results.md, transfer-set ablation);
   - loss KL(ensemble || student) at temperature T (teachers.py); Adam(lr 1e-3), cosine annealing over the step
     budget (stepped every batch), gradient-norm clip 5;
   - validation accuracy on the server's labelled split every `eval_every` steps; stop once `patience` steps passed

@@ -27,8 +27,9 @@ from feddf.errors import FeddfError
 from feddf.federated.aggregate import get_aggregator
 from feddf.federated.config import TrainConfig
 from feddf.federated.engines import train_clients
-from feddf.federated.fusion import fuse, sample_clients
-from feddf.federated.setup import Task, load_task, print_partition, print_summary, same_run
+from feddf.federated.fusion import fuse, participants, sample_clients
+from feddf.federated.setup import (Task, load_task, print_partition, print_start, print_summary, same_run,
+                                   teacher_warning)
 from feddf.federated.tracking import open_trackers
 
 CHECKPOINT_VERSION = 1
@@ -104,6 +105,7 @@ def _run(cfg: TrainConfig, device, folder, task: Task, log: Callable[[str], None
     if ckpt is None:
         _write_json(out / "partition.json", task.partition_record())
         _write_json(out / "config.json", task.config_record())
+    print_start(task, out, log)
     print_partition(task, log)
 
     agg = get_aggregator(cfg.aggregator, weighting=cfg.weighting, server_momentum=cfg.server_momentum)
@@ -112,9 +114,15 @@ def _run(cfg: TrainConfig, device, folder, task: Task, log: Callable[[str], None
 
     bar = Progress(cfg.rounds, start, cfg.progress)
     trackers = open_trackers(cfg.trackers, out, dataclasses.asdict(cfg), start)
+    warned = teacher_warning(cfg, participants(cfg), "") is not None  # print_start said it already
     try:
         for r in range(start + 1, cfg.rounds + 1):
             row = _round(r, cfg, task, agg, server, device, bar)
+            kept = len(row["selected"]) - len(row.get("dropped", []))  # --drop-worst may leave one teacher
+            late = None if warned else teacher_warning(cfg, kept, f"round {r} after --drop-worst")
+            if late:
+                warned = True
+                log(late)
             rows.append(row)
             _write_outputs(out, task, server, rows, checkpoint=checkpoint(r, cfg, server, agg, rows, task.source))
             trackers.round(row, rows)

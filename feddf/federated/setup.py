@@ -29,13 +29,16 @@ from feddf.federated.synth import is_synth
 RESUMABLE = {"rounds", "device", "prefetch", "progress", "resume", "out", "cache_dir", "client_engine", "trackers"}
 
 
-# What a run folder whose config predates a key did, where that is not today's default: such a run resumes only
+# What a run folder whose config predates a key did, where that is not the current default: such a run resumes only
 # with the old behaviour asked for explicitly (the refusal names the key).
 PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legacy", "server_kernels": "legacy",
             "local_loss": "ce", "distill_pool": 0}
 # keys left out of a run folder's identity (runner.run_settings) while they hold these defaults, so that folders made
 # before the keys existed keep their config hash and resume
-LATE_DEFAULTS = {"image_column": None, "label_column": None}
+LATE_DEFAULTS = {"image_column": None, "label_column": None, "server_data": None, "test_data": None,
+                 "distill_pool": 0, "save_pool": None, "synth_checkpoint": None, "synth_steps": 20, "synth_lr": 1e-3,
+                 "synth_embed_lr": 3e-2, "synth_batch_size": 64, "synth_ce": 1.0, "synth_bn": 1.0, "synth_adv": 1.0,
+                 "synth_div": 1.0, "synth_labels": "uniform"}
 
 
 def same_run(saved: dict, now: dict) -> str:
@@ -292,6 +295,61 @@ def _param_names(cfg: TrainConfig, info) -> dict:
     return out
 
 
+def source_line(task: Task) -> str:
+    """One line naming the run's transfer set as resolved: kind, path or name, images (synth: generator, pool)."""
+    cfg, src = task.cfg, task.source
+    if src is None:
+        return f"transfer set: none ({cfg.aggregator} does not distil)"
+    d = src.describe()
+    pool = f", a pool of {cfg.distill_pool} drawn each round" if cfg.distill_pool and d["kind"] != "synth" else ""
+    if d["kind"] == "noise":
+        return (f"transfer set: noise (uniform random {d['channels']}x{d['resolution']}x{d['resolution']} images, "
+                f"new every batch{pool})")
+    if d["kind"] == "synth":
+        return (f"transfer set: {d['name']} (server-side generator {d['generator']}, trained {cfg.synth_steps} "
+                f"steps a round against the ensemble; a pool of {d['pool']} images a round, labels {cfg.synth_labels})")
+    origin = src.info.attrs.get("generator") or src.info.source
+    where = "in memory" if d["in_memory"] else "streamed from disk"
+    conv = f", converted to {task.info.channels}x{task.info.size}px" if d["converted"] else ""
+    named = "" if cfg.distill_source.endswith(".h5") else f"{cfg.distill_source} = "  # gan, cifar100, ...: the file
+    return (f"transfer set: {named}{d['path']} ({src.info.kind} cache of {origin}), {d['n']} images, "
+            f"{where}{conv}{pool}")
+
+
+def teacher_warning(cfg: TrainConfig, teachers: int, why: str) -> str | None:
+    """The one-teacher warning: FedDF with fewer than 2 client models to distil from is FedAvg."""
+    if cfg.aggregator != "feddf" or teachers >= 2:
+        return None
+    return (f"warning: {why} leaves {teachers} teacher: its ensemble is the FedAvg model itself, so FedDF "
+            f"gains nothing over FedAvg; raise --clients or --fraction")
+
+
+def run_warnings(task: Task) -> list[str]:
+    """One-line warnings about a run that will not do what its settings suggest (printed once, at the start)."""
+    from feddf.federated.fusion import participants
+
+    cfg = task.cfg
+    n = participants(cfg)
+    out = [teacher_warning(cfg, n, f"each round training {n} of {cfg.clients} clients (--fraction {cfg.fraction:g})")]
+    empty = [k for k, ix in enumerate(task.client_indices) if len(ix) == 0]
+    if empty and not cfg.node_local_data():
+        out.append(f"warning: the partition leaves {len(empty)} client(s) without data ({_ids(empty)}): they send "
+                   f"back the model they received; use fewer --clients, more data or a larger --alpha")
+    return [w for w in out if w]
+
+
+def _ids(ids: list[int]) -> str:
+    return "clients " + ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
+
+
+def print_start(task: Task, out, log: Callable[[str], None]) -> None:
+    """The lines a run starts with: its folder, its transfer set, and any warning about its settings."""
+    log(f"run folder: {out}")
+    log(source_line(task))
+    for w in run_warnings(task):
+        log(w)
+
+
 def print_partition(task: Task, log: Callable[[str], None]) -> None:
     """Client class histograms as a table (one row per client, one column per class)."""
     k = task.info.num_classes
@@ -307,14 +365,16 @@ def print_partition(task: Task, log: Callable[[str], None]) -> None:
 
 
 def print_summary(rows: list[dict], archs: list[str], log: Callable[[str], None]) -> None:
-    """Final table: one row per round with each architecture's accuracy after FedAvg and after distillation."""
+    """Final table: one row per round with each architecture's test accuracy (a fraction, as in metrics.jsonl and
+    `feddf compare`) after FedAvg and after distillation; '-' where a round has no such value."""
     if not rows:
         return
-    fmt = lambda v: "    -" if v is None else f"{100 * v:5.1f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     head = "round " + " ".join(f"{a + ' avg':>14} {a + ' df':>14}" for a in archs) + "  ensemble  best_step"
+    log("test accuracy (fraction of 1) per round; avg = after FedAvg, df = after distillation")
     log(head + "  clients_s  server_s")
     for r in rows:
         cells = " ".join(f"{fmt(r['acc'][a]['fedavg']):>14} {fmt(r['acc'][a]['distilled']):>14}" for a in archs)
-        best = ",".join(str(r['best_step'][a]) for a in archs)
+        best = ",".join("-" if r["best_step"][a] is None else str(r["best_step"][a]) for a in archs)
         log(f"{r['round']:>5} {cells}  {fmt(r['ensemble_acc']):>8}  {best:>9}  {r.get('client_seconds', 0):9.1f}  "
             f"{r.get('distill_seconds', 0):8.1f}")

@@ -139,7 +139,7 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
     import flwr
 
     from feddf.federated.runner import _write_json, _write_outputs, checkpoint, load_checkpoint, restore
-    from feddf.federated.setup import load_server_task, load_task, print_partition, print_summary
+    from feddf.federated.setup import load_server_task, load_task, print_partition, print_start, print_summary
     from feddf.federated.teachers import resolve_precision
     from feddf.federated.tracking import open_trackers
     from feddf.flower.strategy import FedDF
@@ -180,6 +180,7 @@ def run(grid: Grid, cfg, engine: str, min_replies: int = 1, node_timeout: float 
             "nodes": {str(k): str(nodes[k][0]) for k in sorted(nodes)}}})
     else:
         check_same_archs(out, task)
+    print_start(task, out, print)
     if local:
         print(f"node-local data: {cfg.clients} SuperNodes, server validation {len(task.val_idx)}, test "
               f"{task.test_spec} ({len(task.test_labels)})")

@@ -3,8 +3,8 @@
     python -c "from feddf.generators import GENERATORS; print(sorted(GENERATORS))"
 
 Adding a generator = one file with a `load_<kind>(name, **options) -> LoadedGenerator` function + one registry line.
-A named DCGAN = a weights file in feddf/generators/weights/ + the DCGAN loader (one `_dcgan(...)` line below; issue 7
-ships `dcgan-fashion-mnist`). Loaders are imported lazily so `feddf --help` never imports torch.
+A named DCGAN = a weights file in feddf/generators/weights/ + the DCGAN loader (one `_dcgan(...)` line below, as for
+`dcgan-fashion-mnist`). Loaders are imported lazily so `feddf --help` never imports torch.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ Class-conditional variant (`feddf gan-train --conditional`, Mirza & Osindero 201
 concat(z, one_hot(y)) (main.0 has nz + K input channels) plus a `num_classes` buffer that marks the checkpoint as
 conditional; `feddf gen --generator dcgan --checkpoint netG.pth --classes all` then deals the K classes evenly and
 records them as the cache's labels.
-`Generator(nz, ngf, nc, size)` below builds either with exactly these keys, so a trainer (issue 7) can save a
+`Generator(nz, ngf, nc, size)` below builds either with exactly these keys, so a trainer (`feddf gan-train`) can save a
 state_dict that this loader reads. Named generators (e.g. `dcgan-fashion-mnist`) are a weights file + this loader
 (see feddf/generators/__init__.py). Sampling runs in eval mode (BatchNorm running statistics): per-image outputs then do
 not depend on the batch, which train-mode batch statistics would break.
