@@ -58,7 +58,7 @@ def test_nodes_train_on_their_own_data_a_bad_node_is_refused_and_the_server_neve
     nodes = [sets["alpha-7f3"], sets["classes-7f3"], sets["beta-7f3"]]
     p = run_cli("flower", "local", "--node-data", ",".join(nodes), "--server-data", sets["server"], "--test-data",
                 sets["server"] + ":test", "--archs", "cnn,resnet8", *TINY, "--rounds", "2", "--out", str(run),
-                "--state-dir", str(state), env=ENV, timeout=400)
+                "--state-dir", str(state), "--local-loss", "ce", "--logit-adjust", "1", env=ENV, timeout=400)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = metrics(run)
     assert [(r["round"], r["replied"], sorted(r["failed"])) for r in rows] == [(1, [0, 2], ["1"]), (2, [0, 2], ["1"])]
@@ -70,7 +70,7 @@ def test_nodes_train_on_their_own_data_a_bad_node_is_refused_and_the_server_neve
                                                                 (2, "resnet8", sizes[2])]
     assert sizes[0] != sizes[2] and "has 15 classes (labels up to 14) but the run's task has 10" in \
         reported[1]["refused"]
-    # FedDF with --logit-adjust 1 (the default): the counts travel, because the server's teachers use them
+    # FedDF with --logit-adjust 1: the counts travel, because the server's teachers use them
     assert all(COUNTS in keys for r in rows for keys in r["received"].values())
     config = json.loads((run / "config.json").read_text())
     assert config["server_data"] == config["dataset"] == sets["server"] and config["num_classes"] == 10

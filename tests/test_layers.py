@@ -30,6 +30,7 @@ LAYERS: list[set[str]] = [
     {"data", "models"},                           # datasets as uint8 tensors; the model zoo
     {"federated", "audit", "generators"},         # what uses data and models: training, audits, sampling
     {"flower"},                                   # the Flower engine, on top of feddf/federated
+    {"sweep"},                                    # grids of `feddf train` runs (subprocesses) and their tables
     {"api"},                                      # the Python API (feddf.gen/train/audit)
     {"cli", "__main__"},                          # the commands
 ]

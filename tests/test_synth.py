@@ -182,9 +182,23 @@ def test_flower_simulation_with_synthesis_equals_feddf_train(tmp_path, fmnist_av
                 timeout=400)
     assert p.returncode == 0, p.stderr[-3000:]
     run_cli("train", *args, "--out", str(ref), check=True, env=ENV)
-    flower_only = {"replied", "missing", "failed", "node_seconds"}
+    flower_only = {"replied", "missing", "failed", "node_seconds", "received"}
     rows = [{k: v for k, v in r.items() if k not in flower_only} for r in untimed(metrics(sim))]
     assert rows == untimed(metrics(ref))
     ca, cb = (torch.load(r / "checkpoint.pt", weights_only=True) for r in (sim, ref))
     assert all(torch.equal(v, cb["source"]["generator"][k]) for k, v in ca["source"]["generator"].items())
     assert not leftovers(json.loads((tmp_path / "state" / "processes.json").read_text()).values())
+
+
+def test_a_run_that_sends_label_counts_says_so_once_and_records_it(tmp_path, fmnist_available):
+    base = [*TINY, "--distill-source", "noise", "--rounds", "1"]
+    p = run_cli("train", *base, "--local-loss", "ce", "--logit-adjust", "1", "--out", str(tmp_path / "counts"),
+                check=True, env=ENV)
+    assert p.stdout.count("label counts: every client sends") == 1
+    assert json.loads((tmp_path / "counts" / "config.json").read_text())["sends"]["label_counts"] is True
+    q = run_cli("train", *base, "--out", str(tmp_path / "private"), check=True, env=ENV)  # the defaults
+    assert "label counts:" not in q.stdout
+    cfg = json.loads((tmp_path / "private" / "config.json").read_text())
+    assert cfg["sends"] == {"model": True, "example_count": True, "label_counts": False}
+    assert cfg["local_loss"] == "balanced-softmax" and cfg["logit_adjust"] == 0.0
+    assert all(r["teachers"] == 3 for r in metrics(tmp_path / "private"))

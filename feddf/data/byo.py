@@ -222,7 +222,9 @@ def _load(name: str, stamp: int, columns: tuple = ()) -> tuple[Loaded, object]:
     kind, _, p = name.partition(":")
     path = Path(p)
     if kind == "hf":
-        loaded = hf.load(path, *columns)
+        splits, names, detail = hf.load(path, *columns, split=_seeded_split,
+                                        split_rule=f"seeded split (seed {SPLIT_SEED}, test {TEST_FRACTION:g})")
+        loaded = Loaded(splits, names, None, None, (str(path),), detail)
     else:
         loaded = {"folder": _load_folder, "npz": _load_npz, "cache": _load_cache}[kind](path)
     k = len(loaded.class_names)

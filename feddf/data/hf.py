@@ -88,10 +88,10 @@ def _arrays(ds, path: Path, image_col: str, label_col: str) -> tuple[np.ndarray,
     return to_nchw_uint8(np.stack(images), f"hf:{path}"), labels
 
 
-def load(path: Path, image_column: str | None = None, label_column: str | None = None):
-    """byo.Loaded of a Hugging Face dataset (see the module docstring)."""
-    from feddf.data.byo import SPLIT_SEED, TEST_FRACTION, Loaded, _seeded_split
-
+def load(path: Path, image_column: str | None = None, label_column: str | None = None, *, split, split_rule: str):
+    """(splits {"train"|"test": (uint8 images, labels)}, class names, what was read) of a Hugging Face dataset (see
+    the module docstring); `split(images, labels)` makes the train/test splits of a set that has no test split
+    (byo's seeded split, described by `split_rule`). byo.py wraps the result; this module imports nothing of it."""
     ds = _open(path)
     splits = dict(ds) if hasattr(ds, "keys") else {"train": ds}
     if "train" not in splits and len(splits) == 1:
@@ -107,13 +107,12 @@ def load(path: Path, image_column: str | None = None, label_column: str | None =
         out = {s: _arrays(splits[s], path, icol, lcol) for s in ("train", "test")}
         rule = "train and test splits"
     else:
-        out = _seeded_split(*_arrays(first, path, icol, lcol))
-        rule = f"seeded split (seed {SPLIT_SEED}, test {TEST_FRACTION:g})"
+        out = split(*_arrays(first, path, icol, lcol))
+        rule = split_rule
     if out["train"][0].shape[1:] != out["test"][0].shape[1:]:
         raise FeddfError(f"hf:{path}: train images are {out['train'][0].shape[1:]} but test images "
                          f"{out['test'][0].shape[1:]}")
     k = max(int(y.max()) + 1 for _, y in out.values())
     if not names and k > MAX_CLASSES:  # a label of 10^9 must not size the class list
         raise FeddfError(f"hf:{path}: label {k - 1} in column {lcol}: use class ids 0..K-1 (K <= {MAX_CLASSES})")
-    return Loaded(out, names or tuple(f"class_{i}" for i in range(k)), None, None, (str(path),),
-                  f"{rule}; columns {icol}, {lcol}")
+    return out, names or tuple(f"class_{i}" for i in range(k)), f"{rule}; columns {icol}, {lcol}"

@@ -336,7 +336,7 @@ def _slug(spec: str) -> str:
 # config.json keys that describe a run rather than set it (setup.Task.config_record, the Flower ServerApp's engine),
 # and how it was invoked: a replay ignores both
 RECORD_ONLY = {"versions", "hashes", "test_spec", "num_classes", "channels", "resolution", "dataset_info",
-               "arch_info", "engine", "resume", "progress"}
+               "arch_info", "engine", "resume", "progress", "sends"}
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -175,6 +175,7 @@ class Task:
         from feddf.utils import sha256_file, versions
 
         return {**dataclasses.asdict(self.cfg), "versions": versions(),
+                "sends": {"model": True, "example_count": True, "label_counts": self.cfg.server_uses_label_counts()},
                 "hashes": {"data": {f: sha256_file(f) for f in self.data_files if Path(f).is_file()},
                            "source": self.source.describe() if self.source is not None else None},
                 "test_spec": self.test_spec, "num_classes": self.info.num_classes,
@@ -346,6 +347,9 @@ def print_start(task: Task, out, log: Callable[[str], None]) -> None:
     """The lines a run starts with: its folder, its transfer set, and any warning about its settings."""
     log(f"run folder: {out}")
     log(source_line(task))
+    if task.cfg.server_uses_label_counts():  # said once; config.json records it as sends.label_counts
+        log("label counts: every client sends its label counts to the server with its model (--logit-adjust > 0 or "
+            "--synth-labels prior); the default recipe keeps them on the clients")
     for w in run_warnings(task):
         log(w)
 
