@@ -132,12 +132,18 @@ def test_synth_run_is_deterministic_resumes_exactly_and_its_pools_are_caches(tmp
     assert (tmp_path / "audit" / "report.json").is_file()
 
 
-def test_scratch_generator_learns_across_rounds(tmp_path, fmnist_available):
-    out = tmp_path / "run"
-    run_cli("train", *TINY, "--distill-source", "synth:scratch", "--rounds", "2", "--out", str(out), check=True,
-            env=ENV)
+def test_scratch_generator_learns_across_rounds_and_keeps_its_memory(tmp_path, fmnist_available):
+    out, again = tmp_path / "run", tmp_path / "again"
+    args = [*TINY, "--distill-source", "synth:scratch", "--synth-memory", "1"]
+    run_cli("train", *args, "--rounds", "3", "--out", str(out), check=True, env=ENV)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["source"]["optimizer"]["state"]  # Adam moments: the generator took its steps
+    # --synth-memory 1: from round 2 on the pool is the new 48 images plus the previous round's 48
+    assert [(r["pool"]["n"], r["pool"]["synth"]["kept_rounds"]) for r in metrics(out)] == [(48, 0), (96, 1), (96, 1)]
+    assert [len(x) for x in ckpt["source"]["memory"]["images"]] == [48]
+    run_cli("train", *args, "--rounds", "2", "--out", str(again), check=True, env=ENV)
+    run_cli("train", *args, "--rounds", "3", "--out", str(again), "--resume", check=True, env=ENV)
+    assert untimed(metrics(again)) == untimed(metrics(out))  # the kept pool came back from checkpoint.pt
     assert json.loads((out / "config.json").read_text())["hashes"]["source"]["generator"] == "scratch"
 
 
@@ -159,6 +165,7 @@ def test_a_pool_drawn_from_a_cache_each_round(tmp_path, fmnist_available):
     (["--distill-source", "synth:biggan-deep-128"], "adapts a DCGAN generator"),
     (["--distill-source", "synth:dcgan", "--synth-checkpoint", "CKPT3"], "makes 3-channel images"),
     (["--distill-source", "synth:"], "name the generator"),
+    (["--distill-source", "synth:scratch", "--synth-memory", "-1"], "--synth-memory -1"),
 ])
 def test_bad_synthesis_settings_are_one_line_and_write_nothing(tmp_path, flags, message):
     from tests.conftest import random_dcgan_checkpoint

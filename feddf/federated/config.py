@@ -107,6 +107,7 @@ class TrainConfig:
     synth_adv: float = 1.0                # DENSE --adv
     synth_div: float = 1.0                # FedGen / FedFTG diversity weight
     synth_labels: str = "uniform"         # uniform | prior (the clients' label counts: sent to the server)
+    synth_memory: int = 0                 # earlier rounds' pools distilled on beside the new one (DENSE's memory)
     # run
     seed: int = 7                         # paper: --manual_seed 7
     device: str = "auto"
@@ -295,6 +296,8 @@ class TrainConfig:
         check_range("--synth-lr", self.synth_lr, lo=0, lo_open=True, fix="the generator's Adam rate, e.g. 1e-3")
         check_range("--synth-embed-lr", self.synth_embed_lr, lo=0, lo_open=True,
                     fix="the class embedding's Adam rate, e.g. 3e-2")
+        if self.synth_memory < 0:
+            raise FeddfError(f"--synth-memory {self.synth_memory}: must be >= 0 (earlier rounds' pools to keep)")
         if self.synth_steps < 0 or self.synth_batch_size < 1:
             raise FeddfError(f"--synth-steps {self.synth_steps} / --synth-batch-size {self.synth_batch_size}: steps "
                              "must be >= 0 and the batch >= 1")

@@ -70,7 +70,9 @@ class SynthSource:
     def __init__(self, name: str, info, spec, pool_size: int, seed: int, checkpoint: str | None = None):
         from feddf.federated.synth import build_generator
 
-        self.name, self.spec, self.n, self.info = name, spec, int(pool_size), info
+        self.name, self.spec, self.size, self.info = name, spec, int(pool_size), info
+        self.n = self.size  # the round's pool: the new images plus the kept earlier ones (spec.memory)
+        self.memory: list[tuple[torch.Tensor, torch.Tensor]] = []  # earlier rounds' (images, labels), oldest first
         self.gen, self.meta = build_generator(name, info.channels, info.num_classes, seed, checkpoint)
         self.gen.eval()  # eval-mode BatchNorm throughout: an image does not depend on its batch
         embed = list(self.gen.embed.parameters()) if self.gen.embed is not None else []
@@ -81,11 +83,14 @@ class SynthSource:
         self.labels: torch.Tensor | None = None
 
     def state_dict(self) -> dict:
-        return {"generator": self.gen.state_dict(), "optimizer": self.opt.state_dict()}
+        return {"generator": self.gen.state_dict(), "optimizer": self.opt.state_dict(),
+                "memory": {"images": [m[0] for m in self.memory], "labels": [m[1] for m in self.memory]}}
 
     def load_state_dict(self, state: dict) -> None:
         self.gen.load_state_dict(state["generator"])
         self.opt.load_state_dict(state["optimizer"])
+        mem = state.get("memory") or {"images": [], "labels": []}
+        self.memory = list(zip(mem["images"], mem["labels"]))
 
     def batches(self, batch_size: int, seed: int):
         if self.pool is None:
@@ -95,7 +100,8 @@ class SynthSource:
         yield from _pool_batches(self.pool, batch_size, seed)
 
     def describe(self) -> dict:
-        return {"kind": "synth", "name": f"synth:{self.name}", "pool": self.n, **self.meta, "spec": asdict(self.spec)}
+        return {"kind": "synth", "name": f"synth:{self.name}", "pool": self.size, **self.meta,
+                "spec": asdict(self.spec)}
 
     def synthesize(self, seed: int, teachers: list, students: list, adjust: torch.Tensor | None, counts: list | None,
                    device, single_thread: bool = True) -> dict:
@@ -125,16 +131,22 @@ class SynthSource:
                 y = draw_labels(spec.batch, k, g, prior).to(device)
                 rows.append(generator_step(self.gen, self.opt, teachers, students, adjust, z, y, spec, to_x))
             t1 = time.perf_counter()
-            labels = draw_labels(self.n, k, g, prior)
-            zs = torch.randn(self.n, self.gen.nz, generator=g)
+            labels = draw_labels(self.size, k, g, prior)
+            zs = torch.randn(self.size, self.gen.nz, generator=g)
             parts = []
             with torch.no_grad():
-                for s in range(0, self.n, 500):
+                for s in range(0, self.size, 500):
                     img = self.gen(zs[s:s + 500].to(device), labels[s:s + 500].to(device))
                     parts.append(to_uint8(img.float(), res).cpu())
-        self.pool, self.labels = torch.cat(parts), labels
+        new = (torch.cat(parts), labels)
+        kept = self.memory[len(self.memory) - spec.memory:] if spec.memory else []  # the last spec.memory rounds'
+        self.pool = torch.cat([m[0] for m in kept] + [new[0]])
+        self.labels = torch.cat([m[1] for m in kept] + [new[1]])
+        self.n = len(self.pool)
+        self.memory = (kept + [new])[-spec.memory:] if spec.memory else []
         return {"steps": spec.steps, "loss": log_mean(rows), "train_s": round(t1 - t0, 3),
-                "sample_s": round(time.perf_counter() - t1, 3), "labels": per_class(labels, k)}
+                "sample_s": round(time.perf_counter() - t1, 3), "labels": per_class(labels, k),
+                "kept_rounds": len(kept)}
 
 
 def save_pool(path: Path, source, ens_probs: torch.Tensor, *, round_: int, class_names: list, run: dict) -> Path:

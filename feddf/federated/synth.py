@@ -57,6 +57,7 @@ class SynthSpec:
     div: float = 1.0        # FedGen / FedFTG diversity weight 1
     labels: str = "uniform"  # uniform, or prior: the clients' summed label counts (needs them on the server)
     temperature: float = 1.0  # of the adversarial KL (the distillation temperature)
+    memory: int = 0         # earlier rounds' pools kept beside the new one (DENSE's memory bank); 0 = this round's
 
 
 # ---- the loss terms, pure functions of tensors ----------------------------------------------------------------
