@@ -95,9 +95,7 @@ class SynthSource:
     def batches(self, batch_size: int, seed: int):
         if self.pool is None:
             raise FeddfError("the synthesised pool is made in the server step (synthesize) before distillation")
-        from feddf.federated.sources import _pool_batches
-
-        yield from _pool_batches(self.pool, batch_size, seed)
+        yield from PoolSource.batches(self, batch_size, seed)
 
     def describe(self) -> dict:
         return {"kind": "synth", "name": f"synth:{self.name}", "pool": self.size, **self.meta,

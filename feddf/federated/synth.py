@@ -28,6 +28,7 @@ on one thread, so a round is the same floats on any core count.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -213,24 +214,20 @@ def generator_step(gen: CondGenerator, opt, teachers: list, students: list, adju
     return out
 
 
+@contextlib.contextmanager
 def frozen(models: list):
-    """Context: the models' parameters need no gradient (only the generator learns), eval mode; both restored."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        saved = [(m, m.training, [p.requires_grad for p in m.parameters()]) for m in models]
-        for m in models:
-            m.eval()
-            m.requires_grad_(False)
-        try:
-            yield
-        finally:
-            for m, was, flags in saved:
-                m.train(was)
-                for p, f in zip(m.parameters(), flags):
-                    p.requires_grad_(f)
-    return ctx()
+    """The models' parameters need no gradient (only the generator learns) and are in eval mode; both restored."""
+    saved = [(m, m.training, [p.requires_grad for p in m.parameters()]) for m in models]
+    for m in models:
+        m.eval()
+        m.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, was, flags in saved:
+            m.train(was)
+            for p, f in zip(m.parameters(), flags):
+                p.requires_grad_(f)
 
 
 def per_class(labels: torch.Tensor, k: int) -> list[int]:
