@@ -171,6 +171,34 @@ def test_prefetch_hands_producer_errors_to_the_consumer():
     assert list(prefetched(iter(range(5)), 2)) == [0, 1, 2, 3, 4]
 
 
+def test_prefetch_runs_ahead_through_the_step0_validation_and_stops_on_close():
+    """The teachers' thread starts before the step-0 validation and fills up to `prefetch` batches during it."""
+    import threading
+    read = []
+    deep = threading.Event()
+
+    def batches():
+        for i in range(40):
+            read.append(i)
+            if len(read) >= 6:
+                deep.set()
+            yield None, torch.randn(4, 1, 16, 16)
+
+    def validate(m):  # the step-0 validation waits (at most 10 s) until the producer is 6 batches in
+        if not deep.is_set():
+            deep.wait(10)
+        return 0.0
+    ens = TeacherEnsemble(_models("cnn", 1, seed=1))
+    distill({"cnn": _models("cnn", 1, seed=2)[0]}, ens, batches(), validate,
+            DistillSpec(steps=30, eval_every=100, patience=1000, prefetch=8))
+    assert deep.is_set()  # 6 batches were read before step 1 could be taken
+    assert len(read) == 30  # and never more than the step budget
+
+    never = prefetched(iter(range(1000)), 2)  # closed without being read: the thread ends
+    never.close()
+    assert not never.thread.is_alive()
+
+
 def test_heterogeneous_prototypes_each_beat_their_fedavg_start():
     """Two architectures, two non-iid clients each; every prototype learns from all four teachers."""
     from types import SimpleNamespace

@@ -92,7 +92,8 @@ class TrainConfig:
     #                                       statistics; docs/results.md, transfer-set ablation) | train (paper code: re-estimated)
     teacher_precision: str = "auto"       # bf16 where native (AVX512-BF16/AMX CPUs, sm80+ GPUs), else fp32
     compile_teachers: bool = False
-    prefetch: int = 2                     # batches whose teacher targets are computed ahead, in a thread
+    prefetch: int = 16                    # batches whose teacher targets are computed ahead, in a thread
+    #                                       (enough to keep the teachers busy through a validation pass)
     distill_pool: int | None = None       # images per round's transfer pool (pool.py); None -> 2000 for synth:, else
     #                                       0 (the whole source: a cache in memory, or the stream)
     save_pool: str | None = None          # write each round's pool as a feddf cache in this folder

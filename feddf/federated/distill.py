@@ -14,8 +14,8 @@ learning from every teacher). Per student, as in the paper code (`NoiseKTSolver.
     budget (stepped every batch), gradient-norm clip 5;
   - validation accuracy on the server's labelled split every `eval_every` steps; stop once `patience` steps passed
     without a strict improvement; the best-on-validation weights are kept, the FedAvg start (step 0) included.
-Speed: a background thread prepares batch t+1 (uint8 -> float, teacher forward passes) while the students take their
-step on batch t; for sources with stable sample ids and no augmentation, each sample's target is computed once per
+Speed: a background thread prepares the next batches (uint8 -> float, teacher forward passes; up to `prefetch` ahead,
+from before the step-0 validation on) while the students take their step on batch t; for sources with stable sample ids and no augmentation, each sample's target is computed once per
 round and reused whenever the sample comes back (`TargetCache`).
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ class DistillSpec:
     eval_every: int = 100       # paper: eval_batches_freq = 100
     patience: int = 1000        # paper: early_stopping_server_batches = 1000 (released commands)
     clip: float = 5.0           # paper: clip_grad_norm_(..., 5)
-    prefetch: int = 2           # batches prepared ahead by the background thread (0 = no thread)
+    prefetch: int = 16          # batches prepared ahead by the background thread (0 = no thread)
     bn: str = "running"         # BN normalises with, and keeps, the start's statistics; "train": the paper code's
     #                             train mode (statistics re-estimated on the transfer batches)
     one_thread: bool = False    # --server-kernels fused|portable: each student step with one intra-op thread (the same
@@ -101,44 +101,57 @@ def _targets(batches: Iterable[Batch], ensemble: TeacherEnsemble, cache: TargetC
             yield (x, *ensemble.target(x))
 
 
-def prefetched(it: Iterator, depth: int) -> Iterator:
+class prefetched:
     """Run `it` in a background thread, `depth` items ahead (torch ops release the GIL, so the teachers' forward
-    passes overlap the students' step). Exceptions are re-raised in the consumer; closing stops the producer."""
-    if depth <= 0:
-        yield from it
-        return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
+    passes overlap the students' step). The thread starts at once, so it also works while the caller does something
+    else first (the step-0 validation). Exceptions are re-raised in the consumer; close() stops the producer."""
 
-    def work():
+    _DONE = object()
+
+    def __init__(self, it: Iterator, depth: int):
+        self.it, self.thread = it, None
+        if depth <= 0:
+            return
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="feddf-teachers", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
         try:
-            for item in it:
-                while not stop.is_set():
+            for item in self.it:
+                while not self.stop.is_set():
                     try:
-                        q.put(item, timeout=0.1)
+                        self.q.put(item, timeout=0.1)
                         break
                     except queue.Full:
                         continue
-                if stop.is_set():
+                if self.stop.is_set():
                     return
-            q.put(done)
+            self.q.put(self._DONE)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put(e)
+            self.q.put(e)
 
-    t = threading.Thread(target=work, name="feddf-teachers", daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        t.join()
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.thread is None:
+            return next(self.it)
+        item = self.q.get()
+        if item is self._DONE:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.stop.set()
+            while self.thread.is_alive():  # a producer blocked on a full queue sees `stop` within 0.1 s
+                self.thread.join(timeout=0.1)
 
 
 class _Student:
@@ -217,10 +230,6 @@ def distill(students: dict[str, nn.Module], ensemble: TeacherEnsemble, batches: 
     "students" (their steps) and "validation". Without a prefetch thread "waiting" includes "batches".
     """
     timing = {} if timing is None else timing
-    t = time.perf_counter()
-    state = {a: _Student(m, spec, validate(m), a in spec.channels_last) for a, m in students.items()}
-    timing["validation"] = time.perf_counter() - t
-    last_val = {a: s.result.init_val for a, s in state.items()}
     it = iter(batches.bind(ensemble, students) if hasattr(batches, "bind") else batches)
 
     def limited():  # the producer never reads past the step budget
@@ -230,9 +239,15 @@ def distill(students: dict[str, nn.Module], ensemble: TeacherEnsemble, batches: 
             except StopIteration:
                 return
 
+    # the producer starts before the step-0 validation and runs up to `prefetch` batches ahead, so the teachers keep
+    # working through every validation pass (teacher-bound rounds: docs/benchmarks.md, the server step)
     gen = prefetched(_timed(_targets(limited(), ensemble, cache), timing, "batches"), spec.prefetch)
     step = 0
     try:
+        t = time.perf_counter()
+        state = {a: _Student(m, spec, validate(m), a in spec.channels_last) for a, m in students.items()}
+        timing["validation"] = time.perf_counter() - t
+        last_val = {a: s.result.init_val for a, s in state.items()}
         for x, probs, const in _timed(gen, timing, "waiting"):
             step += 1
             t = time.perf_counter()

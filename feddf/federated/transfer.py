@@ -24,6 +24,7 @@ the round's seed, so a round - and so `--resume` - is reproducible.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Iterator
 
@@ -107,7 +108,8 @@ class TransferStream:
         """The round's batches once the teachers are known: selected when --distill-select asks for it."""
         if self.select == "none" or self.fraction >= 1.0:
             return iter(self)
-        models = list(students.values()) if self.select == "hard" else []
+        # a copy of each student's FedAvg start: the producer thread scores with it while the students train
+        models = [copy.deepcopy(m) for m in students.values()] if self.select == "hard" else []
         pool = getattr(self.source, "pool", None)
         return self._pool_selected(pool, ensemble, models) if pool is not None else \
             self._window_selected(ensemble, models)
