@@ -100,6 +100,40 @@ def test_unconditional_dcgan_starts_as_itself_and_scratch_is_conditional_at_once
     assert not torch.equal(a, b) and a.shape == (1, 1, 32, 32)
 
 
+def test_mixed_labels_by_hand_and_as_generator_input():
+    import torch.nn.functional as F
+
+    from feddf.federated.synth import CondGenerator, build_generator, loss_ce, mix_labels
+
+    y = torch.tensor([0, 3, 5, 9, 2, 2, 7, 1])
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(mix_labels(y, 10, 0.0, g), F.one_hot(y, 10).float())
+    assert torch.equal(torch.rand(1, generator=g), torch.rand(1, generator=torch.Generator().manual_seed(0)))
+    soft = mix_labels(y, 10, 1.0, torch.Generator().manual_seed(1))  # every row mixes two classes
+    assert torch.equal(soft.argmax(1), y) and torch.allclose(soft.sum(1), torch.ones(8))
+    assert all(int((row > 0).sum()) == 2 and 0.5 <= float(row.max()) < 1 for row in soft)
+    # cross-entropy against a mixture: -sum_k q_k log softmax(z)_k
+    z, q = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.75, 0.25]])
+    want = -(0.75 * math.log(math.e ** 2 / (math.e ** 2 + 1)) + 0.25 * math.log(1 / (math.e ** 2 + 1)))
+    assert loss_ce(z, q).item() == pytest.approx(want, rel=1e-6)
+    gen, _ = build_generator("scratch", 1, 10, seed=0)
+    assert isinstance(gen, CondGenerator)
+    zz = torch.randn(8, gen.nz, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # a one-hot row is the class itself; a mixture conditions on the weighted embedding
+        assert torch.allclose(gen.eval()(zz, F.one_hot(y, 10).float()), gen(zz, y), atol=1e-6)
+        want = gen.base(zz + soft @ gen.embed.weight)
+        assert torch.allclose(gen(zz, soft), want, atol=1e-6)
+
+
+def test_a_mixed_label_synth_run_keeps_the_labelled_class(tmp_path, fmnist_available):
+    out = tmp_path / "run"
+    run_cli("train", *TINY, "--distill-source", "synth:scratch", "--synth-mix", "0.5", "--rounds", "1",
+            "--out", str(out), check=True, env=ENV)
+    row, = metrics(out)
+    assert row["pool"]["n"] == 48 and sum(row["pool"]["synth"]["labels"]) == 48
+    assert json.loads((out / "config.json").read_text())["synth_mix"] == 0.5
+
+
 # ---- real runs ------------------------------------------------------------------------------------------------
 def test_synth_run_is_deterministic_resumes_exactly_and_its_pools_are_caches(tmp_path, fmnist_available):
     a, b, pools = tmp_path / "a", tmp_path / "b", tmp_path / "pools"
@@ -166,6 +200,7 @@ def test_a_pool_drawn_from_a_cache_each_round(tmp_path, fmnist_available):
     (["--distill-source", "synth:dcgan", "--synth-checkpoint", "CKPT3"], "makes 3-channel images"),
     (["--distill-source", "synth:"], "name the generator"),
     (["--distill-source", "synth:scratch", "--synth-memory", "-1"], "--synth-memory -1"),
+    (["--distill-source", "synth:scratch", "--synth-mix", "1.5"], "--synth-mix 1.5"),
 ])
 def test_bad_synthesis_settings_are_one_line_and_write_nothing(tmp_path, flags, message):
     from tests.conftest import random_dcgan_checkpoint

@@ -113,6 +113,8 @@ OPTIONS = [
     _opt("--synth-div", float, "Weight of the diversity term (FedGen, FedFTG).", metavar="W"),
     _opt("--synth-memory", int, "Earlier rounds' synthesised pools distilled on beside the new one (DENSE's memory "
          "bank; 0 = only this round's).", metavar="R"),
+    _opt("--synth-mix", float, "Share of synthesised samples asked for a mixture of two classes (lam in [0.5, 1) of "
+         "the labelled class): images between classes, whose ensemble targets are soft; 0 = none.", metavar="F"),
     _opt("--synth-labels", str, "Labels the generator is asked for: uniform over the classes, or prior (the "
          "clients' label counts, which they then send to the server).", metavar="uniform|prior"),
     _opt("--cache", click.Path(dir_okay=False), "Cache file for --distill-source gan (or where a named real set is "
@@ -167,7 +169,7 @@ GROUPS = {
     "Rounds and aggregation": ["rounds", "aggregator", "weighting", "server_momentum", "drop_worst"],
     "Transfer set (FedDF)": ["distill_source", "cache", "cache_dir", "source_resize", "distill_pool", "save_pool",
                              "synth_checkpoint", "synth_steps", "synth_lr", "synth_embed_lr", "synth_batch_size",
-                             "synth_ce", "synth_bn", "synth_adv", "synth_div", "synth_labels", "synth_memory"],
+                             "synth_ce", "synth_bn", "synth_adv", "synth_div", "synth_labels", "synth_memory", "synth_mix"],
     "Distillation (FedDF)": ["distill_steps", "distill_batch_size", "distill_lr", "temperature", "ensemble",
                              "logit_adjust", "ensemble_fedavg", "patience", "eval_every", "distill_bn",
                              "distill_augment", "distill_mixup", "distill_select", "select_fraction"],

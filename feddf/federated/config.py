@@ -109,6 +109,7 @@ class TrainConfig:
     synth_div: float = 1.0                # FedGen / FedFTG diversity weight
     synth_labels: str = "uniform"         # uniform | prior (the clients' label counts: sent to the server)
     synth_memory: int = 0                 # earlier rounds' pools distilled on beside the new one (DENSE's memory)
+    synth_mix: float = 0.0                # share of synthesised samples asked for a two-class mixture
     # run
     seed: int = 7                         # paper: --manual_seed 7
     device: str = "auto"
@@ -297,6 +298,7 @@ class TrainConfig:
         check_range("--synth-lr", self.synth_lr, lo=0, lo_open=True, fix="the generator's Adam rate, e.g. 1e-3")
         check_range("--synth-embed-lr", self.synth_embed_lr, lo=0, lo_open=True,
                     fix="the class embedding's Adam rate, e.g. 3e-2")
+        check_range("--synth-mix", self.synth_mix, lo=0, hi=1, fix="a share in [0, 1], e.g. 0.5")
         if self.synth_memory < 0:
             raise FeddfError(f"--synth-memory {self.synth_memory}: must be >= 0 (earlier rounds' pools to keep)")
         if self.synth_steps < 0 or self.synth_batch_size < 1:

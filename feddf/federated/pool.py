@@ -74,6 +74,9 @@ class SynthSource:
         self.n = self.size  # the round's pool: the new images plus the kept earlier ones (spec.memory)
         self.memory: list[tuple[torch.Tensor, torch.Tensor]] = []  # earlier rounds' (images, labels), oldest first
         self.gen, self.meta = build_generator(name, info.channels, info.num_classes, seed, checkpoint)
+        if spec.mix and self.gen.native:
+            raise FeddfError(f"--synth-mix {spec.mix:g}: synth:{name} is a class-conditional generator, which takes "
+                             "one class per image; use --synth-mix 0, or an unconditional generator")
         self.gen.eval()  # eval-mode BatchNorm throughout: an image does not depend on its batch
         embed = list(self.gen.embed.parameters()) if self.gen.embed is not None else []
         rest = [p for p in self.gen.parameters() if all(p is not e for e in embed)]
@@ -106,7 +109,8 @@ class SynthSource:
         """Train the generator `spec.steps` steps against the teachers (and the students' starts), then draw the
         round's pool. Returns the round's record: steps, each loss term at the end, label agreement, seconds."""
         from feddf.federated.kernels import one_thread
-        from feddf.federated.synth import draw_labels, frozen, generator_step, log_mean, per_class, to_input
+        from feddf.federated.synth import (draw_labels, frozen, generator_step, log_mean, mix_labels, per_class,
+                                           to_input)
         from feddf.generators.base import to_uint8
 
         spec, k, res = self.spec, self.info.num_classes, self.info.size
@@ -126,15 +130,17 @@ class SynthSource:
                 p.requires_grad_(True)
             for _ in range(spec.steps):
                 z = torch.randn(spec.batch, self.gen.nz, generator=g).to(device)
-                y = draw_labels(spec.batch, k, g, prior).to(device)
+                y = draw_labels(spec.batch, k, g, prior)
+                y = (mix_labels(y, k, spec.mix, g) if spec.mix else y).to(device)
                 rows.append(generator_step(self.gen, self.opt, teachers, students, adjust, z, y, spec, to_x))
             t1 = time.perf_counter()
             labels = draw_labels(self.size, k, g, prior)
             zs = torch.randn(self.size, self.gen.nz, generator=g)
+            cond = mix_labels(labels, k, spec.mix, g) if spec.mix else labels  # (P,) or (P, K); labels stay argmax
             parts = []
             with torch.no_grad():
                 for s in range(0, self.size, 500):
-                    img = self.gen(zs[s:s + 500].to(device), labels[s:s + 500].to(device))
+                    img = self.gen(zs[s:s + 500].to(device), cond[s:s + 500].to(device))
                     parts.append(to_uint8(img.float(), res).cpu())
         new = (torch.cat(parts), labels)
         kept = self.memory[len(self.memory) - spec.memory:] if spec.memory else []  # the last spec.memory rounds'

@@ -38,7 +38,8 @@ PREDATED = {"distill_bn": "train", "logit_adjust": 0.0, "client_kernels": "legac
 LATE_DEFAULTS = {"image_column": None, "label_column": None, "server_data": None, "test_data": None,
                  "distill_pool": 0, "save_pool": None, "synth_checkpoint": None, "synth_steps": 20, "synth_lr": 1e-3,
                  "synth_embed_lr": 3e-2, "synth_batch_size": 64, "synth_ce": 1.0, "synth_bn": 1.0, "synth_adv": 1.0,
-                 "synth_div": 1.0, "synth_labels": "uniform", "synth_memory": 0}
+                 "synth_div": 1.0, "synth_labels": "uniform", "synth_memory": 0,
+                 "synth_mix": 0.0}
 
 
 def same_run(saved: dict, now: dict) -> str:
@@ -204,7 +205,8 @@ def task_source(cfg: TrainConfig, info, memory_bytes: int, progress: bool):
                               resize=cfg.source_resize, memory_bytes=memory_bytes, progress=progress)
 
     spec = SynthSpec(cfg.synth_steps, cfg.synth_lr, cfg.synth_embed_lr, cfg.synth_batch_size, cfg.synth_ce,
-                     cfg.synth_bn, cfg.synth_adv, cfg.synth_div, cfg.synth_labels, cfg.temperature, cfg.synth_memory)
+                     cfg.synth_bn, cfg.synth_adv, cfg.synth_div, cfg.synth_labels, cfg.temperature, cfg.synth_memory,
+                     cfg.synth_mix)
     return SynthSource(cfg.distill_source[len(PREFIX):], info, spec, cfg.distill_pool, cfg.seed, cfg.synth_checkpoint)
 
 

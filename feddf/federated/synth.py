@@ -59,11 +59,12 @@ class SynthSpec:
     labels: str = "uniform"  # uniform, or prior: the clients' summed label counts (needs them on the server)
     temperature: float = 1.0  # of the adversarial KL (the distillation temperature)
     memory: int = 0         # earlier rounds' pools kept beside the new one (DENSE's memory bank); 0 = this round's
+    mix: float = 0.0        # share of samples asked for a two-class mixture (between-class images); 0 = none
 
 
 # ---- the loss terms, pure functions of tensors ----------------------------------------------------------------
 def loss_ce(ens_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B, K) ensemble logits, (B,) target labels -> mean cross-entropy."""
+    """(B, K) ensemble logits, (B,) target labels or (B, K) target probabilities -> mean cross-entropy."""
     return F.cross_entropy(ens_logits, labels)
 
 
@@ -126,8 +127,11 @@ class CondGenerator(nn.Module):
             nn.init.normal_(self.embed.weight, 0.0, init_std) if init_std else nn.init.zeros_(self.embed.weight)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """labels: (B,) classes, or (B, K) class weights (a mixture; unconditional bases only): z + weights @ E."""
         if self.native:
             return self.base(z, labels)
+        if labels.dim() == 2:
+            return self.base(z + labels.to(self.embed.weight) @ self.embed.weight)
         return self.base(z + self.embed(labels))
 
 
@@ -173,6 +177,21 @@ def draw_labels(n: int, k: int, g: torch.Generator, prior: torch.Tensor | None =
     return torch.multinomial(prior, n, replacement=True, generator=g)
 
 
+def mix_labels(labels: torch.Tensor, k: int, share: float, g: torch.Generator) -> torch.Tensor:
+    """(B,) labels -> (B, K) targets: one-hot, except rows picked with probability `share`, which become
+    lam * onehot(y) + (1 - lam) * onehot(y2) with y2 another class and lam ~ U[0.5, 1): images between two classes
+    whose label (the argmax) stays y. Draws nothing from `g` when share is 0."""
+    soft = F.one_hot(labels, k).float()
+    if share <= 0 or k < 2:
+        return soft
+    b = len(labels)
+    pick = torch.rand(b, generator=g) < share                       # (B,) rows that mix
+    other = (labels + torch.randint(1, k, (b,), generator=g)) % k   # (B,) a class != y, uniform
+    lam = 0.5 + 0.5 * torch.rand(b, generator=g)                    # (B,) in [0.5, 1): y stays the argmax
+    mixed = lam[:, None] * soft + (1 - lam)[:, None] * F.one_hot(other, k).float()
+    return torch.where(pick[:, None], mixed, soft)
+
+
 def to_input(x: torch.Tensor, resolution: int, mean, std) -> torch.Tensor:
     """Generator output in [-1, 1] (B, C, S, S) -> the task's normalised input (B, C, R, R), differentiably: the
     float twin of to_uint8 + BatchTransform (antialiased bilinear resize, (x + 1) / 2, then (x - mean) / std)."""
@@ -185,7 +204,8 @@ def to_input(x: torch.Tensor, resolution: int, mean, std) -> torch.Tensor:
 
 def generator_step(gen: CondGenerator, opt, teachers: list, students: list, adjust: torch.Tensor | None,
                    z: torch.Tensor, labels: torch.Tensor, spec: SynthSpec, to_x) -> dict:
-    """One Adam step of the generator on a batch (z, labels); returns each term's value (floats)."""
+    """One Adam step of the generator on a batch (z, labels); returns each term's value (floats). `labels` (B,)
+    classes or (B, K) targets (mix_labels); the agreement is measured against each row's largest weight."""
     img = gen(z, labels)
     x = to_x(img)
     hooks = [BNStats(t) for t in teachers] if spec.bn else []
@@ -210,7 +230,7 @@ def generator_step(gen: CondGenerator, opt, teachers: list, students: list, adju
         total.backward()
         opt.step()
     out = {k: float(v.detach()) for k, v in terms.items() if v is not None}
-    out["agree"] = float((ens.argmax(1) == labels).float().mean())
+    out["agree"] = float((ens.argmax(1) == (labels.argmax(1) if labels.dim() == 2 else labels)).float().mean())
     return out
 
 
